@@ -1,0 +1,167 @@
+/**
+ * Backend selection: the best TensorFlow.js backend that loads, `tensorflow` > `wasm` > `cpu`.
+ *
+ * An explicitly requested backend (flag or MGLLAVA_BACKEND) that fails to load is an error, never a
+ * silent fallback. `tf.setBackend` returns false instead of throwing when a backend fails to
+ * initialise, so both its result and `tf.getBackend()` are checked.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { registerWasmKernelPack } from './kernels/index.js';
+import { installMemoryGuard } from './memory.js';
+
+export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKEND_NAMES)[number];
+
+export interface BackendAttempt {
+  name: BackendName;
+  ok: boolean;
+  /** Which package provided it (tensorflow only) or why it failed. */
+  detail: string;
+}
+
+export interface BackendChoice {
+  name: BackendName;
+  /** Human-readable reason for the choice. */
+  reason: string;
+  /** true when the choice came from --backend or MGLLAVA_BACKEND. */
+  explicit: boolean;
+  attempts: BackendAttempt[];
+  /** Package that provided the `tensorflow` backend, if it loaded. */
+  tensorflowPackage: string | null;
+}
+
+export class BackendError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BackendError';
+  }
+}
+
+let current: BackendChoice | null = null;
+let pending: Promise<BackendChoice> | null = null;
+
+/** The choice made by the last `selectBackend`, or null before any. */
+export function currentBackend(): BackendChoice | null {
+  return current;
+}
+
+/** Parse a backend name from a flag or the environment; '' / 'auto' mean "pick the best". */
+export function parseBackendName(raw: string | undefined | null): BackendName | null {
+  if (raw == null) return null;
+  const v = raw.trim().toLowerCase();
+  if (v === '' || v === 'auto') return null;
+  if ((BACKEND_NAMES as readonly string[]).includes(v)) return v as BackendName;
+  throw new BackendError(
+    `unknown backend '${raw}': expected one of ${BACKEND_NAMES.join(', ')} or 'auto'`,
+  );
+}
+
+async function loadTensorflow(): Promise<{ ok: boolean; detail: string }> {
+  // tfjs-node-gpu first (CUDA), then the CPU build of libtensorflow. Both register 'tensorflow'.
+  const failures: string[] = [];
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      await import(pkg);
+      if (tf.findBackendFactory('tensorflow') != null) return { ok: true, detail: pkg };
+      failures.push(`${pkg}: loaded but registered no 'tensorflow' backend`);
+    } catch (e) {
+      const missing = (e as { code?: string }).code === 'ERR_MODULE_NOT_FOUND' && firstLine(e).includes(pkg);
+      failures.push(`${pkg}: ${missing ? 'not installed' : firstLine(e)}`);
+    }
+  }
+  return { ok: false, detail: failures.join('; ') };
+}
+
+async function loadWasm(): Promise<{ ok: boolean; detail: string }> {
+  try {
+    await import('@tensorflow/tfjs-backend-wasm');
+    return { ok: true, detail: '@tensorflow/tfjs-backend-wasm' };
+  } catch (e) {
+    return { ok: false, detail: firstLine(e) };
+  }
+}
+
+async function activate(name: BackendName): Promise<{ ok: boolean; detail: string }> {
+  const loaded =
+    name === 'tensorflow' ? await loadTensorflow() : name === 'wasm' ? await loadWasm() : { ok: true, detail: '@tensorflow/tfjs' };
+  if (!loaded.ok) return loaded;
+  if (name === 'wasm') registerWasmKernelPack();
+  let ok: boolean;
+  try {
+    ok = await tf.setBackend(name);
+    await tf.ready();
+  } catch (e) {
+    return { ok: false, detail: `setBackend('${name}') threw: ${firstLine(e)}` };
+  }
+  if (!ok || tf.getBackend() !== name) {
+    return { ok: false, detail: `setBackend('${name}') returned ${ok}, active backend is '${tf.getBackend()}'` };
+  }
+  if (name === 'wasm') installMemoryGuard();
+  return loaded;
+}
+
+/**
+ * Choose and initialise the backend. `requested` (from --backend) wins over MGLLAVA_BACKEND; with
+ * neither, the best backend that loads is taken. Idempotent for the same request.
+ */
+export async function selectBackend(
+  requested?: string | null,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<BackendChoice> {
+  if (pending) {
+    const prev = await pending;
+    const want = parseBackendName(requested ?? env.MGLLAVA_BACKEND);
+    if (want == null || want === prev.name) return prev;
+    pending = null;
+  }
+  pending = doSelect(requested, env);
+  try {
+    current = await pending;
+  } catch (e) {
+    pending = null;
+    throw e;
+  }
+  return current;
+}
+
+async function doSelect(requested: string | null | undefined, env: NodeJS.ProcessEnv): Promise<BackendChoice> {
+  const fromFlag = parseBackendName(requested);
+  const fromEnv = fromFlag == null ? parseBackendName(env.MGLLAVA_BACKEND) : null;
+  const explicit = fromFlag ?? fromEnv;
+  const attempts: BackendAttempt[] = [];
+  const candidates: BackendName[] = explicit ? [explicit] : [...BACKEND_NAMES];
+  for (const name of candidates) {
+    const r = await activate(name);
+    attempts.push({ name, ok: r.ok, detail: r.detail });
+    if (!r.ok) continue;
+    const skipped = attempts.filter((a) => !a.ok).map((a) => `${a.name} unavailable (${a.detail})`);
+    const reason = explicit
+      ? `requested by ${fromFlag ? '--backend' : 'MGLLAVA_BACKEND'}`
+      : skipped.length
+        ? `best available: ${skipped.join('; ')}`
+        : 'best available';
+    return {
+      name,
+      reason,
+      explicit: explicit != null,
+      attempts,
+      tensorflowPackage: name === 'tensorflow' ? r.detail : null,
+    };
+  }
+  const why = attempts.map((a) => `${a.name}: ${a.detail}`).join('\n  ');
+  if (explicit) {
+    const hint =
+      explicit === 'tensorflow'
+        ? '\nInstall @tensorflow/tfjs-node-gpu (CUDA 11.2 + cuDNN 8.1) or @tensorflow/tfjs-node, or choose --backend wasm.'
+        : '';
+    throw new BackendError(
+      `backend '${explicit}' was requested by ${fromFlag ? '--backend' : 'MGLLAVA_BACKEND'} but failed to load:\n  ${why}${hint}`,
+    );
+  }
+  throw new BackendError(`no TensorFlow.js backend could be initialised:\n  ${why}`);
+}
+
+function firstLine(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  return msg.split('\n')[0]!.slice(0, 300);
+}

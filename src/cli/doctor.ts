@@ -1,0 +1,41 @@
+/** `mgllava doctor`: which backend runs, why, and what the machine offers. */
+import type { CommandModule } from 'yargs';
+import { runtimeInfo, type RuntimeInfo } from '../backend/info.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
+
+interface DoctorArgs extends GlobalArgs {
+  json: boolean;
+}
+
+export const doctorCommand: CommandModule<GlobalArgs, DoctorArgs> = {
+  command: 'doctor',
+  describe: 'Report the chosen TensorFlow.js backend, why, GPU/CUDA status, wasm threads and the memory ceiling',
+  builder: (y) => y.option('json', { type: 'boolean', default: false, describe: 'print one JSON object' }),
+  handler: async (args) => {
+    await backendFromArgs(args);
+    const info = runtimeInfo();
+    process.stdout.write(args.json ? `${JSON.stringify(info)}\n` : formatInfo(info));
+  },
+};
+
+const GiB = 1024 ** 3;
+
+function formatInfo(i: RuntimeInfo): string {
+  const lines = [
+    `backend          ${i.backend} (${i.reason})`,
+    ...i.attempts.map((a) => `  tried ${a.name.padEnd(10)} ${a.ok ? 'ok' : 'failed'}: ${a.detail}`),
+    `tfjs             ${i.tfjsVersion}`,
+    `node             ${i.node}, ${i.cpus} cpus, ${(i.totalMemoryBytes / GiB).toFixed(1)} GiB`,
+    `gpu              ${i.gpu ? 'yes' : 'no'}`,
+    `tfjs-node-gpu    ${i.tfjsNodeGpu.version ?? '-'}: ${i.tfjsNodeGpu.note}`,
+  ];
+  if (i.backend === 'wasm') {
+    lines.push(
+      `wasm             threads ${i.wasm.threads}, simd ${i.wasm.simd}, kernel pack ${i.wasm.kernelPack ? 'registered' : 'absent'}`,
+    );
+  }
+  lines.push(
+    `memory ceiling   ${i.memoryCeilingBytes == null ? 'none enforced' : `${(i.memoryCeilingBytes / GiB).toFixed(2)} GiB of live tensors`}`,
+  );
+  return `${lines.join('\n')}\n`;
+}
