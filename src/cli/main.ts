@@ -6,11 +6,12 @@ import { BackendError } from '../backend/select.js';
 import { UserError, withGlobalOptions } from './command.js';
 import { doctorCommand } from './doctor.js';
 import { benchCommand } from './bench.js';
+import { dataCommand } from './data.js';
 import { goldenCommand } from './golden.js';
 import { placeholderCommands } from './placeholders.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, ...placeholderCommands];
+const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, ...placeholderCommands];
 
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;

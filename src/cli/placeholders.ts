@@ -12,7 +12,6 @@ function planned(command: string, describe: string, issue: number): CommandModul
 }
 
 export const placeholderCommands = [
-  planned('data', 'Dataset tools: check, show, synth', 4),
   planned('warmup', 'Stage 0: warm up tiny encoders on synthetic annotations', 6),
   planned('pretrain', 'Stage 1: train fusion + projectors with frozen encoders and LLM', 5),
   planned('finetune', 'Stage 2: train fusion + projectors + LLM', 5),

@@ -48,6 +48,17 @@ export abstract class Module<C = unknown> {
     return child;
   }
 
+  /**
+   * Register every child of `holder` directly under this module, without a name segment for `holder`
+   * itself: for a part whose weights sit at the checkpoint's top level (ObjectFeatures owns
+   * `bbox_projector.*` and `multi_level_linear.*`, not `objects.bbox_projector.*`). `holder` must have
+   * no weights of its own.
+   */
+  protected adoptChildren(holder: Module): void {
+    if (holder.ownWeights.size) throw new Error('adoptChildren: the holder has weights of its own');
+    for (const [n, c] of holder.children) this.addChild(n, c);
+  }
+
   /** All weights of this subtree, under their checkpoint names, in declaration order. */
   *namedWeights(prefix = ''): Generator<[string, tf.Variable]> {
     for (const [n, v] of this.ownWeights) yield [prefix + n, v];

@@ -23,8 +23,11 @@ export class AdamW {
     readonly config: AdamWConfig = DEFAULT_ADAMW,
   ) {
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false));
+      // Inside tidy: the zeros are freed, the variables (which hold their own reference) are not.
+      tf.tidy(() => {
+        this.m.set(name, tf.variable(tf.zerosLike(p), false));
+        this.v.set(name, tf.variable(tf.zerosLike(p), false));
+      });
     }
   }
 

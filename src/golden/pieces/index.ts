@@ -1,4 +1,32 @@
 /** The golden pieces this build can check, by manifest name. */
 import type { RunnerTable } from '../run.js';
+import { runBoxes, runConversation, runSchedule } from './json-cases.js';
+import { runE2e } from './e2e.js';
+import { runFusion } from './fusion.js';
+import { runObjectFeatures, runRoiAlign } from './objects.js';
+import { runClipVit } from './clip-vit.js';
+import { runConvNext } from './convnext.js';
+import { runProjector } from './projector.js';
+import { runLlama } from './llama.js';
+import { runSplice } from './splice.js';
 
-export const RUNNERS: RunnerTable = {};
+export const RUNNERS: RunnerTable = {
+  'boxes.json': runBoxes,
+  'conversation.json': runConversation,
+  'schedule.json': runSchedule,
+  e2e: runE2e,
+  fuse_v0: runFusion,
+  fuse_v1: runFusion,
+  fuse_v2: runFusion,
+  fuse_v3: runFusion,
+  roi_align: runRoiAlign,
+  object_features: runObjectFeatures,
+  object_features_multilevel: runObjectFeatures,
+  clip_vit: runClipVit,
+  convnext: runConvNext,
+  projector: runProjector,
+  llama_a: runLlama,
+  llama_b: runLlama,
+  splice: runSplice,
+  splice_textonly: runSplice,
+};

@@ -1,0 +1,10 @@
+import * as tf from '@tensorflow/tfjs';
+import { selectBackend } from '/work/main/src/backend/select.js';
+import { causalLmLoss, crossEntropySum } from '/work/main/src/model/loss.js';
+await selectBackend(process.env.B ?? 'wasm');
+const logits = tf.randomNormal([2, 3, 5]);
+const r = causalLmLoss(logits, [[1, 2, 3], [4, -100, 0]]);
+r.loss.print(); console.log(r.count);
+const oh = tf.oneHot(tf.tensor1d([1, 2], 'int32'), 5, 1, 0, 'float32'); oh.print();
+const g = tf.gather(logits.reshape([6,5]), tf.tensor1d([0,1,4],'int32')); g.print();
+crossEntropySum(g, Int32Array.from([2,3,0])).print();

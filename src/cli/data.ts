@@ -1,0 +1,321 @@
+/**
+ * `mgllava data check|show|synth`: validate a dataset, show one record as the model sees it, write the
+ * synthetic demo dataset.
+ */
+import { access } from 'node:fs/promises';
+import type { Argv, CommandModule } from 'yargs';
+import { isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
+import { checkDataset, formatBadRecord, writeBadReport } from '../data/check.js';
+import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
+import { encodeConversation } from '../data/conversation.js';
+import { ImageError, prepareImage, resolveImagePath } from '../data/image.js';
+import { conversationProblem, loadBoxes, loadRecords, type LlavaRecord } from '../data/records.js';
+import { synthDataset } from '../data/synth.js';
+import { getTemplate, TEMPLATES } from '../data/templates.js';
+import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/tokenizer.js';
+import { UserError, type GlobalArgs } from './command.js';
+
+/** Defaults of the text options: the full-size Vicuna-7B recipe (max_length = 2048 - 576). */
+export const TEXT_DEFAULTS = { template: 'vicuna', tokenizer: 'llama2', maxLength: 1472 } as const;
+
+interface TextArgs {
+  template: string;
+  tokenizer: string;
+  'max-length': number;
+}
+
+interface DatasetArgs extends GlobalArgs, TextArgs {
+  records: string;
+  boxes?: string;
+  images: string;
+  'auto-orient': boolean;
+  json: boolean;
+}
+
+interface CheckArgs extends DatasetArgs {
+  'skip-bad'?: string;
+  'image-check': 'decode' | 'header';
+}
+
+interface ShowArgs extends DatasetArgs {
+  n: string;
+  'aux-size': number;
+  'lowres-size': number;
+  patch: number;
+  tokens: boolean;
+}
+
+interface SynthArgs extends GlobalArgs {
+  out: string;
+  train: number;
+  eval: number;
+  seed: number;
+  size: number;
+  template: string;
+  overwrite: boolean;
+  json: boolean;
+}
+
+/** `--tokenizer`: 'llama2' (LLaMA-2/Vicuna SentencePiece, bundled), 'byte' (toy), or a tokenizer.json path/folder. */
+export function tokenizerSpec(arg: string): TokenizerSpec {
+  if (arg === 'llama2') return { type: 'llama2' };
+  if (arg === 'byte') return { type: 'byte' };
+  return { type: 'hf', path: arg };
+}
+
+function textOptions<T>(y: Argv<T>) {
+  return y
+    .option('template', { type: 'string', default: TEXT_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'prompt template' })
+    .option('tokenizer', {
+      type: 'string',
+      default: TEXT_DEFAULTS.tokenizer,
+      describe: "'llama2' (Vicuna/LLaMA-2 SentencePiece, bundled), 'byte' (toy), or a tokenizer.json file/folder",
+    })
+    .option('max-length', { type: 'number', default: TEXT_DEFAULTS.maxLength, describe: 'text token budget (2048 - 576 at full size)' });
+}
+
+function datasetOptions<T>(y: Argv<T>) {
+  return textOptions(y)
+    .option('records', { type: 'string', demandOption: true, describe: 'LLaVA records, .json (array) or .jsonl' })
+    .option('boxes', { type: 'string', describe: 'box JSON ({id: {boxes, labels, scores}} or a list with ids)' })
+    .option('images', { type: 'string', demandOption: true, describe: 'folder the record image paths are relative to' })
+    .option('auto-orient', { type: 'boolean', default: true, describe: 'apply EXIF orientation (the PIL reference does not)' })
+    .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' });
+}
+
+async function textEncoding(args: TextArgs) {
+  if (!Number.isInteger(args['max-length']) || args['max-length'] <= 0) throw new UserError(`--max-length must be a positive integer, got ${args['max-length']}`);
+  let tokenizer: TextTokenizer;
+  try {
+    tokenizer = await loadTokenizer(tokenizerSpec(args.tokenizer));
+  } catch (e) {
+    throw new UserError(`cannot load tokenizer '${args.tokenizer}': ${(e as Error).message}`);
+  }
+  return { template: getTemplate(args.template), tokenizer, maxLength: args['max-length'] };
+}
+
+async function requireFile(file: string, what: string): Promise<void> {
+  try {
+    await access(file);
+  } catch {
+    throw new UserError(`${what} not found: ${file}`);
+  }
+}
+
+const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
+  command: 'check',
+  describe: 'Report every bad record (file, id, reason); exit 1 if any, unless --skip-bad',
+  builder: (y) =>
+    datasetOptions(y)
+      .option('skip-bad', { type: 'string', describe: 'write the bad records to this JSONL report and exit 0' })
+      .option('image-check', { choices: ['decode', 'header'] as const, default: 'decode' as const, describe: 'decode every image fully, or read headers only' }) as Argv<CheckArgs>,
+  handler: async (args) => {
+    await requireFile(args.records, 'records file');
+    if (args.boxes) await requireFile(args.boxes, 'box file');
+    await requireFile(args.images, 'image folder');
+    const report = await checkDataset({
+      records: args.records,
+      boxes: args.boxes,
+      images: args.images,
+      text: await textEncoding(args),
+      imageCheck: args['image-check'],
+      autoOrient: args['auto-orient'],
+    });
+    const badIds = new Set(report.bad.map((b) => `${b.file}\u0000${b.index ?? b.id}`));
+    if (args['skip-bad']) await writeBadReport(args['skip-bad'], report.bad);
+    if (args.json) {
+      const { valid, ...rest } = report;
+      process.stdout.write(`${JSON.stringify({ ...rest, valid: valid.length, badRecords: badIds.size })}\n`);
+    } else {
+      for (const b of report.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
+      const skipped = args['skip-bad'] ? ` (skipped; report: ${args['skip-bad']})` : '';
+      process.stdout.write(`${args.records}: ${report.total} records, ${report.valid.length} good, ${report.bad.length} problem(s)${skipped}\n`);
+    }
+    if (report.bad.length > 0 && !args['skip-bad']) process.exitCode = 1;
+  },
+};
+
+const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
+  command: 'show <n>',
+  describe: 'Print record N (0-based index, or id) as the model sees it: prompt, supervised spans, tokens, boxes',
+  builder: (y) =>
+    datasetOptions(y)
+      .positional('n', { type: 'string', demandOption: true, describe: 'record index (0-based) or record id' })
+      .option('aux-size', { type: 'number', default: 768, describe: 'aux (ConvNeXt) image side' })
+      .option('lowres-size', { type: 'number', default: 336, describe: 'low-res (ViT) image side' })
+      .option('patch', { type: 'number', default: 14, describe: 'ViT patch size (image tokens = (lowres/patch)^2)' })
+      .option('tokens', { type: 'boolean', default: false, describe: 'also list every token with its label' }) as Argv<ShowArgs>,
+  handler: async (args) => {
+    await requireFile(args.records, 'records file');
+    const recs = await loadRecords(args.records);
+    const record = pickRecord(recs.records, args.n);
+    if (!record) {
+      const bad = recs.bad.filter((b) => b.id === args.n || b.index === Number(args.n));
+      const why = bad.length ? `:\n${bad.map((b) => `  ${formatBadRecord(b)}`).join('\n')}` : '';
+      throw new UserError(`${args.records}: no usable record '${args.n}'${why}`);
+    }
+    const problem = conversationProblem(record);
+    if (problem) throw new UserError(`${args.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
+    const text = await textEncoding(args);
+    const enc = encodeConversation(record.conversations, text);
+    const imageTokens = record.image === null ? 0 : (args['lowres-size'] / args.patch) ** 2;
+    const out: Record<string, unknown> = {
+      index: record.source.index,
+      id: record.id,
+      image: record.image,
+      template: text.template.name,
+      tokenizer: text.tokenizer.name,
+      prompt: renderPrompt(enc.inputIds, enc.labels, text.tokenizer),
+      textTokens: enc.inputIds.length,
+      supervisedTokens: enc.labels.filter((l) => l !== IGNORE_INDEX).length,
+      truncated: enc.truncated,
+      allMasked: enc.allMasked,
+      imageTokens,
+    };
+    if (record.image !== null) {
+      let img;
+      try {
+        img = await prepareImage(await resolveImagePath(args.images, record.image), {
+          auxSize: args['aux-size'],
+          lowresSize: args['lowres-size'],
+          autoOrient: args['auto-orient'],
+        });
+      } catch (e) {
+        if (e instanceof ImageError) throw new UserError(`record ${record.id}: ${e.message}`);
+        throw e;
+      }
+      if (!args.boxes) throw new UserError('--boxes is needed to show an image record');
+      const boxes = await loadBoxes(args.boxes);
+      const entry = boxes.entries.get(record.id);
+      if (!entry) {
+        const b = boxes.bad.find((x) => x.id === record.id) ?? boxes.unreadable;
+        throw new UserError(`record ${record.id}: ${b ? b.reason : `no entry in ${args.boxes}`}`);
+      }
+      const res = preprocessBoxes(entry, {
+        origW: img.width,
+        origH: img.height,
+        auxSize: args['aux-size'],
+        closeToMaxLength: isCloseToMaxLength(enc.inputIds.length, text.maxLength),
+      });
+      Object.assign(out, {
+        imageSize: [img.width, img.height],
+        padding: img.padding,
+        auxSize: args['aux-size'],
+        lowresSize: args['lowres-size'],
+        detectorBoxes: entry.boxes.length,
+        afterNms: res.stages.nmsKeep.length,
+        boxes: res.boxes.map((b, i) => ({ box: b, label: res.labels[i] ?? null })),
+        objectTokens: res.boxes.length,
+      });
+    } else {
+      Object.assign(out, { objectTokens: 0, boxes: [] });
+    }
+    out.llmPositions = enc.inputIds.length - (record.image === null ? 0 : 1) + imageTokens + (out.objectTokens as number);
+    if (args.tokens) {
+      out.tokenList = enc.inputIds.map((id, i) => ({ id, piece: id === IMAGE_TOKEN_INDEX ? '<image>' : text.tokenizer.decode([id], { skipSpecialTokens: false }), label: enc.labels[i] }));
+    }
+    process.stdout.write(args.json ? `${JSON.stringify(out)}\n` : formatShow(out));
+  },
+};
+
+function pickRecord(records: LlavaRecord[], n: string): LlavaRecord | undefined {
+  const byId = records.find((r) => r.id === n);
+  if (byId) return byId;
+  return /^\d+$/.test(n) ? records.find((r) => r.source.index === Number(n)) : undefined;
+}
+
+/** The token sequence as text, supervised spans in [[ ]], the image placeholder as <image>. */
+function renderPrompt(ids: readonly number[], labels: readonly number[], tok: TextTokenizer): string {
+  let out = '';
+  let i = 0;
+  while (i < ids.length) {
+    if (ids[i] === IMAGE_TOKEN_INDEX) {
+      out += '<image>';
+      i++;
+      continue;
+    }
+    const supervised = labels[i] !== IGNORE_INDEX;
+    let j = i;
+    while (j < ids.length && ids[j] !== IMAGE_TOKEN_INDEX && (labels[j] !== IGNORE_INDEX) === supervised) j++;
+    const piece = tok.decode(ids.slice(i, j), { skipSpecialTokens: false });
+    out += supervised ? `[[${piece}]]` : piece;
+    i = j;
+  }
+  return out;
+}
+
+function formatShow(o: Record<string, unknown>): string {
+  const lines = [
+    `record #${o.index} id ${JSON.stringify(o.id)}${o.image ? ` image ${o.image}` : ' (text-only)'}`,
+    `template ${o.template}, tokenizer ${o.tokenizer}`,
+    'prompt (supervised spans in [[ ]]):',
+    ...String(o.prompt)
+      .split('\n')
+      .map((l) => `  ${l}`),
+    `text tokens ${o.textTokens} (supervised ${o.supervisedTokens}${o.truncated ? `, ${o.truncated} cut by max_length` : ''}${o.allMasked ? ', ALL MASKED' : ''})`,
+    `image tokens ${o.imageTokens}, object tokens ${o.objectTokens} -> ${o.llmPositions} LLM positions`,
+  ];
+  if (o.image) {
+    const [w, h] = o.imageSize as number[];
+    const p = o.padding as { side: number; dx: number; dy: number };
+    lines.push(`image ${w}x${h} -> square ${p.side} (offset ${p.dx},${p.dy}) -> aux ${o.auxSize}, low-res ${o.lowresSize}`);
+    lines.push(`boxes: ${o.detectorBoxes} from the detector, ${o.afterNms} after NMS, ${o.objectTokens} in aux pixels:`);
+    for (const b of o.boxes as { box: number[]; label: string | null }[]) lines.push(`  [${b.box.join(', ')}] ${b.label ?? '(dummy)'}`);
+  }
+  if (o.tokenList) {
+    lines.push('tokens (index id label piece):');
+    (o.tokenList as { id: number; piece: string; label: number }[]).forEach((t, i) => lines.push(`  ${String(i).padStart(4)} ${String(t.id).padStart(6)} ${String(t.label).padStart(6)} ${JSON.stringify(t.piece)}`));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
+  command: 'synth',
+  describe: 'Write the synthetic multi-granularity shapes dataset (images, records, boxes, tokenizer)',
+  builder: (y) =>
+    y
+      .option('out', { type: 'string', demandOption: true, describe: 'output folder (e.g. data/tiny-shapes)' })
+      .option('train', { type: 'number', default: 3000, describe: 'training images' })
+      .option('eval', { type: 'number', default: 400, describe: 'held-out eval images (3 questions each)' })
+      .option('seed', { type: 'number', default: 0 })
+      .option('size', { type: 'number', default: 200, describe: 'longest canvas side; sides are drawn from [0.6*size, size]' })
+      .option('template', { type: 'string', default: TEXT_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace the files of an existing synthetic dataset in --out' })
+      .option('json', { type: 'boolean', default: false }) as Argv<SynthArgs>,
+  handler: async (args) => {
+    let summary;
+    try {
+      summary = await synthDataset({
+        out: args.out,
+        train: args.train,
+        eval: args.eval,
+        seed: args.seed,
+        size: args.size,
+        template: getTemplate(args.template),
+        overwrite: args.overwrite,
+      });
+    } catch (e) {
+      if ((e as Error).message.startsWith('synth:')) throw new UserError((e as Error).message);
+      throw e;
+    }
+    if (args.json) {
+      process.stdout.write(`${JSON.stringify(summary)}\n`);
+      return;
+    }
+    const r = summary.records;
+    process.stdout.write(
+      `${summary.out}: ${summary.images.train} train + ${summary.images.eval} eval images, ` +
+        `${r.pretrain} pretrain / ${r.finetune} finetune / ${r.eval} eval records, vocabulary ${summary.vocabSize} words, ` +
+        `${summary.seconds.toFixed(1)} s\n` +
+        `check it: mgllava data check --records ${summary.out}/finetune.json --boxes ${summary.out}/boxes.json ` +
+        `--images ${summary.out}/images --tokenizer ${summary.out}/tokenizer.json --max-length 128\n`,
+    );
+  },
+};
+
+export const dataCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'data <command>',
+  describe: 'Dataset tools: check, show, synth',
+  builder: (y) => y.command(checkCommand).command(showCommand).command(synthCommand).demandCommand(1, 'Name a data command: check, show or synth.'),
+  handler: () => undefined,
+};

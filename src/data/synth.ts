@@ -1,0 +1,188 @@
+/**
+ * `mgllava data synth`: the synthetic multi-granularity dataset of DEMO-STUDY.md, written as real files.
+ *
+ *   OUT/images/{train,eval}-NNNNN.png   non-square canvases, clutter + noise, 3-6 objects (1 small, 1 large)
+ *   OUT/pretrain.json                   LLaVA records: one caption per train image (every object, smallest first)
+ *   OUT/finetune.json                   LLaVA records: 3 QAs per train image, some multi-turn
+ *   OUT/eval.json                       held-out images, one single-turn QA per record, `category` field
+ *   OUT/boxes.json                      reference box format keyed by record id (see synth/annotate.ts for
+ *                                       the order/score convention that keeps boxes smallest first after NMS)
+ *   OUT/tokenizer.json (+ tokenizer_config.json)   word-level HF tokenizer over the corpus + template words
+ *   OUT/dataset.json                    the options and counts this was generated with
+ *
+ * Everything derives from the seed through independent per-image streams, so the same options give
+ * byte-identical files regardless of rendering concurrency.
+ */
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { BoxEntry, Turn } from './records.js';
+import { deriveSeed, streamRng } from './random.js';
+import { formatTemplate, getTemplate, type PromptTemplate } from './templates.js';
+import { annotateScene, DEFAULT_ANNOTATE } from './synth/annotate.js';
+import { renderScene } from './synth/render.js';
+import { COLORS, DEFAULT_SCENE, makeScene, SHAPES, type Scene, type SceneOptions } from './synth/scene.js';
+import { askAbout, captionConversation, finetuneConversations, qaConversation, QUESTION_CATEGORIES } from './synth/text.js';
+import { buildVocab, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
+import { runPool } from './pool.js';
+
+export interface SynthOptions {
+  out: string;
+  /** Training images (default 3000) and held-out eval images (default 400). */
+  train?: number;
+  eval?: number;
+  seed?: number;
+  /** Longest canvas side in px (default 200); sides are drawn from [round(0.6·size), size]. */
+  size?: number;
+  /**
+   * The chat template training will use (default vicuna): its literal words ("USER", ":", "ASSISTANT")
+   * join the word-level vocabulary so templated prompts have no unknown words.
+   */
+  template?: PromptTemplate;
+  /** Replace an existing non-empty output folder (only the files this command writes are removed). */
+  overwrite?: boolean;
+  /** Images rendered at once (sharp runs them on libuv threads). */
+  concurrency?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface SynthSummary {
+  out: string;
+  images: { train: number; eval: number };
+  records: { pretrain: number; finetune: number; eval: number };
+  vocabSize: number;
+  seconds: number;
+}
+
+export const SYNTH_FILES = ['pretrain.json', 'finetune.json', 'eval.json', 'boxes.json', 'tokenizer.json', 'tokenizer_config.json', 'dataset.json'];
+
+const SPLIT = { train: 1, eval: 2 } as const;
+
+interface ImageJob {
+  file: string; // relative to OUT/images
+  scene: Scene;
+  noiseSeed: number;
+}
+
+function sceneOptions(size: number): SceneOptions {
+  if (!Number.isInteger(size) || size < 40) throw new Error(`synth: --size must be an integer ≥ 40 px, got ${size}`);
+  return { ...DEFAULT_SCENE, minSide: Math.round(0.6 * size), maxSide: size };
+}
+
+export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
+  const t0 = performance.now();
+  const nTrain = opts.train ?? 3000;
+  const nEval = opts.eval ?? 400;
+  const seed = opts.seed ?? 0;
+  for (const [name, v] of [['train', nTrain], ['eval', nEval], ['seed', seed]] as const) {
+    if (!Number.isInteger(v) || v < 0) throw new Error(`synth: ${name} must be a non-negative integer, got ${v}`);
+  }
+  if (nTrain === 0) throw new Error('synth: need at least one training image');
+  const scene = sceneOptions(opts.size ?? 200);
+  await prepareOut(opts.out, opts.overwrite ?? false);
+
+  const jobs: ImageJob[] = [];
+  const pretrain: object[] = [];
+  const finetune: object[] = [];
+  const evalRecords: object[] = [];
+  const boxes: [string, BoxEntry][] = [];
+  const record = (list: object[], id: string, image: string, conversations: Turn[], entry: BoxEntry, extra: object = {}) => {
+    list.push({ id, image, ...extra, conversations });
+    boxes.push([id, entry]);
+  };
+
+  for (let i = 0; i < nTrain; i++) {
+    const rng = streamRng(seed, SPLIT.train, i);
+    const s = makeScene(rng, scene);
+    const { boxes: b, labels, scores } = annotateScene(rng, s, DEFAULT_ANNOTATE);
+    const entry = { boxes: b, labels, scores };
+    const id = `train-${pad(i)}`;
+    const image = `${id}.png`;
+    jobs.push({ file: image, scene: s, noiseSeed: deriveSeed(seed, SPLIT.train, i, 1) });
+    record(pretrain, id, image, captionConversation(rng, s), entry);
+    finetuneConversations(rng, s).forEach((conv, k) => record(finetune, `${id}-q${k}`, image, conv, entry));
+  }
+  for (let i = 0; i < nEval; i++) {
+    const rng = streamRng(seed, SPLIT.eval, i);
+    const s = makeScene(rng, scene);
+    const { boxes: b, labels, scores } = annotateScene(rng, s, DEFAULT_ANNOTATE);
+    const entry = { boxes: b, labels, scores };
+    const id = `eval-${pad(i)}`;
+    const image = `${id}.png`;
+    jobs.push({ file: image, scene: s, noiseSeed: deriveSeed(seed, SPLIT.eval, i, 1) });
+    for (const category of QUESTION_CATEGORIES) {
+      record(evalRecords, `${id}-${category}`, image, qaConversation([askAbout(s, category)]), entry, { category });
+    }
+  }
+
+  const imageDir = path.join(opts.out, 'images');
+  await mkdir(imageDir, { recursive: true });
+  let done = 0;
+  await runPool(jobs, opts.concurrency ?? 4, async (job) => {
+    await writeFile(path.join(imageDir, job.file), await renderScene(job.scene, job.noiseSeed, scene.noise));
+    opts.onProgress?.(++done, jobs.length);
+  });
+
+  const texts = [...pretrain, ...finetune, ...evalRecords].flatMap((r) => (r as { conversations: Turn[] }).conversations.map((t) => t.value.replace('<image>', ' ')));
+  const template = opts.template ?? getTemplate('vicuna');
+  const vocab = buildVocab([...texts, ...templateText(template)]);
+  await writeFile(path.join(opts.out, 'pretrain.json'), recordsJson(pretrain));
+  await writeFile(path.join(opts.out, 'finetune.json'), recordsJson(finetune));
+  await writeFile(path.join(opts.out, 'eval.json'), recordsJson(evalRecords));
+  await writeFile(path.join(opts.out, 'boxes.json'), boxesJson(boxes));
+  await writeFile(path.join(opts.out, 'tokenizer.json'), `${JSON.stringify(tokenizerJson(vocab), null, 1)}\n`);
+  await writeFile(path.join(opts.out, 'tokenizer_config.json'), `${JSON.stringify(tokenizerConfigJson(512), null, 1)}\n`);
+  const manifest = {
+    format: 'mgllava-synth',
+    version: 1,
+    seed,
+    train_images: nTrain,
+    eval_images: nEval,
+    records: { pretrain: pretrain.length, finetune: finetune.length, eval: evalRecords.length },
+    template: template.name,
+    scene,
+    boxes: { ...DEFAULT_ANNOTATE, order: 'real objects smallest first with strictly decreasing scores; extra boxes (score below every real box, same label, IoU > 0.3 with their object) follow and are removed by NMS 0.2' },
+    colors: COLORS.map((c) => c.name),
+    shapes: SHAPES,
+    question_categories: QUESTION_CATEGORIES,
+    vocab_size: vocab.length,
+  };
+  await writeFile(path.join(opts.out, 'dataset.json'), `${JSON.stringify(manifest, null, 1)}\n`);
+
+  return {
+    out: opts.out,
+    images: { train: nTrain, eval: nEval },
+    records: { pretrain: pretrain.length, finetune: finetune.length, eval: evalRecords.length },
+    vocabSize: vocab.length,
+    seconds: (performance.now() - t0) / 1000,
+  };
+}
+
+/** The literal text a template wraps around turns (no system prompt: training uses none). */
+function templateText(t: PromptTemplate): string[] {
+  return [formatTemplate(t.INSTRUCTION, { input: ' ', round: 1 }), t.SUFFIX, t.SEP];
+}
+
+const pad = (i: number) => String(i).padStart(5, '0');
+
+/** One record per line: readable, diffable, and line numbers in error messages point at a record. */
+function recordsJson(records: object[]): string {
+  return `[\n${records.map((r) => JSON.stringify(r)).join(',\n')}\n]\n`;
+}
+
+function boxesJson(entries: [string, BoxEntry][]): string {
+  return `{\n${entries.map(([id, e]) => `${JSON.stringify(id)}: ${JSON.stringify(e)}`).join(',\n')}\n}\n`;
+}
+
+async function prepareOut(out: string, overwrite: boolean): Promise<void> {
+  let existing: string[] = [];
+  try {
+    existing = await readdir(out);
+  } catch {
+    await mkdir(out, { recursive: true });
+    return;
+  }
+  if (existing.length === 0) return;
+  if (!overwrite) throw new Error(`synth: output folder ${out} is not empty (pass --overwrite to replace a previous synthetic dataset)`);
+  await rm(path.join(out, 'images'), { recursive: true, force: true });
+  for (const f of SYNTH_FILES) await rm(path.join(out, f), { force: true });
+}

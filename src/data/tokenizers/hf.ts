@@ -1,0 +1,108 @@
+/**
+ * A local Hugging Face `tokenizer.json` through @huggingface/tokenizers (never downloads anything).
+ *
+ * BOS/EOS come from `tokenizer_config.json` beside the tokenizer (`bos_token` / `eos_token`, either a string
+ * or an AddedToken object), or from explicit overrides. Like xtuner's `get_bos_eos_token_ids`, Qwen tokenizer
+ * classes get no BOS. A configured token that is not in the vocabulary is an error.
+ */
+import { existsSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { checkDecodableIds, type DecodeOptions, type TextTokenizer } from '../tokenizer.js';
+
+/** `tokenizer_class` values for which xtuner uses no BOS id. Its list is QWenTokenizer / Qwen2TokenizerFast
+ *  (and a misspelt 'QWen2Tokenizer'); configs name the slow 'Qwen2Tokenizer', which AutoTokenizer loads as
+ *  Qwen2TokenizerFast, so that name counts too. */
+const NO_BOS_CLASSES = new Set(['QWenTokenizer', 'Qwen2Tokenizer', 'Qwen2TokenizerFast']);
+
+export interface HfTokenizerOverrides {
+  bosToken?: string | null;
+  eosToken?: string | null;
+}
+
+class HfTokenizer implements TextTokenizer {
+  readonly vocabSize: number;
+  readonly bosId: number | null;
+  readonly eosId: number | null;
+
+  constructor(
+    readonly name: string,
+    private readonly tok: Tokenizer,
+    bosToken: string | null,
+    readonly eosToken: string | null,
+  ) {
+    let maxId = -1;
+    for (const id of tok.get_vocab(true).values()) maxId = Math.max(maxId, id);
+    this.vocabSize = maxId + 1;
+    this.bosId = this.requireId(bosToken, 'bos_token');
+    this.eosId = this.requireId(eosToken, 'eos_token');
+  }
+
+  private requireId(token: string | null, what: string): number | null {
+    if (token === null) return null;
+    const id = this.tokenToId(token);
+    if (id === undefined) throw new Error(`${this.name}: ${what} '${token}' is not in the vocabulary`);
+    return id;
+  }
+
+  encode(text: string): number[] {
+    if (text.length === 0) return [];
+    return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    if (ids.length === 0) return '';
+    checkDecodableIds(ids, this.vocabSize, this.name);
+    return this.tok.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? true });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+}
+
+export async function loadHfTokenizer(p: string, overrides: HfTokenizerOverrides = {}): Promise<TextTokenizer> {
+  const file = existsSync(p) && statSync(p).isDirectory() ? path.join(p, 'tokenizer.json') : p;
+  const json = await readJson(file, 'tokenizer');
+  const configFile = path.join(path.dirname(file), 'tokenizer_config.json');
+  const config = existsSync(configFile) ? await readJson(configFile, 'tokenizer config') : {};
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(json, config);
+  } catch (e) {
+    throw new Error(`hf tokenizer ${file}: unsupported tokenizer.json: ${(e as Error).message}`);
+  }
+  const cls = typeof config.tokenizer_class === 'string' ? config.tokenizer_class : '';
+  const bos =
+    overrides.bosToken !== undefined ? overrides.bosToken : NO_BOS_CLASSES.has(cls) ? null : tokenText(config.bos_token);
+  const eos = overrides.eosToken !== undefined ? overrides.eosToken : tokenText(config.eos_token);
+  return new HfTokenizer(`hf:${file}`, tok, bos, eos);
+}
+
+async function readJson(file: string, what: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new Error(`cannot read ${what} ${file}: ${(e as Error).message}`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${what} ${file} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error(`${what} ${file}: expected a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+/** `"</s>"` or `{"content": "</s>", ...}` (AddedToken); null/absent = no such token. */
+function tokenText(v: unknown): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') {
+    return (v as { content: string }).content;
+  }
+  throw new Error(`hf tokenizer config: cannot read special token ${JSON.stringify(v)}`);
+}

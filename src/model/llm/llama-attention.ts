@@ -1,0 +1,83 @@
+/**
+ * LLaMA self-attention with RoPE and grouped-query attention (GQA).
+ *
+ * GQA without repeating k/v: query heads j*r .. j*r+r-1 all use kv head j (HF repeat_kv /
+ * repeat_interleave), so the queries are regrouped as [B*kvH, r*T, hd] (a free reshape of
+ * [B, H, T, hd]) and multiplied with the unrepeated keys/values [B*kvH, S, hd]: one batched matmul each.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Module, type InitContext } from '../../nn/module.js';
+import { Linear } from '../../nn/linear.js';
+import { applyRope, type RopeOperands } from './rope.js';
+import type { KvCache } from './kv-cache.js';
+
+export interface LlamaAttentionConfig {
+  hiddenSize: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  /** q/k/v/o biases (HF `attention_bias`). */
+  bias: boolean;
+  /** Std of the normal weight initialiser. */
+  initStd: number;
+}
+
+/** What every layer of one forward pass shares. */
+export interface AttentionContext {
+  batch: number;
+  /** New positions T in this pass. */
+  seq: number;
+  /** RoPE for queries, with the 1/sqrt(hd) score scale folded into cos/sin. */
+  ropeQ: RopeOperands;
+  /** RoPE for keys (unscaled). */
+  ropeK: RopeOperands;
+  /** Additive mask [B or 1, 1, T, S]. */
+  bias: tf.Tensor4D;
+  cache: KvCache | null;
+}
+
+export class LlamaAttention extends Module<LlamaAttentionConfig> {
+  readonly qProj: Linear;
+  readonly kProj: Linear;
+  readonly vProj: Linear;
+  readonly oProj: Linear;
+
+  constructor(config: LlamaAttentionConfig, ctx: InitContext) {
+    super(config);
+    const { hiddenSize: h, numHeads, numKvHeads, headDim, bias } = config;
+    if (numHeads % numKvHeads !== 0) throw new Error(`LlamaAttention: numHeads ${numHeads} is not a multiple of numKvHeads ${numKvHeads}`);
+    const init = { weight: { kind: 'normal', std: config.initStd } as const, bias: { kind: 'zeros' } as const };
+    this.qProj = this.addChild('q_proj', new Linear({ inFeatures: h, outFeatures: numHeads * headDim, bias }, ctx, init));
+    this.kProj = this.addChild('k_proj', new Linear({ inFeatures: h, outFeatures: numKvHeads * headDim, bias }, ctx, init));
+    this.vProj = this.addChild('v_proj', new Linear({ inFeatures: h, outFeatures: numKvHeads * headDim, bias }, ctx, init));
+    this.oProj = this.addChild('o_proj', new Linear({ inFeatures: numHeads * headDim, outFeatures: h, bias }, ctx, init));
+  }
+
+  /**
+   * x [N = B*T, H] -> [N, H]. With a cache, this layer's keys/values are appended to it (`layer` is the
+   * index of this layer in the cache).
+   */
+  apply(x: tf.Tensor2D, ctx: AttentionContext, layer: number): tf.Tensor2D {
+    return tf.tidy(() => {
+      const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config;
+      const { batch: b, seq: t } = ctx;
+      const n = b * t;
+      const r = nh / nkv;
+      const q = applyRope(this.qProj.apply(x).reshape([n, nh, hd]) as tf.Tensor3D, ctx.ropeQ); // [N,nh,hd], pre-scaled
+      const kNew = applyRope(this.kProj.apply(x).reshape([n, nkv, hd]) as tf.Tensor3D, ctx.ropeK); // [N,nkv,hd]
+      const vNew = this.vProj.apply(x).reshape([b, t, nkv, hd]);
+      let k = kNew.reshape([b, t, nkv, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
+      let v = vNew.transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
+      if (ctx.cache) ({ k, v } = ctx.cache.append(layer, k, v)); // [B,nkv,S,hd]
+      const s = k.shape[2];
+      // [B,T,nh,hd] -> [B,nh,T,hd] = [B, nkv, r, T, hd] -> [B*nkv, r*T, hd]: the r query heads of a kv head.
+      const qg = q.reshape([b, t, nh, hd]).transpose([0, 2, 1, 3]).reshape([b * nkv, r * t, hd]);
+      const scores = tf.matMul(qg, k.reshape([b * nkv, s, hd]), false, true); // [B*nkv, r*T, S]
+      const masked = tf.add(scores.reshape([b, nh, t, s]), ctx.bias); // [B,nh,T,S]
+      const probs = tf.softmax(masked, -1).reshape([b * nkv, r * t, s]);
+      const out = tf.matMul(probs, v.reshape([b * nkv, s, hd])); // [B*nkv, r*T, hd]
+      const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([n, nh * hd]); // [N, nh*hd]
+      return this.oProj.apply(merged) as tf.Tensor2D;
+    });
+  }
+}

@@ -1,0 +1,248 @@
+/**
+ * MG-LLaVA: the composition of the parts, with the stage policies.
+ *
+ *   low-res image ─► CLIP ViT (frozen) ─► selected hidden state, CLS dropped ─┐
+ *   aux image ────► ConvNeXt (frozen) ─► last stage map ──────────────────────┴► Conv-Gate fusion ─► projector ─► image tokens
+ *                                    └► 4-stage concat map ─► RoI means over boxes ─► bbox projector ─► object tokens
+ *   text ids ─► embeddings; splice [text | image tokens | object tokens | text] ─► LLM ─► logits ─► CE
+ *
+ * The forward pass is split at the frozen/trainable boundary: `encodeFrozen` computes everything that
+ * depends only on frozen weights (ViT features, last map, RoI means of the concat map), outside any
+ * gradient tape; `loss` runs the trainable rest. With frozen encoders the first half is a pure function
+ * of the image and its boxes, so it can be cached per image.
+ *
+ * Weight names are the reference checkpoint's: `visual_encoder.vision_model.*`, `visual_encoder_aux.*`,
+ * `fuse_module.*`, `projector.*`, `bbox_projector.*` (+ `multi_level_linear.*`), `llm.*`.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Module, type InitContext } from '../nn/module.js';
+import { ClipVit, type ClipVitConfig } from './vision/clip-vit.js';
+import { ConvNext, type ConvNextConfig } from './vision/convnext.js';
+import { ConvGateFusion, type FusionVariant } from './fusion.js';
+import { ObjectFeatures } from './objects.js';
+import { Projector } from './projector.js';
+import { LlamaForCausalLM } from './llm/llama.js';
+import type { LlamaConfig } from './llm/config.js';
+import { spliceMultimodal, type SpliceResult } from './splice.js';
+import { causalLmLossOnRows, shiftedTargets } from './loss.js';
+import type { IntMatrixLike } from './llm/int-matrix.js';
+import type { Boxes } from './roi-align.js';
+
+export interface MGLLaVAConfig {
+  /** Low-resolution encoder (`visual_encoder.*`). */
+  vision: ClipVitConfig;
+  /** High-resolution encoder (`visual_encoder_aux.*`); null = low-res only (no fusion, no object tokens). */
+  visionAux: ConvNextConfig | null;
+  /** Conv-Gate fusion of the last aux map into the ViT tokens (`fuse_module.*`); null = none. Needs visionAux. */
+  fusion: { variant: FusionVariant; zeroInit: boolean } | null;
+  /** Object tokens from boxes (`bbox_projector.*`); null = none. Needs visionAux. */
+  objects: {
+    /** roi_align bins per axis (56). */
+    outputSize: number;
+    /** -1: adaptive, as MG-LLaVA. */
+    samplingRatio: number;
+    projectorDepth: number;
+    /** `use_multi_level`: per-stage Linears to this width before the bbox projector; null = off. */
+    multiLevelDim: number | null;
+  } | null;
+  /** Image-token projector depth (`projector.model.*`, 2). */
+  projectorDepth: number;
+  llm: LlamaConfig;
+}
+
+/** Which weights learn. `pretrain`: fusion + projectors. `finetune`: + the whole LLM. */
+export type Stage = 'pretrain' | 'finetune';
+
+/** Frozen-path outputs for a batch of B images (pure functions of image + boxes when encoders are frozen). */
+export interface FrozenFeatures {
+  /** [B, N, D] selected ViT hidden state. */
+  vit: tf.Tensor3D;
+  /** [B, h, w, C] last ConvNeXt stage (fusion input), or null without fusion. */
+  lastMap: tf.Tensor4D | null;
+  /** [sum K_b, Cc] RoI means of the concat map, or null without object tokens. */
+  roiMeans: tf.Tensor2D | null;
+  /** K_b per image (empty without object tokens). */
+  boxCounts: number[];
+}
+
+export interface TextBatch {
+  /** [B, L] ids with IMAGE_TOKEN_INDEX (-200) at the image position. */
+  inputIds: IntMatrixLike;
+  /** [B, L] labels, IGNORE_INDEX (-100) where unsupervised. */
+  labels: IntMatrixLike;
+  /** [B, L] 1 real / 0 padding. */
+  attentionMask: IntMatrixLike;
+}
+
+export interface MGLLaVALoss {
+  /** Mean CE over the supervised tokens of the batch. */
+  loss: tf.Scalar;
+  /** Number of supervised tokens (gradient accumulation weight). */
+  supervisedTokens: number;
+  /** Positions the LLM ran on, B x T (for tokens/s). */
+  positions: number;
+}
+
+export function disposeFrozen(f: FrozenFeatures): void {
+  f.vit.dispose();
+  f.lastMap?.dispose();
+  f.roiMeans?.dispose();
+}
+
+export class MGLLaVA extends Module<MGLLaVAConfig> {
+  readonly vision: ClipVit;
+  readonly visionAux: ConvNext | null;
+  readonly fusion: ConvGateFusion | null;
+  readonly projector: Projector;
+  readonly objects: ObjectFeatures | null;
+  readonly llm: LlamaForCausalLM;
+
+  constructor(config: MGLLaVAConfig, ctx: InitContext) {
+    super(config);
+    const c = config;
+    if ((c.fusion || c.objects) && !c.visionAux) {
+      throw new Error('MG-LLaVA config: fusion and object tokens need the high-resolution encoder (visionAux)');
+    }
+    if (c.fusion && c.visionAux) {
+      // The fusion consumes the last aux map position by position: it must be the ViT's patch grid.
+      const grid = c.vision.imageSize / c.vision.patchSize;
+      const last = c.visionAux.imageSize / 2 ** (c.visionAux.dims.length + 1);
+      if (last !== grid) {
+        throw new Error(
+          `MG-LLaVA config: the aux image ${c.visionAux.imageSize} px gives a ${last}x${last} last ConvNeXt map, ` +
+            `but the fusion needs the ${grid}x${grid} ViT grid (${c.vision.imageSize} px / patch ${c.vision.patchSize}); ` +
+            `full size uses 768 px aux for 336 px / 14`,
+        );
+      }
+    }
+    this.vision = this.addChild('visual_encoder', new ClipVit(c.vision, ctx));
+    this.visionAux = c.visionAux ? this.addChild('visual_encoder_aux', new ConvNext(c.visionAux, ctx)) : null;
+    const d = c.vision.hiddenSize;
+    const aux = c.visionAux;
+    this.fusion =
+      c.fusion && aux
+        ? this.addChild(
+            'fuse_module',
+            new ConvGateFusion({ lowDim: d, highDim: aux.dims[aux.dims.length - 1]!, variant: c.fusion.variant, zeroInit: c.fusion.zeroInit }, ctx),
+          )
+        : null;
+    this.projector = this.addChild(
+      'projector',
+      new Projector({ inDim: this.fusion ? this.fusion.outDim : d, outDim: c.llm.hiddenSize, depth: c.projectorDepth }, ctx),
+    );
+    if (c.objects && aux) {
+      this.objects = new ObjectFeatures(
+        {
+          inChannels: aux.dims.reduce((a, b) => a + b, 0),
+          hidden: c.llm.hiddenSize,
+          imageSizeAux: aux.imageSize,
+          outputSize: c.objects.outputSize,
+          samplingRatio: c.objects.samplingRatio,
+          projectorDepth: c.objects.projectorDepth,
+          multiLevel: c.objects.multiLevelDim ? { levelChannels: [...aux.dims], commonDim: c.objects.multiLevelDim } : null,
+        },
+        ctx,
+      );
+      this.adoptChildren(this.objects); // bbox_projector.*, multi_level_linear.* at the top level
+    } else {
+      this.objects = null;
+    }
+    this.llm = this.addChild('llm', new LlamaForCausalLM(c.llm, ctx));
+    this.vision.setTrainable(false);
+    this.visionAux?.setTrainable(false);
+  }
+
+  /** The weights a stage trains, by checkpoint name (encoders never, unless `unfreezeEncoders`). */
+  trainableWeights(stage: Stage, opts: { unfreezeEncoders?: boolean } = {}): Map<string, tf.Variable> {
+    const parts: [string, Module | null][] = [
+      ['fuse_module.', this.fusion],
+      ['projector.', this.projector],
+    ];
+    const out = new Map<string, tf.Variable>();
+    for (const [prefix, m] of parts) if (m) for (const [n, v] of m.namedWeights(prefix)) out.set(n, v);
+    if (this.objects) for (const [n, v] of this.objects.namedWeights()) out.set(n, v);
+    if (stage === 'finetune') for (const [n, v] of this.llm.namedWeights('llm.')) out.set(n, v);
+    if (opts.unfreezeEncoders) {
+      for (const [n, v] of this.vision.namedWeights('visual_encoder.')) out.set(n, v);
+      if (this.visionAux) for (const [n, v] of this.visionAux.namedWeights('visual_encoder_aux.')) out.set(n, v);
+    }
+    return out;
+  }
+
+  /**
+   * The frozen path. pixels [B,S,S,3] and pixelsAux [B,A,A,3] are NHWC normalised images (pixelsAux may be
+   * null for a low-res-only model); boxes[b] are image b's boxes in aux-image pixels (dummy rule applied).
+   */
+  encodeFrozen(pixels: tf.Tensor4D, pixelsAux: tf.Tensor4D | null, boxes: Boxes[] | null): FrozenFeatures {
+    if (this.visionAux && !pixelsAux) throw new Error('MG-LLaVA: this model has a high-resolution encoder; pixelsAux is required');
+    if (this.objects && !boxes) throw new Error('MG-LLaVA: this model makes object tokens; boxes are required');
+    const withLast = this.fusion !== null;
+    const withObjects = this.objects !== null;
+    let boxCounts: number[] = [];
+    // tidy returns a plain list (tracked by any enclosing scope); which entries exist follows the config.
+    const [vit, ...rest] = tf.tidy(() => {
+      const list: tf.Tensor[] = [this.vision.apply(pixels).features]; // [B,N,D]
+      if (!this.visionAux || !pixelsAux) return list;
+      const aux = this.visionAux.apply(pixelsAux, { concat: withObjects });
+      if (withLast) list.push(aux.last); // [B,h,w,C]
+      if (withObjects) {
+        const { means, counts } = this.objects!.roiMeans(aux.concat!, boxes!); // [sum K, Cc]
+        list.push(means);
+        boxCounts = counts;
+      }
+      return list;
+    });
+    return {
+      vit: vit as tf.Tensor3D,
+      lastMap: withLast ? (rest[0] as tf.Tensor4D) : null,
+      roiMeans: withObjects ? (rest[withLast ? 1 : 0] as tf.Tensor2D) : null,
+      boxCounts,
+    };
+  }
+
+  /** Trainable visual path: image tokens [B,N,H] and per-image object tokens [K_b,H] (null without objects). */
+  visualTokens(f: FrozenFeatures): { image: tf.Tensor3D; objects: tf.Tensor2D[] | null } {
+    const [image, ...objects] = tf.tidy(() => {
+      const fused = this.fusion ? this.fusion.apply(f.vit, f.lastMap!) : f.vit; // [B,N,D']
+      const img = this.projector.apply(fused); // [B,N,H]
+      if (!this.objects || !f.roiMeans) return [img];
+      const tokens = this.objects.project(f.roiMeans); // [sum K,H]
+      return [img, ...(f.boxCounts.length === 1 ? [tokens] : tf.split(tokens, f.boxCounts, 0))];
+    });
+    return { image: image as tf.Tensor3D, objects: objects.length ? (objects as tf.Tensor2D[]) : null };
+  }
+
+  /** Splice visual tokens into the text embeddings (REFERENCE (g)). */
+  splice(text: Omit<TextBatch, 'labels'> & { labels?: IntMatrixLike }, visual: { image: tf.Tensor3D; objects: tf.Tensor2D[] | null }): SpliceResult {
+    return spliceMultimodal({
+      inputIds: text.inputIds,
+      labels: text.labels ?? null,
+      attentionMask: text.attentionMask,
+      embedTokens: (ids) => this.llm.embed(ids),
+      imageEmbeds: visual.image,
+      objectEmbeds: visual.objects,
+      vocabSize: this.config.llm.vocabSize,
+    });
+  }
+
+  /** Trainable forward + loss from frozen features: call inside `tf.variableGrads`. */
+  loss(f: FrozenFeatures, text: TextBatch): MGLLaVALoss {
+    let supervisedTokens = 0;
+    let positions = 0;
+    const loss = tf.tidy(() => {
+      const visual = this.visualTokens(f);
+      const s = this.splice(text, visual);
+      const plan = shiftedTargets(s.labels, this.config.llm.vocabSize);
+      supervisedTokens = plan.count;
+      positions = s.labels.shape[0] * s.labels.shape[1];
+      const { logits } = this.llm.forward({
+        inputsEmbeds: s.inputsEmbeds,
+        attentionMask: s.attentionMask,
+        positionIds: s.positionIds,
+        logitRows: plan.rows,
+      }); // [M,V]
+      return causalLmLossOnRows(logits, plan).loss;
+    });
+    return { loss, supervisedTokens, positions };
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * Object tokens (`bbox_projector.*`, REFERENCE.md (b)): per image, each box's roi_align of the aux
+ * concat map (aligned=False, adaptive sampling, P x P bins), averaged over the bins, then the
+ * `bbox_projector` MLP -> one LLM-width token per box.
+ *
+ * The bin mean is computed in the separable form `u_k^T F_c v_k` (roi-align.ts): one matmul of the
+ * outer-product weights [K, H*W] with the map [H*W, C], never the [K, C, P, P] pooled map.
+ *
+ * Spatial scale: feature size / `imageSizeAux` (the reference hard-codes 768, i.e. it assumes
+ * image_size_aux = 768; here the aux size comes from the config, which is the same at full size and
+ * right for the small test/bench models).
+ *
+ * Multi-level variant (`use_multi_level`): per ConvNeXt stage l, Linear_l (C_l -> common) on every
+ * bin of the stage's channel slice, sum over stages, mean over bins. The mean over bins commutes with
+ * the affine per-bin Linear, so this is `sum_l (W_l m_l + b_l)` with m = RoI mean of the concat map:
+ * one matmul with the concatenated [common, sum C_l] weight plus the summed biases.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { Module, type InitContext } from '../nn/module.js';
+import { Linear, linear } from '../nn/linear.js';
+import { Projector } from './projector.js';
+import { roiMeanOuter, roiMeanWeights, boxesToFloat32, type Boxes, type RoiAlignOptions } from './roi-align.js';
+import { EMPTY_IMAGE_BOX, TEXT_ONLY_BOX } from '../data/boxes.js';
+
+/** The dummy-box rule (REFERENCE.md §0/§i), re-exported for the model side. */
+export { EMPTY_IMAGE_BOX, TEXT_ONLY_BOX };
+
+/**
+ * The boxes an image contributes: its own, or one `[0,0,0,0]` box when none survived; a text-only
+ * sample (zero image) gets `[0,0,100,100]`. Every sample therefore yields at least one object token.
+ */
+export function boxesWithDummy(boxes: number[][], textOnly = false): number[][] {
+  if (textOnly) return [[...TEXT_ONLY_BOX]];
+  return boxes.length > 0 ? boxes : [[...EMPTY_IMAGE_BOX]];
+}
+
+export interface MultiLevelConfig {
+  /** Channels of each ConvNeXt stage in the concat map, in order (192/384/768/1536 at full size). */
+  levelChannels: number[];
+  /** Width of the per-level Linears (1024 officially); the bbox projector's input width. */
+  commonDim: number;
+}
+
+export interface ObjectFeaturesConfig {
+  /** Channels of the aux concat map (2880 at full size). */
+  inChannels: number;
+  /** LLM hidden size (bbox_projector output width). */
+  hidden: number;
+  /** Side of the aux image the boxes are expressed in (768); spatial scale = map size / this. */
+  imageSizeAux: number;
+  /** P: roi_align bins per axis (56). */
+  outputSize: number;
+  /** Samples per bin per axis; -1 = adaptive (torchvision default, used by MG-LLaVA). */
+  samplingRatio: number;
+  /** Number of Linear layers of bbox_projector (2). */
+  projectorDepth: number;
+  /** Per-stage Linears before the projector (`use_multi_level`); null for the released single-level model. */
+  multiLevel: MultiLevelConfig | null;
+}
+
+export const DEFAULT_OBJECT_FEATURES: Pick<ObjectFeaturesConfig, 'imageSizeAux' | 'outputSize' | 'samplingRatio' | 'projectorDepth' | 'multiLevel'> = {
+  imageSizeAux: 768,
+  outputSize: 56,
+  samplingRatio: -1,
+  projectorDepth: 2,
+  multiLevel: null,
+};
+
+/** Object tokens of a batch, flat: rows of image b are counts[0] + ... + counts[b-1] onwards. */
+export interface FlatObjectTokens {
+  /** [sum K_b, hidden] */
+  tokens: tf.Tensor2D;
+  counts: number[];
+}
+
+export class ObjectFeatures extends Module<ObjectFeaturesConfig> {
+  readonly levelLinears: Linear[];
+  readonly bboxProjector: Projector;
+
+  constructor(config: ObjectFeaturesConfig, ctx: InitContext) {
+    super(config);
+    const ml = config.multiLevel;
+    let projIn = config.inChannels;
+    this.levelLinears = [];
+    if (ml) {
+      const sum = ml.levelChannels.reduce((a, b) => a + b, 0);
+      if (sum !== config.inChannels) {
+        throw new Error(`ObjectFeatures: levelChannels [${ml.levelChannels}] sum to ${sum}, but the concat map has ${config.inChannels} channels`);
+      }
+      ml.levelChannels.forEach((c, l) => {
+        this.levelLinears.push(this.addChild(`multi_level_linear.${l}`, new Linear({ inFeatures: c, outFeatures: ml.commonDim, bias: true }, ctx)));
+      });
+      projIn = ml.commonDim;
+    }
+    this.bboxProjector = this.addChild(
+      'bbox_projector',
+      new Projector({ inDim: projIn, outDim: config.hidden, depth: config.projectorDepth }, ctx),
+    );
+  }
+
+  /** roi_align options for a concat map of `mapSize` pixels per side. */
+  roiOptions(mapSize: number): RoiAlignOptions {
+    return {
+      outputSize: this.config.outputSize,
+      spatialScale: mapSize / this.config.imageSizeAux,
+      samplingRatio: this.config.samplingRatio,
+    };
+  }
+
+  /**
+   * RoI means of a batch: concat NHWC [B,Hf,Wf,C], boxes of image b in aux-image pixels -> [sum K_b, C]
+   * (rows of image b after those of images 0..b-1) and K_b.
+   *
+   * One block-diagonal matmul [sum K, B*Hf*Wf] x [B*Hf*Wf, C] over the whole map (a reshape, no copy),
+   * rather than B slices: on wasm a slice copies the whole input out of the heap, which costs more
+   * than the zero blocks at the batch sizes used here. No gradient flows into the boxes.
+   */
+  roiMeans(concat: tf.Tensor4D, boxesPerImage: Boxes[]): { means: tf.Tensor2D; counts: number[] } {
+    const [B, H, W, C] = concat.shape;
+    if (C !== this.config.inChannels) throw new Error(`ObjectFeatures: concat map has ${C} channels, expected ${this.config.inChannels}`);
+    if (boxesPerImage.length !== B) throw new Error(`ObjectFeatures: ${boxesPerImage.length} box lists for a batch of ${B} images`);
+    if (H !== W) throw new Error(`ObjectFeatures: the concat map must be square (one spatial scale), got ${H}x${W}`);
+    const opts = this.roiOptions(H);
+    const weights = boxesPerImage.map((b, i) => {
+      const w = roiMeanWeights(boxesToFloat32(b, `ObjectFeatures image ${i}`), H, W, opts);
+      if (w.K === 0) throw new Error(`ObjectFeatures: image ${i} has no box (apply the dummy-box rule, boxesWithDummy)`);
+      return w;
+    });
+    const counts = weights.map((w) => w.K);
+    const total = counts.reduce((a, b) => a + b, 0);
+    const cols = B * H * W;
+    const outer = new Float32Array(total * cols); // block-diagonal [sum K, B*H*W]
+    let row = 0;
+    weights.forEach((w, b) => {
+      roiMeanOuter(w, H, W, outer, cols, row, b * H * W);
+      row += w.K;
+    });
+    const means = tf.tidy(() => tf.matMul(tf.tensor2d(outer, [total, cols]), concat.reshape([cols, C])) as tf.Tensor2D);
+    return { means, counts }; // [sum K, C]
+  }
+
+  /** RoI means [K, inChannels] -> object tokens [K, hidden] (the entry point for cached RoI means). */
+  project(roiMean: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => {
+      let x: tf.Tensor = roiMean;
+      if (this.config.multiLevel) {
+        // sum_l Linear_l(slice_l(m)) == m @ [W_0 | W_1 | ...]^T + sum_l b_l
+        const w = tf.concat(this.levelLinears.map((l) => l.weight), 1); // [common, inChannels]
+        const b = tf.addN(this.levelLinears.map((l) => l.bias!)); // [common]
+        x = linear(roiMean, w, b); // [K, common]
+      }
+      return this.bboxProjector.apply(x) as tf.Tensor2D;
+    });
+  }
+
+  /** concat NHWC [B,Hf,Wf,C] + boxes per image -> all object tokens [sum K_b, hidden] and K_b. */
+  applyFlat(concat: tf.Tensor4D, boxesPerImage: Boxes[]): FlatObjectTokens {
+    const { means, counts } = this.roiMeans(concat, boxesPerImage);
+    const tokens = this.project(means);
+    means.dispose();
+    return { tokens, counts };
+  }
+
+  /** concat NHWC [B,Hf,Wf,C] + boxes per image -> one [K_b, hidden] tensor per image. */
+  apply(concat: tf.Tensor4D, boxesPerImage: Boxes[]): tf.Tensor2D[] {
+    return tf.tidy(() => {
+      const { tokens, counts } = this.applyFlat(concat, boxesPerImage);
+      return counts.length === 1 ? [tokens] : (tf.split(tokens, counts, 0) as tf.Tensor2D[]);
+    });
+  }
+}
