@@ -1,0 +1,84 @@
+/**
+ * Experiment config -> the MG-LLaVA module config. Architecture keys come from the YAML, or from the
+ * `config.json` of a pretrained directory (`hfConfigs`, read by the caller: this function does no I/O).
+ */
+import type { MGLLaVAConfig } from '../model/mgllava.js';
+import { clipVitConfigFromHf, validateClipVitConfig } from '../model/vision/clip-vit.js';
+import { convNextConfigFrom } from '../model/vision/convnext.js';
+import { fromHfConfig } from '../model/llm/config.js';
+import type { ModelSection } from './schema.js';
+import { ConfigError } from './load.js';
+
+/** config.json contents of the pretrained directories named in the model section (when any). */
+export interface PretrainedConfigs {
+  vision?: Record<string, unknown>;
+  visionAux?: Record<string, unknown>;
+  llm?: Record<string, unknown>;
+}
+
+function defined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined && v !== null)) as Partial<T>;
+}
+
+export function modelConfigFrom(m: ModelSection, hf: PretrainedConfigs = {}): MGLLaVAConfig {
+  if (m.vision.pretrained && !hf.vision) throw new ConfigError(`model.vision.pretrained = ${m.vision.pretrained}: its config.json was not read`);
+  if (m.llm.pretrained && !hf.llm) throw new ConfigError(`model.llm.pretrained = ${m.llm.pretrained}: its config.json was not read`);
+  const v = m.vision;
+  // YAML keys win over the pretrained config.json (e.g. select_layer), so a user can say what differs.
+  const vision = hf.vision
+    ? { ...clipVitConfigFromHf(hf.vision), ...defined({ imageSize: v.image_size, selectLayer: v.select_layer }) }
+    : validateClipVitConfig({
+        imageSize: v.image_size!,
+        patchSize: v.patch_size!,
+        hiddenSize: v.hidden_size!,
+        intermediateSize: v.intermediate_size!,
+        numLayers: v.num_layers!,
+        numHeads: v.num_heads!,
+        layerNormEps: v.layer_norm_eps,
+        numChannels: 3,
+        selectLayer: v.select_layer,
+        dropCls: true,
+      });
+  const a = m.vision_aux;
+  const auxHf = (hf.visionAux?.vision_cfg ?? hf.visionAux ?? {}) as Record<string, unknown>; // open_clip nests it
+  const visionAux = a
+    ? convNextConfigFrom(
+        { ...auxHf, ...defined({ dims: a.dims, depths: a.depths, layer_norm_eps: a.layer_norm_eps }), ...(a.variant ? { timm_model_name: a.variant } : {}) },
+        { imageSize: a.image_size },
+      )
+    : null;
+  const l = m.llm;
+  const llm = fromHfConfig(
+    hf.llm ?? {
+      model_type: 'llama',
+      ...defined({
+        vocab_size: l.vocab_size,
+        hidden_size: l.hidden_size,
+        intermediate_size: l.intermediate_size,
+        num_hidden_layers: l.num_layers,
+        num_attention_heads: l.num_heads,
+        num_key_value_heads: l.num_kv_heads,
+        head_dim: l.head_dim,
+      }),
+      rms_norm_eps: l.rms_norm_eps,
+      rope_theta: l.rope_theta,
+      tie_word_embeddings: l.tie_word_embeddings,
+      attention_bias: l.attention_bias,
+    },
+  );
+  return {
+    vision,
+    visionAux,
+    fusion: m.fusion ? { variant: m.fusion.variant, zeroInit: m.fusion.zero_init } : null,
+    objects: m.objects
+      ? {
+          outputSize: m.objects.output_size,
+          samplingRatio: m.objects.sampling_ratio,
+          projectorDepth: m.objects.projector_depth,
+          multiLevelDim: m.objects.multi_level_dim,
+        }
+      : null,
+    projectorDepth: m.projector_depth,
+    llm,
+  };
+}

@@ -1,0 +1,170 @@
+/**
+ * The experiment config: one schema for every YAML file in configs/. Keys are snake_case as in the
+ * reference's configs; every object is strict (an unknown key is an error with a suggestion), and
+ * defaults are the MG-LLaVA recipe's (REFERENCE.md (j)) unless a key says otherwise.
+ *
+ * Paths (data files, pretrained weights, init checkpoints) are relative to the working directory.
+ */
+import { z } from 'zod';
+
+const posInt = z.number().int().positive();
+const nonNegInt = z.number().int().nonnegative();
+const posNum = z.number().positive();
+const path = z.string().min(1);
+
+/** CLIP ViT (low resolution). With `pretrained`, architecture keys come from that HF directory. */
+export const visionSchema = z
+  .object({
+    pretrained: path.nullable().default(null),
+    image_size: posInt.optional(),
+    patch_size: posInt.optional(),
+    hidden_size: posInt.optional(),
+    intermediate_size: posInt.optional(),
+    num_layers: posInt.optional(),
+    num_heads: posInt.optional(),
+    layer_norm_eps: posNum.default(1e-5),
+    select_layer: z.number().int().default(-2),
+  })
+  .strict();
+
+/** ConvNeXt (high resolution). With `pretrained`, weights come from an open_clip/timm directory. */
+export const visionAuxSchema = z
+  .object({
+    pretrained: path.nullable().default(null),
+    dims: z.array(posInt).min(1).optional(),
+    depths: z.array(posInt).min(1).optional(),
+    /** timm model name (convnext_large, ...) instead of dims/depths. */
+    variant: z.string().optional(),
+    image_size: posInt,
+    layer_norm_eps: posNum.default(1e-6),
+  })
+  .strict();
+
+export const fusionSchema = z
+  .object({
+    /** 0 = DualPathFuse (released), 1 = gate + concat, 2 = concat, 3 = plain concat. */
+    variant: z.union([z.literal(0), z.literal(1), z.literal(2), z.literal(3)]).default(0),
+    zero_init: z.boolean().default(true),
+  })
+  .strict();
+
+export const objectsSchema = z
+  .object({
+    output_size: posInt.default(56),
+    sampling_ratio: z.number().int().default(-1),
+    projector_depth: posInt.default(2),
+    multi_level_dim: posInt.nullable().default(null),
+  })
+  .strict();
+
+/** LLaMA-family LLM. With `pretrained` (an HF directory), architecture keys come from its config.json. */
+export const llmSchema = z
+  .object({
+    pretrained: path.nullable().default(null),
+    vocab_size: posInt.optional(),
+    hidden_size: posInt.optional(),
+    intermediate_size: posInt.optional(),
+    num_layers: posInt.optional(),
+    num_heads: posInt.optional(),
+    num_kv_heads: posInt.optional(),
+    head_dim: posInt.optional(),
+    rms_norm_eps: posNum.default(1e-5),
+    rope_theta: posNum.default(10000),
+    tie_word_embeddings: z.boolean().default(false),
+    attention_bias: z.boolean().default(false),
+  })
+  .strict();
+
+export const modelSchema = z
+  .object({
+    vision: visionSchema,
+    /** null: low-res only (no fusion, no object tokens). */
+    vision_aux: visionAuxSchema.nullable().default(null),
+    fusion: fusionSchema.nullable().default(null),
+    objects: objectsSchema.nullable().default(null),
+    projector_depth: posInt.default(2),
+    llm: llmSchema,
+  })
+  .strict();
+
+export const tokenizerSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('hf'), path }).strict(),
+  z.object({ type: z.literal('llama2') }).strict(),
+  z.object({ type: z.literal('byte') }).strict(),
+]);
+
+export const dataSchema = z
+  .object({
+    /** LLaVA records (JSON array or JSONL). */
+    records: path,
+    /** Offline-detector boxes JSON (required when the model makes object tokens). */
+    boxes: path.nullable().default(null),
+    /** Folder the records' `image` paths are relative to. */
+    images: path.nullable().default(null),
+    template: z.enum(['vicuna', 'llama3_chat', 'phi3_chat', 'qwen_chat']).default('vicuna'),
+    tokenizer: tokenizerSchema,
+    /** 2048 - image tokens at full size (1472). */
+    max_length: posInt.default(1472),
+    nms_threshold: z.number().min(0).max(1).default(0.2),
+    /** Per-category box cap trigger (null: only the close-to-max-length rule). */
+    limit_num: posInt.nullable().default(100),
+    /** Skip bad records, writing them to this JSONL report; null: a bad record stops the run. */
+    skip_bad: path.nullable().default(null),
+    /** Batches loaded ahead of the training step. */
+    prefetch: nonNegInt.default(2),
+  })
+  .strict();
+
+export const trainSchema = z
+  .object({
+    batch_size: posInt.default(32),
+    grad_accum: posInt.default(1),
+    epochs: posNum.default(1),
+    /** Overrides `epochs` when set. */
+    max_steps: posInt.nullable().default(null),
+    lr: posNum.default(1e-3),
+    warmup_ratio: z.number().min(0).max(1).default(0.03),
+    start_factor: posNum.max(1).default(1e-5),
+    weight_decay: z.number().min(0).default(0),
+    betas: z.tuple([z.number().min(0).lt(1), z.number().min(0).lt(1)]).default([0.9, 0.999]),
+    eps: posNum.default(1e-8),
+    /** Global L2 gradient clipping over the trainable set. */
+    max_norm: posNum.default(1),
+    sampler: z.enum(['shuffle', 'length_grouped']).default('shuffle'),
+    save_steps: posInt.default(500),
+    save_total_limit: posInt.default(2),
+    log_steps: posInt.default(10),
+    /** Cache frozen-encoder outputs per image: auto = on when the encoders are frozen (exact). */
+    feature_cache: z.enum(['auto', 'on', 'off']).default('auto'),
+    /** Consecutive non-finite steps before the run aborts. */
+    max_bad_steps: posInt.default(5),
+  })
+  .strict();
+
+export const initSchema = z
+  .object({
+    /** A checkpoint (run dir or step dir) whose weights initialise the model (finetune <- pretrain). */
+    from: path.nullable().default(null),
+    /** A stage-0 warm-up checkpoint with encoder weights. */
+    encoders_from: path.nullable().default(null),
+  })
+  .strict();
+
+export const experimentSchema = z
+  .object({
+    /** Run name: the run directory is `<output_dir>/<name>`. */
+    name: z.string().regex(/^[\w.-]+$/, 'letters, digits, _ . - only'),
+    stage: z.enum(['warmup', 'pretrain', 'finetune']),
+    seed: nonNegInt.default(2024),
+    output_dir: path.default('checkpoints'),
+    model: modelSchema,
+    init: initSchema.default({ from: null, encoders_from: null }),
+    data: dataSchema,
+    train: trainSchema.default(trainSchema.parse({})),
+  })
+  .strict();
+
+export type ExperimentConfig = z.infer<typeof experimentSchema>;
+export type ModelSection = z.infer<typeof modelSchema>;
+export type DataSection = z.infer<typeof dataSchema>;
+export type TrainSection = z.infer<typeof trainSchema>;
