@@ -4,6 +4,8 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { collate, type Sample } from '../src/data/collate.js';
 import { loadDataset } from '../src/data/dataset.js';
+import { ImageWorkerPool } from '../src/data/image-pool.js';
+import { ImageError, prepareImage } from '../src/data/image.js';
 import { DataLoader, type LoaderState, type SampleSource } from '../src/data/loader.js';
 import { LengthGroupedSampler, SequentialSampler, ShuffleSampler } from '../src/data/sampler.js';
 import { synthDataset } from '../src/data/synth.js';
@@ -216,5 +218,26 @@ describe('dataset + loader on the synthetic data', () => {
     // normalized CLIP values, not bytes
     expect(Math.max(...batch.aux.subarray(0, 1000))).toBeLessThan(3);
     expect(Math.min(...batch.aux.subarray(0, 1000))).toBeGreaterThan(-2);
+  });
+
+  it('an ImageWorkerPool gives the same images off the main thread, and the same errors', async () => {
+    const pool = new ImageWorkerPool(2);
+    try {
+      const o = { auxSize: 32, lowresSize: 14 };
+      const files = [0, 1, 2].map((i) => path.join(root, 'images', `train-0000${i}.png`));
+      const [a, b] = await Promise.all([Promise.all(files.map((f) => pool.prepare(f, o))), Promise.all(files.map((f) => prepareImage(f, o)))]);
+      for (let i = 0; i < files.length; i++) {
+        expect(a[i]!.aux).toEqual(b[i]!.aux);
+        expect(a[i]!.lowres).toEqual(b[i]!.lowres);
+        expect(a[i]!.padding).toEqual(b[i]!.padding);
+      }
+      const missing = path.join(root, 'images', 'nope.png');
+      const err = await pool.prepare(missing, o).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ImageError);
+      expect(err).toMatchObject({ kind: 'missing', path: missing });
+    } finally {
+      await pool.close();
+    }
+    await expect(pool.prepare('x', { auxSize: 8, lowresSize: 4 })).rejects.toThrow(/after close/);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { JsonSyntaxError, parseJson, parseJsonLines } from '../src/data/json.js';
+import { jsonItems, JsonSyntaxError, parseJson, type JsonItem } from '../src/data/json.js';
 import { parseBoxes, parseRecords } from '../src/data/records.js';
 
 const conv = (q = '<image>\nwhat ?', a = 'red') => [
@@ -36,33 +36,78 @@ describe('JSON reading', () => {
     expect(parseJson(`${valid} NaN`.replace(' NaN', ''), 'x')).toEqual(JSON.parse(valid));
   });
 
-  it('JSON Lines: bad lines reported with their line number, others kept', () => {
-    const lines = parseJsonLines('{"a":1}\n\n{"a":\n{"a":3}\r\n', 'f.jsonl');
+  it('JSON Lines: bad lines reported with their line number, others kept', async () => {
+    const lines = await collect('{"a":1}\n\n{"a":\n{"a":3}\r\n', 'lines');
     expect(lines.map((l) => l.line)).toEqual([1, 3, 4]);
     expect(lines[1]!.error).toMatchObject({ line: 3, column: 6 });
     expect(lines[2]!.value).toEqual({ a: 3 });
   });
+
+  it('streams array / object items; a bad item is reported with its file position, the rest is read', async () => {
+    const text = '[\n {"a": 1},\n {"a": [1, 2}, "s": "]"},\n\t"x,y", {"b": "\\"}"}\n]\n';
+    const items = await collect(text, 'auto');
+    expect(items.map((i) => [i.index, i.line, i.column])).toEqual([
+      [0, 2, 2],
+      [1, 3, 2],
+      [2, 4, 2],
+      [3, 4, 9],
+    ]);
+    expect(items[0]!.value).toEqual({ a: 1 });
+    expect(items[1]!.error).toMatchObject({ line: 3, column: 13 }); // the '}' closing a '['
+    expect(items[2]!.value).toBe('x,y');
+    expect(items[3]!.value).toEqual({ b: '"}' });
+    const obj = await collect('{"k1": {"v": 1}, "k\\"2": [NaN]}', 'auto');
+    expect(obj.map((i) => i.key)).toEqual(['k1', 'k"2']);
+    expect((obj[1]!.value as number[])[0]).toBeNaN();
+  });
+
+  it('gives the same items whatever the chunking of the stream', async () => {
+    const text = '{"r1": {"boxes": [[1, 2, 3, 4]], "labels": ["a\\"b"], "scores": [0.5]},\n "r2": {"x": "{[,"}, "r3": {"bad": }}';
+    const whole = await collect(text, 'auto');
+    for (const size of [1, 2, 3, 7]) {
+      const chunks = Array.from({ length: Math.ceil(text.length / size) }, (_, i) => text.slice(i * size, (i + 1) * size));
+      expect(await collect({ chunks }, 'auto')).toEqual(whole);
+    }
+    expect(whole[2]!.error).toMatchObject({ line: 2, column: 36 });
+  });
+
+  it('structural errors stop the file with a position', async () => {
+    await expect(collect('[{"a": 1} {"a": 2}]', 'auto')).rejects.toThrow(/x:1:11: malformed JSON: unexpected '\{'/);
+    await expect(collect('[{"a": 1},]', 'auto')).rejects.toThrow(/x:1:11: .*after ','/);
+    await expect(collect('[{"a": "1}]\n', 'auto')).rejects.toThrow(/x:2:1: .*end of input \(the item starting at line 1, column 2 is not closed\)/);
+    await expect(collect('  ', 'auto')).rejects.toThrow(/empty file/);
+    await expect(collect('[1] 2', 'auto')).rejects.toThrow(/after the JSON value/);
+  });
 });
 
+async function collect(source: string | { chunks: string[] }, format: 'lines' | 'auto'): Promise<JsonItem[]> {
+  const out: JsonItem[] = [];
+  for await (const item of jsonItems(source, 'x', format)) out.push(item);
+  return out;
+}
+
 describe('records', () => {
-  it('reads a JSON array with text-only and image records, keeping extra fields', () => {
+  it('reads a JSON array with text-only and image records, keeping extra fields', async () => {
     const text = JSON.stringify([
       { id: 'a', image: 'x.png', conversations: conv(), category: 'small_color' },
       { id: 7, conversations: conv('hello', 'hi') },
     ]);
-    const { records, bad } = parseRecords(text, 'r.json');
+    const { records, bad } = await parseRecords(text, 'r.json');
     expect(bad).toEqual([]);
     expect(records[0]).toMatchObject({ id: 'a', image: 'x.png', extra: { category: 'small_color' }, source: { file: 'r.json', index: 0 } });
     expect(records[1]).toMatchObject({ id: '7', image: null });
   });
 
-  it('a malformed JSON array is one problem with line/column', () => {
-    const { records, bad } = parseRecords('[{"id": "a"},\n {"id": }]', 'r.json');
+  it('a malformed record in a JSON array is one bad record (line/column); a structural error spoils the file', async () => {
+    const one = await parseRecords('[{"id": "a", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},\n {"id": }]', 'r.json');
+    expect(one.records.map((r) => r.id)).toEqual(['a']);
+    expect(one.bad).toEqual([expect.objectContaining({ kind: 'malformed_json', file: 'r.json', line: 2, column: 9, id: null, index: 1 })]);
+    const { records, bad } = await parseRecords('[{"id": "a"}\n {"id": "b"}]', 'r.json');
     expect(records).toEqual([]);
-    expect(bad).toEqual([expect.objectContaining({ kind: 'malformed_json', file: 'r.json', line: 2, column: 9, id: null })]);
+    expect(bad).toEqual([expect.objectContaining({ kind: 'malformed_json', file: 'r.json', line: 2, column: 2, id: null })]);
   });
 
-  it('classifies every structural problem', () => {
+  it('classifies every structural problem', async () => {
     const lines = [
       JSON.stringify({ id: 'ok', image: 'x.png', conversations: conv() }),
       '{"id": "broken", ',
@@ -76,7 +121,7 @@ describe('records', () => {
       JSON.stringify({ id: 'late', image: 'x.png', conversations: [...conv('q'), ...conv('<image> q2')] }),
       JSON.stringify({ id: 'role', conversations: [{ from: 'system', value: 'x' }] }),
     ];
-    const { records, bad } = parseRecords(lines.join('\n'), 'r.jsonl');
+    const { records, bad } = await parseRecords(lines.join('\n'), 'r.jsonl');
     expect(records.map((r) => r.id)).toEqual(['ok']);
     const got = bad.map((b) => [b.id, b.kind, b.line]);
     expect(got).toEqual([
@@ -98,16 +143,16 @@ describe('records', () => {
 describe('box JSON', () => {
   const entry = { boxes: [[1, 2, 3, 4]], labels: ['cat'], scores: [0.5] };
 
-  it('reads the dict form and the list form', () => {
-    const a = parseBoxes(JSON.stringify({ r1: entry }), 'b.json');
-    const b = parseBoxes(JSON.stringify([{ id: 'r1', ...entry }]), 'b.json');
+  it('reads the dict form and the list form', async () => {
+    const a = await parseBoxes(JSON.stringify({ r1: entry }), 'b.json');
+    const b = await parseBoxes(JSON.stringify([{ id: 'r1', ...entry }]), 'b.json');
     for (const r of [a, b]) {
       expect(r.bad).toEqual([]);
       expect(r.entries.get('r1')).toEqual(entry);
     }
   });
 
-  it('flags non-finite coordinates (NaN from Python, null from JS), shape errors and duplicates', () => {
+  it('flags non-finite coordinates (NaN from Python, null from JS), shape errors and duplicates', async () => {
     const text = [
       '{"nan": {"boxes": [[1, NaN, 3, 4]], "labels": ["a"], "scores": [0.1]},',
       ' "null": {"boxes": [[1, 2, null, 4]], "labels": ["a"], "scores": [0.1]},',
@@ -116,7 +161,7 @@ describe('box JSON', () => {
       ' "count": {"boxes": [[1, 2, 3, 4]], "labels": [], "scores": [0.1]},',
       ' "empty": {"boxes": [], "labels": [], "scores": []}}',
     ].join('\n');
-    const r = parseBoxes(text, 'b.json');
+    const r = await parseBoxes(text, 'b.json');
     expect(r.unreadable).toBeNull();
     expect(r.bad.map((b) => [b.id, b.kind])).toEqual([
       ['nan', 'nonfinite_box'],
@@ -126,13 +171,13 @@ describe('box JSON', () => {
       ['count', 'bad_boxes'],
     ]);
     expect(r.entries.get('empty')).toEqual({ boxes: [], labels: [], scores: [] });
-    const dup = parseBoxes(JSON.stringify([{ id: 'x', ...entry }, { id: 'x', ...entry }]), 'b.json');
+    const dup = await parseBoxes(JSON.stringify([{ id: 'x', ...entry }, { id: 'x', ...entry }]), 'b.json');
     expect(dup.entries.has('x')).toBe(false);
     expect(dup.bad).toEqual([expect.objectContaining({ id: 'x', kind: 'bad_boxes', reason: expect.stringMatching(/duplicate/) })]);
   });
 
-  it('a malformed box file is unreadable, with line/column', () => {
-    const r = parseBoxes('{"a": {"boxes": [[1,2,3,4]]\n', 'b.json');
+  it('a malformed box file is unreadable, with line/column', async () => {
+    const r = await parseBoxes('{"a": {"boxes": [[1,2,3,4]]\n', 'b.json');
     expect(r.unreadable).toMatchObject({ kind: 'malformed_json', line: 2, column: 1 });
   });
 });

@@ -26,8 +26,8 @@ beforeAll(async () => {
 afterAll(() => rm(root, { recursive: true, force: true }));
 
 const read = (f: string) => readFileSync(path.join(dirA(), f), 'utf8');
-const records = (f: string): LlavaRecord[] => {
-  const r = parseRecords(read(f), f);
+const records = async (f: string): Promise<LlavaRecord[]> => {
+  const r = await parseRecords(read(f), f);
   expect(r.bad).toEqual([]);
   return r.records;
 };
@@ -65,19 +65,19 @@ describe('synthetic dataset', () => {
     }
   });
 
-  it('has the question kinds of the study: small colour only, large colour and shape; eval has categories', () => {
-    const ft = records('finetune.json');
+  it('has the question kinds of the study: small colour only, large colour and shape; eval has categories', async () => {
+    const ft = await records('finetune.json');
     expect(ft.some((r) => r.conversations.length > 2)).toBe(true); // some multi-turn
     expect(ft.some((r) => r.conversations.length === 2)).toBe(true);
     const questions = ft.flatMap((r) => r.conversations.filter((t) => t.from === 'human').map((t) => t.value.replace('<image>\n', '')));
     for (const q of questions) expect(q).toMatch(/^what (color is the (small|large) (square|circle|triangle)|shape is the large \w+ object) \?$/);
     expect(questions.join('\n')).not.toMatch(/shape is the small/);
     expect(ft.filter((r) => r.image === 'train-00000.png').flatMap((r) => r.conversations).filter((t) => t.from === 'gpt')).toHaveLength(3);
-    const ev = records('eval.json');
+    const ev = await records('eval.json');
     expect(ev).toHaveLength(9);
     expect(ev.map((r) => r.extra.category)).toEqual(Array(3).fill(['small_color', 'large_color', 'large_shape']).flat());
     for (const r of ev) expect(r.conversations[1]!.value).toMatch(/^[a-z]+$/);
-    const pre = records('pretrain.json');
+    const pre = await records('pretrain.json');
     expect(pre).toHaveLength(12);
     expect(pre[0]!.conversations[1]!.value).toMatch(/^a small \w+ \w+ , .* and a large \w+ \w+ \.$/);
   });
@@ -105,8 +105,8 @@ describe('synthetic dataset', () => {
     expect([meta.width, meta.height, meta.channels]).toEqual([scene.width, scene.height, 3]);
   });
 
-  it('boxes: after the reference pipeline (NMS 0.2) exactly the real objects remain, smallest first', () => {
-    const boxes = parseBoxes(read('boxes.json'), 'boxes.json');
+  it('boxes: after the reference pipeline (NMS 0.2) exactly the real objects remain, smallest first', async () => {
+    const boxes = await parseBoxes(read('boxes.json'), 'boxes.json');
     expect(boxes.bad).toEqual([]);
     let extras = 0;
     for (let i = 0; i < 60; i++) {
@@ -142,7 +142,7 @@ describe('synthetic dataset', () => {
     const enc = tok.encode('what color is the small triangle ?', { add_special_tokens: false });
     expect(enc.tokens).toEqual(['what', 'color', 'is', 'the', 'small', 'triangle', '?']);
     expect(enc.ids).toEqual(enc.tokens.map((t: string) => json.model.vocab[t]));
-    const corpus = ['pretrain.json', 'finetune.json', 'eval.json'].flatMap((f) => records(f).flatMap((r) => r.conversations.map((t) => t.value.replace('<image>', ''))));
+    const corpus = (await Promise.all(['pretrain.json', 'finetune.json', 'eval.json'].map(records))).flatMap((rs) => rs.flatMap((r) => r.conversations.map((t) => t.value.replace('<image>', ''))));
     for (const t of [...corpus, 'USER: ASSISTANT:']) expect(tok.encode(t, { add_special_tokens: false }).ids).not.toContain(0);
     expect(Object.keys(json.model.vocab).length).toBeLessThan(40);
   });

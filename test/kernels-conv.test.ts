@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { setIm2colBudget } from '../src/backend/kernels/conv2d-backprop.js';
+import { PACK_KERNELS } from '../src/backend/kernels/index.js';
 import { expectSameOnCpu, rand } from './kernels-compare.js';
 
 const onWasm = process.env.MGLLAVA_BACKEND == null || process.env.MGLLAVA_BACKEND === 'wasm';
@@ -30,7 +31,7 @@ const CONV_CASES: ConvCase[] = [
 describe.runIf(onWasm)('wasm kernel pack: Conv2D gradients', () => {
   for (const c of CONV_CASES) {
     it(`${c.name}: d/dx and d/dW agree with cpu`, async () => {
-      const outShape = tf.tidy(() => tf.conv2d(tf.zeros(c.x) as tf.Tensor4D, tf.zeros(c.filter) as tf.Tensor4D, c.stride, c.pad).shape);
+      const outShape = tf.tidy(() => tf.conv2d(tf.zeros<tf.Rank>(c.x) as tf.Tensor4D, tf.zeros<tf.Rank>(c.filter) as tf.Tensor4D, c.stride, c.pad).shape);
       await expectSameOnCpu(
         (x, w, r) =>
           tf.grads((a: tf.Tensor, b: tf.Tensor) =>
@@ -92,15 +93,11 @@ const DW_CASES: DwCase[] = [
 
 describe.runIf(onWasm)('wasm kernel pack: depthwise conv gradients', () => {
   for (const c of DW_CASES) {
-    it(`${c.name}: d/dx and d/dW agree with cpu`, async () => {
-      const outShape = tf.tidy(
-        () => tf.depthwiseConv2d(tf.zeros(c.x) as tf.Tensor4D, tf.zeros(c.filter) as tf.Tensor4D, c.stride, c.pad).shape,
-      );
+    it(`${c.name}: forward, d/dx and d/dW agree with cpu`, async () => {
+      const conv = (a: tf.Tensor, b: tf.Tensor) => tf.depthwiseConv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad);
+      const outShape = tf.tidy(() => conv(tf.zeros<tf.Rank>(c.x), tf.zeros<tf.Rank>(c.filter)).shape);
       await expectSameOnCpu(
-        (x, w, r) =>
-          tf.grads((a: tf.Tensor, b: tf.Tensor) =>
-            tf.sum(tf.mul(tf.depthwiseConv2d(a as tf.Tensor4D, b as tf.Tensor4D, c.stride, c.pad), r!)),
-          )([x!, w!]),
+        (x, w, r) => [conv(x!, w!), ...tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(conv(a, b), r!)))([x!, w!])],
         [rand(c.x, 1), rand(c.filter, 2), rand(outShape, 3)],
       );
     });
@@ -133,8 +130,20 @@ describe.runIf(onWasm)('wasm kernel pack: depthwise conv gradients', () => {
   });
 
   it('the conv kernels are the pack kernels', () => {
-    for (const k of [tf.Conv2DBackpropFilter, tf.DepthwiseConv2dNativeBackpropInput, tf.DepthwiseConv2dNativeBackpropFilter]) {
-      expect(tf.getKernel(k, 'wasm')).toBeDefined();
-    }
+    const kernels = [
+      tf.Conv2DBackpropFilter,
+      tf.Conv2DBackpropInput,
+      tf.DepthwiseConv2dNative,
+      tf.DepthwiseConv2dNativeBackpropInput,
+      tf.DepthwiseConv2dNativeBackpropFilter,
+    ];
+    for (const k of kernels) expect(tf.getKernel(k, 'wasm')?.kernelFunc).toBe(PACK_KERNELS[k]);
+  });
+
+  it('forward with dilation 2 agrees with cpu', async () => {
+    await expectSameOnCpu(
+      (x, w) => tf.depthwiseConv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same', 'NHWC', 2),
+      [rand([2, 9, 8, 3], 1), rand([3, 3, 3, 1], 2)],
+    );
   });
 });

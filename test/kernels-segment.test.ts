@@ -25,9 +25,9 @@ describe.runIf(onWasm)('wasm kernel pack: UnsortedSegmentSum', () => {
 
   it('direct calls: float32 and int32, ids out of range dropped as on cpu', async () => {
     const ids = ints([6], [2, -1, 0, 2, 7, 1]);
-    await expectSameOnCpu((x, s) => tf.unsortedSegmentSum(x!, s!, 4), [rand([6, 3, 2], 7), ids]);
+    await expectSameOnCpu((x, s) => tf.unsortedSegmentSum(x!, s as tf.Tensor1D, 4), [rand([6, 3, 2], 7), ids]);
     const xi: typeof ids = { shape: [6], dtype: 'int32', data: Int32Array.from([1, 2, 3, 4, 5, 6]) };
-    const out = tf.tidy(() => tf.unsortedSegmentSum(tf.tensor(xi.data, xi.shape, 'int32'), tf.tensor(ids.data, ids.shape, 'int32'), 3));
+    const out = tf.tidy(() => tf.unsortedSegmentSum(tf.tensor1d(xi.data, 'int32'), tf.tensor1d(ids.data, 'int32'), 3));
     expect(out.dtype).toBe('int32');
     expect(Array.from(out.dataSync())).toEqual([3, 6, 5]);
     out.dispose();

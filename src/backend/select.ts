@@ -96,7 +96,13 @@ async function activate(name: BackendName): Promise<{ ok: boolean; detail: strin
   if (!ok || tf.getBackend() !== name) {
     return { ok: false, detail: `setBackend('${name}') returned ${ok}, active backend is '${tf.getBackend()}'` };
   }
-  if (name === 'wasm') installMemoryGuard();
+  if (name === 'wasm') {
+    try {
+      installMemoryGuard();
+    } catch (e) {
+      throw new BackendError(`wasm memory guard: ${firstLine(e)}`); // e.g. a malformed MGLLAVA_WASM_CEILING_MB
+    }
+  }
   return loaded;
 }
 

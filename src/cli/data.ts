@@ -4,7 +4,7 @@
  */
 import { access } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
-import { isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
+import { CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
 import { checkDataset, formatBadRecord, writeBadReport } from '../data/check.js';
 import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
 import { encodeConversation } from '../data/conversation.js';
@@ -13,21 +13,22 @@ import { conversationProblem, loadBoxes, loadRecords, type LlavaRecord } from '.
 import { synthDataset } from '../data/synth.js';
 import { getTemplate, TEMPLATES } from '../data/templates.js';
 import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/tokenizer.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import type { ExperimentConfig } from '../config/schema.js';
 import { UserError, type GlobalArgs } from './command.js';
 
-/** Defaults of the text options: the full-size Vicuna-7B recipe (max_length = 2048 - 576). */
-export const TEXT_DEFAULTS = { template: 'vicuna', tokenizer: 'llama2', maxLength: 1472 } as const;
+/** Defaults when neither a flag nor --config gives a value: the full-size Vicuna-7B recipe. */
+export const DATA_DEFAULTS = { template: 'vicuna', tokenizer: 'llama2', maxLength: 1472, auxSize: 768, lowresSize: 336, patch: 14 } as const;
 
-interface TextArgs {
-  template: string;
-  tokenizer: string;
-  'max-length': number;
-}
-
-interface DatasetArgs extends GlobalArgs, TextArgs {
-  records: string;
+interface DatasetArgs extends GlobalArgs {
+  config?: string;
+  set?: string[];
+  records?: string;
   boxes?: string;
-  images: string;
+  images?: string;
+  template?: string;
+  tokenizer?: string;
+  'max-length'?: number;
   'auto-orient': boolean;
   json: boolean;
 }
@@ -39,9 +40,9 @@ interface CheckArgs extends DatasetArgs {
 
 interface ShowArgs extends DatasetArgs {
   n: string;
-  'aux-size': number;
-  'lowres-size': number;
-  patch: number;
+  'aux-size'?: number;
+  'lowres-size'?: number;
+  patch?: number;
   tokens: boolean;
 }
 
@@ -63,35 +64,80 @@ export function tokenizerSpec(arg: string): TokenizerSpec {
   return { type: 'hf', path: arg };
 }
 
-function textOptions<T>(y: Argv<T>) {
+function datasetOptions<T>(y: Argv<T>) {
   return y
-    .option('template', { type: 'string', default: TEXT_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'prompt template' })
+    .option('config', { type: 'string', describe: 'experiment YAML: its data section (and model sizes) give the defaults of the flags below' })
+    .option('set', { type: 'string', array: true, describe: 'override a config key, e.g. --set data.max_length=256' })
+    .option('records', { type: 'string', describe: 'LLaVA records, .json (array) or .jsonl [config: data.records]' })
+    .option('boxes', { type: 'string', describe: 'box JSON ({id: {boxes, labels, scores}} or a list with ids) [config: data.boxes]' })
+    .option('images', { type: 'string', describe: 'folder the record image paths are relative to [config: data.images]' })
+    .option('template', { type: 'string', choices: Object.keys(TEMPLATES), describe: `prompt template [config: data.template; default ${DATA_DEFAULTS.template}]` })
     .option('tokenizer', {
       type: 'string',
-      default: TEXT_DEFAULTS.tokenizer,
-      describe: "'llama2' (Vicuna/LLaMA-2 SentencePiece, bundled), 'byte' (toy), or a tokenizer.json file/folder",
+      describe: `'llama2' (Vicuna/LLaMA-2 SentencePiece, bundled), 'byte' (toy), or a tokenizer.json file/folder [config: data.tokenizer; default ${DATA_DEFAULTS.tokenizer}]`,
     })
-    .option('max-length', { type: 'number', default: TEXT_DEFAULTS.maxLength, describe: 'text token budget (2048 - 576 at full size)' });
-}
-
-function datasetOptions<T>(y: Argv<T>) {
-  return textOptions(y)
-    .option('records', { type: 'string', demandOption: true, describe: 'LLaVA records, .json (array) or .jsonl' })
-    .option('boxes', { type: 'string', describe: 'box JSON ({id: {boxes, labels, scores}} or a list with ids)' })
-    .option('images', { type: 'string', demandOption: true, describe: 'folder the record image paths are relative to' })
+    .option('max-length', { type: 'number', describe: `text token budget [config: data.max_length; default ${DATA_DEFAULTS.maxLength} = 2048 - 576]` })
     .option('auto-orient', { type: 'boolean', default: true, describe: 'apply EXIF orientation (the PIL reference does not)' })
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' });
 }
 
-async function textEncoding(args: TextArgs) {
-  if (!Number.isInteger(args['max-length']) || args['max-length'] <= 0) throw new UserError(`--max-length must be a positive integer, got ${args['max-length']}`);
+/** Dataset settings: flag, else the config's value, else the default. */
+interface ResolvedData {
+  records: string;
+  boxes: string | null;
+  images: string;
+  template: string;
+  tokenizer: TokenizerSpec;
+  maxLength: number;
+  nmsThreshold: number;
+  limitNum: number | null;
+  auxSize: number;
+  lowresSize: number;
+  patch: number;
+}
+
+function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lowres-size' | 'patch'>>): ResolvedData {
+  let cfg: ExperimentConfig | null = null;
+  if (args.config) {
+    try {
+      cfg = loadConfig(args.config, args.set ?? []).config;
+    } catch (e) {
+      if (e instanceof ConfigError) throw new UserError(e.message);
+      throw e;
+    }
+  } else if (args.set?.length) {
+    throw new UserError('--set needs --config');
+  }
+  const d = cfg?.data;
+  const records = args.records ?? d?.records;
+  const images = args.images ?? d?.images ?? undefined;
+  if (!records) throw new UserError('give --records (or --config with data.records)');
+  if (!images) throw new UserError('give --images (or --config with data.images)');
+  const maxLength = args['max-length'] ?? d?.max_length ?? DATA_DEFAULTS.maxLength;
+  if (!Number.isInteger(maxLength) || maxLength <= 0) throw new UserError(`--max-length must be a positive integer, got ${maxLength}`);
+  return {
+    records,
+    images,
+    boxes: args.boxes ?? d?.boxes ?? null,
+    template: args.template ?? d?.template ?? DATA_DEFAULTS.template,
+    tokenizer: args.tokenizer ? tokenizerSpec(args.tokenizer) : (d?.tokenizer ?? tokenizerSpec(DATA_DEFAULTS.tokenizer)),
+    maxLength,
+    nmsThreshold: d?.nms_threshold ?? 0.2,
+    limitNum: d ? d.limit_num : 100,
+    auxSize: args['aux-size'] ?? cfg?.model.vision_aux?.image_size ?? DATA_DEFAULTS.auxSize,
+    lowresSize: args['lowres-size'] ?? cfg?.model.vision.image_size ?? DATA_DEFAULTS.lowresSize,
+    patch: args.patch ?? cfg?.model.vision.patch_size ?? DATA_DEFAULTS.patch,
+  };
+}
+
+async function textEncoding(r: ResolvedData) {
   let tokenizer: TextTokenizer;
   try {
-    tokenizer = await loadTokenizer(tokenizerSpec(args.tokenizer));
+    tokenizer = await loadTokenizer(r.tokenizer);
   } catch (e) {
-    throw new UserError(`cannot load tokenizer '${args.tokenizer}': ${(e as Error).message}`);
+    throw new UserError(`cannot load tokenizer ${JSON.stringify(r.tokenizer)}: ${(e as Error).message}`);
   }
-  return { template: getTemplate(args.template), tokenizer, maxLength: args['max-length'] };
+  return { template: getTemplate(r.template), tokenizer, maxLength: r.maxLength };
 }
 
 async function requireFile(file: string, what: string): Promise<void> {
@@ -110,14 +156,15 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
       .option('skip-bad', { type: 'string', describe: 'write the bad records to this JSONL report and exit 0' })
       .option('image-check', { choices: ['decode', 'header'] as const, default: 'decode' as const, describe: 'decode every image fully, or read headers only' }) as Argv<CheckArgs>,
   handler: async (args) => {
-    await requireFile(args.records, 'records file');
-    if (args.boxes) await requireFile(args.boxes, 'box file');
-    await requireFile(args.images, 'image folder');
+    const r = resolveData(args);
+    await requireFile(r.records, 'records file');
+    if (r.boxes) await requireFile(r.boxes, 'box file');
+    await requireFile(r.images, 'image folder');
     const report = await checkDataset({
-      records: args.records,
-      boxes: args.boxes,
-      images: args.images,
-      text: await textEncoding(args),
+      records: r.records,
+      boxes: r.boxes,
+      images: r.images,
+      text: await textEncoding(r),
       imageCheck: args['image-check'],
       autoOrient: args['auto-orient'],
     });
@@ -129,7 +176,7 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
     } else {
       for (const b of report.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
       const skipped = args['skip-bad'] ? ` (skipped; report: ${args['skip-bad']})` : '';
-      process.stdout.write(`${args.records}: ${report.total} records, ${report.valid.length} good, ${report.bad.length} problem(s)${skipped}\n`);
+      process.stdout.write(`${r.records}: ${report.total} records, ${report.valid.length} good, ${report.bad.length} problem(s)${skipped}\n`);
     }
     if (report.bad.length > 0 && !args['skip-bad']) process.exitCode = 1;
   },
@@ -141,24 +188,25 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
   builder: (y) =>
     datasetOptions(y)
       .positional('n', { type: 'string', demandOption: true, describe: 'record index (0-based) or record id' })
-      .option('aux-size', { type: 'number', default: 768, describe: 'aux (ConvNeXt) image side' })
-      .option('lowres-size', { type: 'number', default: 336, describe: 'low-res (ViT) image side' })
-      .option('patch', { type: 'number', default: 14, describe: 'ViT patch size (image tokens = (lowres/patch)^2)' })
+      .option('aux-size', { type: 'number', describe: `aux (ConvNeXt) image side [config: model.vision_aux.image_size; default ${DATA_DEFAULTS.auxSize}]` })
+      .option('lowres-size', { type: 'number', describe: `low-res (ViT) image side [config: model.vision.image_size; default ${DATA_DEFAULTS.lowresSize}]` })
+      .option('patch', { type: 'number', describe: `ViT patch size: image tokens = (lowres/patch)^2 [config: model.vision.patch_size; default ${DATA_DEFAULTS.patch}]` })
       .option('tokens', { type: 'boolean', default: false, describe: 'also list every token with its label' }) as Argv<ShowArgs>,
   handler: async (args) => {
-    await requireFile(args.records, 'records file');
-    const recs = await loadRecords(args.records);
+    const r = resolveData(args);
+    await requireFile(r.records, 'records file');
+    const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);
     if (!record) {
       const bad = recs.bad.filter((b) => b.id === args.n || b.index === Number(args.n));
       const why = bad.length ? `:\n${bad.map((b) => `  ${formatBadRecord(b)}`).join('\n')}` : '';
-      throw new UserError(`${args.records}: no usable record '${args.n}'${why}`);
+      throw new UserError(`${r.records}: no usable record '${args.n}'${why}`);
     }
     const problem = conversationProblem(record);
-    if (problem) throw new UserError(`${args.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
-    const text = await textEncoding(args);
+    if (problem) throw new UserError(`${r.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
+    const text = await textEncoding(r);
     const enc = encodeConversation(record.conversations, text);
-    const imageTokens = record.image === null ? 0 : (args['lowres-size'] / args.patch) ** 2;
+    const imageTokens = record.image === null ? 0 : (r.lowresSize / r.patch) ** 2;
     const out: Record<string, unknown> = {
       index: record.source.index,
       id: record.id,
@@ -175,33 +223,31 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
     if (record.image !== null) {
       let img;
       try {
-        img = await prepareImage(await resolveImagePath(args.images, record.image), {
-          auxSize: args['aux-size'],
-          lowresSize: args['lowres-size'],
-          autoOrient: args['auto-orient'],
-        });
+        img = await prepareImage(await resolveImagePath(r.images, record.image), { auxSize: r.auxSize, lowresSize: r.lowresSize, autoOrient: args['auto-orient'] });
       } catch (e) {
         if (e instanceof ImageError) throw new UserError(`record ${record.id}: ${e.message}`);
         throw e;
       }
-      if (!args.boxes) throw new UserError('--boxes is needed to show an image record');
-      const boxes = await loadBoxes(args.boxes);
+      if (!r.boxes) throw new UserError('--boxes is needed to show an image record');
+      const boxes = await loadBoxes(r.boxes);
       const entry = boxes.entries.get(record.id);
       if (!entry) {
         const b = boxes.bad.find((x) => x.id === record.id) ?? boxes.unreadable;
-        throw new UserError(`record ${record.id}: ${b ? b.reason : `no entry in ${args.boxes}`}`);
+        throw new UserError(`record ${record.id}: ${b ? b.reason : `no entry in ${r.boxes}`}`);
       }
       const res = preprocessBoxes(entry, {
         origW: img.width,
         origH: img.height,
-        auxSize: args['aux-size'],
+        auxSize: r.auxSize,
+        nmsThreshold: r.nmsThreshold,
+        limitNum: r.limitNum,
         closeToMaxLength: isCloseToMaxLength(enc.inputIds.length, text.maxLength),
       });
       Object.assign(out, {
         imageSize: [img.width, img.height],
         padding: img.padding,
-        auxSize: args['aux-size'],
-        lowresSize: args['lowres-size'],
+        auxSize: r.auxSize,
+        lowresSize: r.lowresSize,
         detectorBoxes: entry.boxes.length,
         afterNms: res.stages.nmsKeep.length,
         boxes: res.boxes.map((b, i) => ({ box: b, label: res.labels[i] ?? null })),
@@ -279,7 +325,7 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
       .option('eval', { type: 'number', default: 400, describe: 'held-out eval images (3 questions each)' })
       .option('seed', { type: 'number', default: 0 })
       .option('size', { type: 'number', default: 200, describe: 'longest canvas side; sides are drawn from [0.6*size, size]' })
-      .option('template', { type: 'string', default: TEXT_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
+      .option('template', { type: 'string', default: DATA_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace the files of an existing synthetic dataset in --out' })
       .option('json', { type: 'boolean', default: false }) as Argv<SynthArgs>,
   handler: async (args) => {
@@ -303,12 +349,15 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
       return;
     }
     const r = summary.records;
+    const longest = Math.max(...Object.values(summary.longestTextTokens));
+    const maxLength = 2 ** Math.ceil(Math.log2(longest + CLOSE_TO_MAX_LENGTH_MARGIN));
     process.stdout.write(
       `${summary.out}: ${summary.images.train} train + ${summary.images.eval} eval images, ` +
         `${r.pretrain} pretrain / ${r.finetune} finetune / ${r.eval} eval records, vocabulary ${summary.vocabSize} words, ` +
         `${summary.seconds.toFixed(1)} s\n` +
+        `longest text ${longest} tokens: use max_length >= ${longest + CLOSE_TO_MAX_LENGTH_MARGIN} (else boxes are cut to 1 per label)\n` +
         `check it: mgllava data check --records ${summary.out}/finetune.json --boxes ${summary.out}/boxes.json ` +
-        `--images ${summary.out}/images --tokenizer ${summary.out}/tokenizer.json --max-length 128\n`,
+        `--images ${summary.out}/images --tokenizer ${summary.out}/tokenizer.json --max-length ${maxLength}\n`,
     );
   },
 };

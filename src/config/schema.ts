@@ -112,6 +112,8 @@ export const dataSchema = z
     skip_bad: path.nullable().default(null),
     /** Batches loaded ahead of the training step. */
     prefetch: nonNegInt.default(2),
+    /** Worker threads preparing images beside the training step; 0 = on the main thread (decoding still uses libuv threads). */
+    image_workers: nonNegInt.default(1),
   })
   .strict();
 

@@ -53,7 +53,7 @@ export interface CheckReport {
   records: string;
   boxes: string | null;
   images: string;
-  /** Records seen in the file (good + bad; a malformed JSON array counts as 0). */
+  /** Records seen in the file (good + bad; a file that cannot be split into records counts as 0). */
   total: number;
   valid: CheckedRecord[];
   /** Every problem; a record can appear more than once (e.g. missing image and missing boxes). */
@@ -64,12 +64,13 @@ export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
   const recs = await loadRecords(o.records);
   const boxes = o.boxes ? await loadBoxes(o.boxes) : null;
   const bad: BadRecord[] = [...recs.bad];
-  const ids = new Set(recs.records.map((r) => r.id));
+  const imageIds = new Set(recs.records.filter((r) => r.image !== null).map((r) => r.id));
   if (boxes) {
-    // File-level box problems always; entry problems only for records of this file.
-    bad.push(...boxes.bad.filter((b) => b.id === null || ids.has(b.id)));
+    // File-level box problems always; entry problems only for the image records of this file (text-only
+    // records use no boxes, other ids belong to other record files).
+    bad.push(...boxes.bad.filter((b) => b.id === null || imageIds.has(b.id)));
   }
-  const boxProblem = new Map(boxes?.bad.filter((b) => b.id !== null).map((b) => [b.id!, b]) ?? []);
+  const boxProblem = new Set(boxes?.bad.filter((b) => b.id !== null).map((b) => b.id!) ?? []);
   const imageStatus = new Map<string, Promise<ImageProblem | null>>();
   const checkImage = (file: string) => {
     let p = imageStatus.get(file);
@@ -107,23 +108,19 @@ export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
       }
       // (a malformed entry was already reported from the box file, under this id)
     }
-    let enc: { inputIds: Int32Array; labels: Int32Array } | null = null;
-    try {
-      const e = encodeConversation(r.conversations, o.text);
-      const wantImage = r.image === null ? 0 : 1;
-      if (e.numImageTokens !== wantImage && !problems.some((p) => p.kind === 'image_token_count')) {
-        // Truncation cut the placeholder off (the structural check already saw the raw text).
-        problems.push({ ...at, kind: 'image_token_count', reason: `${e.numImageTokens} image placeholder(s) left after truncation to max_length ${o.text.maxLength}, expected ${wantImage}` });
-      }
-      if (e.allMasked) {
-        problems.push({ ...at, kind: 'all_labels_masked', reason: `no supervised token left after truncation to max_length ${o.text.maxLength} (${e.inputIds.length} tokens)` });
-      } else {
-        enc = { inputIds: Int32Array.from(e.inputIds), labels: Int32Array.from(e.labels) };
-      }
-    } catch (e) {
-      problems.push({ ...at, kind: 'empty_conversation', reason: `conversation cannot be encoded: ${(e as Error).message}` });
+    // The record's structure was checked when it was read, so an encoding error here is a template /
+    // tokenizer problem that concerns every record: it propagates instead of marking records bad.
+    const e = encodeConversation(r.conversations, o.text);
+    const wantImage = r.image === null ? 0 : 1;
+    if (e.numImageTokens !== wantImage) {
+      // Truncation cut the placeholder off (the raw text had exactly the right count).
+      problems.push({ ...at, kind: 'image_token_count', reason: `${e.numImageTokens} image placeholder(s) left after truncation to max_length ${o.text.maxLength}, expected ${wantImage}` });
     }
-    if (problems.length > 0 || boxProblem.has(r.id) || !enc) {
+    if (e.allMasked) {
+      problems.push({ ...at, kind: 'all_labels_masked', reason: `no supervised token left after truncation to max_length ${o.text.maxLength} (${e.inputIds.length} tokens)` });
+    }
+    const enc = { inputIds: Int32Array.from(e.inputIds), labels: Int32Array.from(e.labels) };
+    if (problems.length > 0 || (r.image !== null && boxProblem.has(r.id))) {
       bad.push(...problems);
       return;
     }

@@ -8,7 +8,7 @@
 import { isCloseToMaxLength, preprocessBoxes, textOnlyBoxes } from './boxes.js';
 import { checkDataset, formatBadRecord, writeBadReport, type CheckedRecord, type CheckOptions, type CheckReport } from './check.js';
 import type { Sample } from './collate.js';
-import { CLIP_NORM, prepareImage, type ImageNorm } from './image.js';
+import { CLIP_NORM, prepareImage, type ImageNorm, type PreparedImage, type PrepareOptions } from './image.js';
 import type { SampleSource } from './loader.js';
 import type { BadRecord } from './records.js';
 
@@ -20,6 +20,8 @@ export interface SampleOptions {
   /** NMS IoU threshold (0.2) and the per-category cap trigger (100) of the box pipeline. */
   nmsThreshold?: number;
   limitNum?: number | null;
+  /** Image preprocessing: `prepareImage` in this thread (default) or `ImageWorkerPool.prepare` (image-pool.ts). */
+  prepare?: (file: string, opts: PrepareOptions) => Promise<PreparedImage>;
 }
 
 export class MgDataset implements SampleSource {
@@ -46,7 +48,8 @@ export class MgDataset implements SampleSource {
       const t = textOnlyBoxes();
       return { ...base, hasImage: false, aux: null, lowres: null, boxes: Float32Array.from(t.boxes.flat()), boxLabels: t.labels };
     }
-    const img = await prepareImage(it.imagePath, { auxSize: this.o.auxSize, lowresSize: this.o.lowresSize, norm: this.o.norm ?? CLIP_NORM, autoOrient: this.o.autoOrient });
+    const prepare = this.o.prepare ?? prepareImage;
+    const img = await prepare(it.imagePath, { auxSize: this.o.auxSize, lowresSize: this.o.lowresSize, norm: this.o.norm ?? CLIP_NORM, autoOrient: this.o.autoOrient });
     const entry = it.boxes!;
     const b = preprocessBoxes(entry, {
       origW: img.width,

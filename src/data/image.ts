@@ -9,10 +9,11 @@
  *
  * Reference facts reproduced: expand2square fill = `int(255*mean)` per channel (122,116,104 for CLIP), image
  * pasted at `((side-w)//2, (side-h)//2)`; resize shortest edge to S (bicubic) + centre crop S; `/255`, then
- * `(x - mean) / std`. The resize reproduces PIL's bicubic exactly (resample.ts; sharp's is not PIL's,
- * see scripts/pil-compare.ts). Known differences: sharp applies the EXIF orientation (PIL's `Image.open` used by the reference
- * does not — an EXIF-rotated photo whose boxes were computed unrotated would misalign; `autoOrient: false`
- * reproduces the reference); embedded ICC profiles are ignored like PIL does.
+ * `(x - mean) / std`. sharp only decodes: the resize reproduces PIL's bicubic bit for bit (resample.ts;
+ * sharp's own resize is not PIL's, see scripts/pil-compare.ts). Known difference: EXIF orientation is
+ * applied by default (PIL's `Image.open`, used by the reference, does not — a rotated photo whose boxes
+ * were computed unrotated would misalign; `autoOrient: false` reproduces the reference). Embedded ICC
+ * profiles are ignored, as PIL does.
  *
  * Safety: a record's image path must stay inside the image folder (no absolute paths, no `..` escape, no
  * symlink leading out), and sharp's input pixel limit stays at its default (0x3FFF², decompression bombs

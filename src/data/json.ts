@@ -1,12 +1,18 @@
 /**
- * JSON reading for dataset files, with error positions.
+ * JSON reading for dataset files: streamed, item by item, with error positions.
  *
- * `JSON.parse` is used first (fast). Only when it fails does a small recursive-descent parser run, for two
- * reasons: V8's messages carry no line/column, and Python's `json.dump` (which wrote the reference's box
- * files) emits `NaN`, `Infinity` and `-Infinity` for non-finite floats. Those tokens are accepted here and
- * parsed to the JS numbers, so a non-finite box coordinate is reported against its record instead of
- * making the whole file unreadable.
+ * Dataset files are big (LLaVA-665K is ~1 GB, beyond V8's maximum string length), so a file is never held
+ * as one string: `jsonItems` streams it and yields each top-level item — an element of a JSON array, a
+ * member of a JSON object, or a line of a JSON Lines file — parsed on its own. A malformed item is
+ * reported with its line/column and the others are still read; only a structural error (unbalanced
+ * brackets, a missing comma between items, an unterminated string) stops the file.
+ *
+ * Items are parsed with `JSON.parse` first (fast). Only when it fails does a small recursive-descent parser
+ * run, for two reasons: V8's messages carry no line/column, and Python's `json.dump` (which wrote the
+ * reference's box files) emits `NaN`, `Infinity` and `-Infinity` for non-finite floats. Those tokens are
+ * accepted and parsed to the JS numbers, so a non-finite box coordinate is reported against its record.
  */
+import { createReadStream } from 'node:fs';
 
 export class JsonSyntaxError extends Error {
   constructor(
@@ -21,42 +27,266 @@ export class JsonSyntaxError extends Error {
   }
 }
 
+/** Where a piece of text starts in its file (1-based). */
+export interface JsonPosition {
+  line: number;
+  column: number;
+}
+
+const FILE_START: JsonPosition = { line: 1, column: 1 };
 const MAX_DEPTH = 512;
 
-/** Parse one JSON document; `lineOffset` shifts reported lines (JSONL: the line the document starts on). */
-export function parseJson(text: string, file: string, lineOffset = 0): unknown {
-  const body = text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+/** Parse one JSON document that starts at `at` in `file` (positions in errors are file positions). */
+export function parseJson(text: string, file: string, at: JsonPosition = FILE_START): unknown {
+  let body = text;
+  let pos = at;
+  if (body.charCodeAt(0) === 0xfeff) {
+    body = body.slice(1);
+    pos = { line: at.line, column: at.column + 1 };
+  }
   try {
     return JSON.parse(body);
   } catch {
-    return new TolerantParser(body, file, lineOffset, text.length - body.length).parseDocument();
+    return new TolerantParser(body, file, pos).parseDocument();
   }
 }
 
-export interface JsonLine {
-  /** 1-based line number in the file. */
+export interface JsonItem {
+  /** 0-based position among the file's items. */
+  index: number;
+  /** Member name for an object file; null for array elements and JSON Lines. */
+  key: string | null;
+  /** Where the item's text starts. */
   line: number;
+  column: number;
   value?: unknown;
   error?: JsonSyntaxError;
 }
 
-/** JSON Lines: one document per non-blank line; a bad line does not stop the others. */
-export function parseJsonLines(text: string, file: string): JsonLine[] {
-  const out: JsonLine[] = [];
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    let s = lines[i]!;
-    if (s.endsWith('\r')) s = s.slice(0, -1);
-    if (i === 0 && s.charCodeAt(0) === 0xfeff) s = s.slice(1);
-    if (s.trim() === '') continue;
+export type JsonContainer = 'array' | 'object' | 'lines';
+
+/** Text in memory, text in pieces (as a stream delivers it), or a file to stream. */
+export type JsonSource = string | { chunks: Iterable<string> } | { file: string };
+
+/**
+ * Stream the items of a dataset file. `format` 'lines' reads JSON Lines; 'auto' reads a JSON array or
+ * object (whichever the file holds). `onContainer` learns which one before the first item.
+ * Throws JsonSyntaxError on a structural error (the items yielded before it are then not trustworthy).
+ */
+export async function* jsonItems(
+  source: JsonSource,
+  file: string,
+  format: 'lines' | 'auto',
+  onContainer?: (c: JsonContainer) => void,
+): AsyncGenerator<JsonItem> {
+  const chunks: AsyncIterable<string> | Iterable<string> =
+    typeof source === 'string'
+      ? [source]
+      : 'file' in source
+        ? (createReadStream(source.file, { encoding: 'utf8', highWaterMark: 1 << 20 }) as AsyncIterable<string>)
+        : source.chunks;
+  if (format === 'lines') {
+    onContainer?.('lines');
+    yield* lineItems(chunks, file);
+    return;
+  }
+  const scanner = new TopLevelScanner(file);
+  for await (const chunk of chunks) {
+    const before = scanner.container;
+    const items = scanner.push(chunk);
+    if (before === null && scanner.container !== null) onContainer?.(scanner.container);
+    yield* items;
+  }
+  scanner.end();
+}
+
+async function* lineItems(chunks: AsyncIterable<string> | Iterable<string>, file: string): AsyncGenerator<JsonItem> {
+  let rest = '';
+  let line = 0;
+  let index = 0;
+  const one = (raw: string): JsonItem | null => {
+    line++;
+    const s = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+    if (s.trim() === '' || (line === 1 && s === '\ufeff')) return null;
+    const at = { line, column: 1 };
     try {
-      out.push({ line: i + 1, value: parseJson(s, file, i) });
+      return { index: index++, key: null, ...at, value: parseJson(s, file, at) };
     } catch (e) {
       if (!(e instanceof JsonSyntaxError)) throw e;
-      out.push({ line: i + 1, error: e });
+      return { index: index++, key: null, ...at, error: e };
+    }
+  };
+  for await (const chunk of chunks) {
+    const parts = (rest + chunk).split('\n');
+    rest = parts.pop()!;
+    for (const p of parts) {
+      const item = one(p);
+      if (item) yield item;
     }
   }
-  return out;
+  const last = one(rest);
+  if (last) yield last;
+}
+
+type Phase = 'start' | 'beforeItem' | 'key' | 'colon' | 'beforeValue' | 'value' | 'done';
+
+/**
+ * Splits a JSON array/object into its top-level items without parsing them: it only follows strings and
+ * bracket depth. Push-based so that it works on streamed chunks.
+ */
+class TopLevelScanner {
+  container: 'array' | 'object' | null = null;
+  private phase: Phase = 'start';
+  private line = 1;
+  private column = 1;
+  private index = 0;
+  private afterComma = false;
+  private inString = false;
+  private escaped = false;
+  private depth = 0;
+  /** The current value is a complete object, array or string (only a separator may follow). */
+  private closed = false;
+  private text = ''; // current key or value text from previous chunks
+  private key: string | null = null;
+  private start: JsonPosition = FILE_START;
+
+  constructor(private readonly file: string) {}
+
+  private fail(detail: string, at: JsonPosition = { line: this.line, column: this.column }): never {
+    throw new JsonSyntaxError(this.file, at.line, at.column, detail);
+  }
+
+  push(chunk: string): JsonItem[] {
+    const out: JsonItem[] = [];
+    let seg = 0; // start of the current key/value text inside this chunk
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk.charCodeAt(i);
+      const ws = c === 32 || c === 10 || c === 13 || c === 9;
+      switch (this.phase) {
+        case 'start':
+          if (ws || (c === 0xfeff && this.line === 1 && this.column === 1)) break;
+          if (c === 91 /* [ */) this.container = 'array';
+          else if (c === 123 /* { */) this.container = 'object';
+          else this.fail(`unexpected '${chunk[i]}', expected '[' or '{'`);
+          this.phase = 'beforeItem';
+          break;
+        case 'beforeItem':
+          if (ws) break;
+          if (c === (this.container === 'array' ? 93 : 125)) {
+            if (this.afterComma) this.fail(`unexpected '${chunk[i]}' after ','`);
+            this.phase = 'done';
+          } else if (this.container === 'object') {
+            if (c !== 34) this.fail(`unexpected '${chunk[i]}', expected a string key`);
+            this.phase = 'key';
+            this.begin();
+            seg = i;
+          } else {
+            this.phase = 'value';
+            this.begin();
+            seg = i;
+            this.scanValueChar(c);
+          }
+          break;
+        case 'key':
+          // The opening quote was consumed by 'beforeItem': the next unescaped quote closes the key.
+          if (this.escaped) this.escaped = false;
+          else if (c === 92) this.escaped = true;
+          else if (c === 10) this.fail('unterminated string key');
+          else if (c === 34) {
+            try {
+              this.key = JSON.parse(this.text + chunk.slice(seg, i + 1)) as string;
+            } catch {
+              this.fail('malformed string key', this.start);
+            }
+            this.text = '';
+            this.phase = 'colon';
+          }
+          break;
+        case 'colon':
+          if (ws) break;
+          if (c !== 58) this.fail(`unexpected '${chunk[i]}', expected ':'`);
+          this.phase = 'beforeValue';
+          break;
+        case 'beforeValue':
+          if (ws) break;
+          if (c === 44 || c === 125) this.fail(`unexpected '${chunk[i]}', expected a value`);
+          this.phase = 'value';
+          this.begin();
+          seg = i;
+          this.scanValueChar(c);
+          break;
+        case 'value': {
+          const closer = this.container === 'array' ? 93 : 125;
+          if (!this.inString && this.depth === 0 && (c === 44 || c === closer)) {
+            out.push(this.finish(this.text + chunk.slice(seg, i)));
+            this.afterComma = c === 44;
+            this.phase = c === 44 ? 'beforeItem' : 'done';
+          } else if (this.closed && !ws) {
+            // A complete object/array/string followed by more than a separator: items run together.
+            this.fail(`unexpected '${chunk[i]}', expected ',' or '${this.container === 'array' ? ']' : '}'}'`);
+          } else {
+            this.scanValueChar(c);
+            if (this.depth < 0) this.fail(`unexpected '${chunk[i]}'`);
+          }
+          break;
+        }
+        case 'done':
+          if (!ws) this.fail('unexpected data after the JSON value');
+          break;
+      }
+      if (c === 10) {
+        this.line++;
+        this.column = 1;
+      } else {
+        this.column++;
+      }
+    }
+    if (this.phase === 'key' || this.phase === 'value') this.text += chunk.slice(seg);
+    return out;
+  }
+
+  end(): void {
+    if (this.phase === 'done') return;
+    if (this.phase === 'start') this.fail('empty file: expected a JSON array or object');
+    const open = this.phase === 'value' || this.phase === 'key' ? ` (the item starting at line ${this.start.line}, column ${this.start.column} is not closed)` : '';
+    this.fail(`unexpected end of input${open}`);
+  }
+
+  /** A key or value starts at the current character. */
+  private begin(): void {
+    this.start = { line: this.line, column: this.column };
+    this.text = '';
+    this.closed = false;
+  }
+
+  private scanValueChar(c: number): void {
+    if (this.inString) {
+      if (this.escaped) this.escaped = false;
+      else if (c === 92) this.escaped = true;
+      else if (c === 34) {
+        this.inString = false;
+        this.closed = this.depth === 0;
+      }
+      return;
+    }
+    if (c === 34) this.inString = true;
+    else if (c === 123 || c === 91) this.depth++;
+    else if (c === 125 || c === 93) {
+      this.depth--;
+      this.closed = this.depth === 0;
+    }
+  }
+
+  private finish(raw: string): JsonItem {
+    const item = { index: this.index++, key: this.container === 'object' ? this.key : null, line: this.start.line, column: this.start.column };
+    const text = raw.trimEnd();
+    try {
+      return { ...item, value: parseJson(text, this.file, this.start) };
+    } catch (e) {
+      if (!(e instanceof JsonSyntaxError)) throw e;
+      return { ...item, error: e };
+    }
+  }
 }
 
 class TolerantParser {
@@ -65,9 +295,8 @@ class TolerantParser {
   constructor(
     private readonly s: string,
     private readonly file: string,
-    private readonly lineOffset: number,
-    /** Characters stripped before `s` on the first line (a BOM), for the column. */
-    private readonly colOffset: number,
+    /** File position of s[0]. */
+    private readonly at: JsonPosition,
   ) {}
 
   parseDocument(): unknown {
@@ -79,7 +308,7 @@ class TolerantParser {
   }
 
   private fail(detail: string, at = this.pos): never {
-    let line = 1;
+    let line = 0;
     let lineStart = 0;
     for (let i = 0; i < at && i < this.s.length; i++) {
       if (this.s.charCodeAt(i) === 10) {
@@ -87,8 +316,8 @@ class TolerantParser {
         lineStart = i + 1;
       }
     }
-    const column = at - lineStart + 1 + (line === 1 ? this.colOffset : 0);
-    throw new JsonSyntaxError(this.file, line + this.lineOffset, column, detail);
+    const column = at - lineStart + (line === 0 ? this.at.column : 1);
+    throw new JsonSyntaxError(this.file, this.at.line + line, column, detail);
   }
 
   private ws(): void {

@@ -6,10 +6,10 @@
  * back as `resume` continues with exactly the batches it would have seen. The state reflects batches
  * *returned by next()*, never those merely prefetched.
  *
- * Prefetch: up to `prefetch` batches are requested ahead of the one being consumed; their images decode on
- * sharp's libuv threads while the training step runs on the main thread. At most `maxConcurrentLoads`
- * samples load at once (bounds memory and threadpool contention). The last batch of an epoch is short
- * unless `dropLast`.
+ * Prefetch: up to `prefetch` batches are requested ahead of the one being consumed — every sample of them at
+ * once, so that work which does not need the main thread (sharp decoding on libuv threads, or the whole
+ * image pipeline on an ImageWorkerPool) keeps going while the training step holds the main thread; the
+ * window (1 + prefetch batches) bounds memory. The last batch of an epoch is short unless `dropLast`.
  */
 import type { Batch, Sample } from './collate.js';
 import type { Sampler } from './sampler.js';
@@ -33,7 +33,6 @@ export interface LoaderOptions {
   collate: (samples: Sample[]) => Batch;
   /** Batches loaded ahead of the consumer (default 2; 0 = load on demand). */
   prefetch?: number;
-  maxConcurrentLoads?: number;
   dropLast?: boolean;
   resume?: LoaderState;
 }
@@ -60,12 +59,10 @@ export class DataLoader {
   private planned: { epoch: number; position: number };
   private readonly queue: Slot[] = [];
   private readonly orders = new Map<number, number[]>();
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
   private closed = false;
 
   constructor(opts: LoaderOptions) {
-    this.o = { prefetch: 2, maxConcurrentLoads: 4, dropLast: false, ...opts } as Required<Omit<LoaderOptions, 'resume'>>;
+    this.o = { prefetch: 2, dropLast: false, ...opts } as Required<Omit<LoaderOptions, 'resume'>>;
     const n = opts.sampler.size;
     if (n !== opts.source.size) throw new Error(`DataLoader: sampler covers ${n} samples but the dataset has ${opts.source.size}`);
     if (!Number.isInteger(opts.batchSize) || opts.batchSize < 1) throw new Error(`DataLoader: batchSize must be ≥ 1, got ${opts.batchSize}`);
@@ -129,21 +126,10 @@ export class DataLoader {
     while (this.queue.length < depth) {
       const { epoch, position } = this.planned;
       const indices = this.order(epoch).slice(position, position + this.o.batchSize);
-      const promise = Promise.all(indices.map((i) => this.limited(() => this.o.source.get(i)))).then((samples) => this.o.collate(samples));
+      const promise = Promise.all(indices.map((i) => this.o.source.get(i))).then((samples) => this.o.collate(samples));
       promise.catch(() => undefined); // surfaced by next(); avoid an unhandled rejection while it waits in the queue
       this.queue.push({ epoch, start: position, indices, promise });
       this.planned = this.normalize(epoch, position + indices.length);
-    }
-  }
-
-  private async limited<T>(work: () => Promise<T>): Promise<T> {
-    while (this.active >= this.o.maxConcurrentLoads) await new Promise<void>((r) => this.waiting.push(r));
-    this.active++;
-    try {
-      return await work();
-    } finally {
-      this.active--;
-      this.waiting.shift()?.();
     }
   }
 }

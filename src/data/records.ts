@@ -5,9 +5,9 @@
  * (file, record id, line/column where known, reason), so `data check` can list them all and training can
  * refuse or skip them explicitly (see check.ts). Only I/O failures (missing file) throw.
  */
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { IMAGE_TOKEN } from './constants.js';
-import { JsonSyntaxError, parseJson, parseJsonLines } from './json.js';
+import { JsonSyntaxError, jsonItems, type JsonContainer, type JsonSource } from './json.js';
 
 export type Role = 'human' | 'gpt';
 
@@ -74,57 +74,75 @@ export interface RecordsResult {
   bad: BadRecord[];
 }
 
-/** Read records from a `.json` (array) or `.jsonl` file; the format is sniffed when the extension is neither. */
+/** Read records from a `.json` (array) or `.jsonl` file, streamed; JSON Lines unless the file starts with '['. */
 export async function loadRecords(file: string): Promise<RecordsResult> {
-  return parseRecords(await readFile(file, 'utf8'), file);
+  return readRecords({ file }, file);
 }
 
-export function parseRecords(text: string, file: string): RecordsResult {
+/** The same from text in memory, whole or in chunks (tests, small inputs). */
+export async function parseRecords(text: string | { chunks: string[] }, file: string): Promise<RecordsResult> {
+  return readRecords(text, file);
+}
+
+async function readRecords(source: JsonSource, file: string): Promise<RecordsResult> {
   const records: LlavaRecord[] = [];
   const bad: BadRecord[] = [];
   const seen = new Map<string, number>();
-  const accept = (raw: unknown, index: number, line?: number): void => {
-    const r = toRecord(raw, file, index, line);
-    if ('bad' in r) {
-      bad.push(r.bad);
-      return;
-    }
-    const first = seen.get(r.record.id);
-    if (first !== undefined) {
-      bad.push({ file, id: r.record.id, index, line, kind: 'duplicate_id', reason: `id also used by record #${first}` });
-      return;
-    }
-    seen.set(r.record.id, index);
-    const problem = conversationProblem(r.record);
-    if (problem) bad.push({ file, id: r.record.id, index, line, ...problem });
-    else records.push(r.record);
-  };
-
-  if (isJsonLines(text, file)) {
-    parseJsonLines(text, file).forEach((l, index) => {
-      if (l.error) bad.push(malformed(l.error, index));
-      else accept(l.value, index, l.line);
-    });
-    return { records, bad };
-  }
-  let doc: unknown;
+  let container: JsonContainer | null = null;
   try {
-    doc = parseJson(text, file);
+    const format = (await looksLikeJsonLines(source, file)) ? 'lines' : 'auto';
+    for await (const item of jsonItems(source, file, format, (c) => (container = c))) {
+      if (container === 'object') break;
+      const line = item.line;
+      const index = item.index;
+      if (item.error) {
+        bad.push(malformed(item.error, index));
+        continue;
+      }
+      const r = toRecord(item.value, file, index, line);
+      if ('bad' in r) {
+        bad.push(r.bad);
+        continue;
+      }
+      const first = seen.get(r.record.id);
+      if (first !== undefined) {
+        bad.push({ file, id: r.record.id, index, line, kind: 'duplicate_id', reason: `id also used by record #${first}` });
+        continue;
+      }
+      seen.set(r.record.id, index);
+      const problem = conversationProblem(r.record);
+      if (problem) bad.push({ file, id: r.record.id, index, line, ...problem });
+      else records.push(r.record);
+    }
   } catch (e) {
-    if (e instanceof JsonSyntaxError) return { records, bad: [malformed(e)] };
+    // A structural error: the file cannot be split into records, none of it is used.
+    if (e instanceof JsonSyntaxError) return { records: [], bad: [malformed(e)] };
     throw e;
   }
-  if (!Array.isArray(doc)) {
-    return { records, bad: [{ file, id: null, kind: 'bad_record', reason: 'a JSON records file must hold an array of records' }] };
+  if (container === 'object') {
+    return { records: [], bad: [{ file, id: null, kind: 'bad_record', reason: 'a JSON records file must hold an array of records (or one record per line)' }] };
   }
-  doc.forEach((raw, index) => accept(raw, index));
   return { records, bad };
 }
 
-function isJsonLines(text: string, file: string): boolean {
+/** `.jsonl` → lines, `.json` → array; otherwise sniff the first non-blank character. */
+async function looksLikeJsonLines(source: JsonSource, file: string): Promise<boolean> {
   if (file.endsWith('.jsonl')) return true;
   if (file.endsWith('.json')) return false;
-  return !text.trimStart().replace(/^\ufeff/, '').startsWith('[');
+  let head: string;
+  if (typeof source === 'string') head = source.slice(0, 4096);
+  else if ('chunks' in source) head = [...source.chunks].join('').slice(0, 4096);
+  else {
+    const fh = await open(source.file, 'r');
+    try {
+      const buf = Buffer.alloc(4096);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      head = buf.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  }
+  return !head.replace(/^\ufeff/, '').trimStart().startsWith('[');
 }
 
 function malformed(e: JsonSyntaxError, index?: number): BadRecord {
@@ -188,22 +206,18 @@ export interface BoxesResult {
   unreadable: BadRecord | null;
 }
 
-/** Box JSON: `{id: {boxes, labels, scores}}` or `[{id, boxes, labels, scores}, ...]`. */
+/** Box JSON: `{id: {boxes, labels, scores}}` or `[{id, boxes, labels, scores}, ...]`, streamed. */
 export async function loadBoxes(file: string): Promise<BoxesResult> {
-  return parseBoxes(await readFile(file, 'utf8'), file);
+  return readBoxes({ file }, file);
 }
 
-export function parseBoxes(text: string, file: string): BoxesResult {
+export async function parseBoxes(text: string | { chunks: string[] }, file: string): Promise<BoxesResult> {
+  return readBoxes(text, file);
+}
+
+async function readBoxes(source: JsonSource, file: string): Promise<BoxesResult> {
   const entries = new Map<string, BoxEntry>();
   const bad: BadRecord[] = [];
-  let doc: unknown;
-  try {
-    doc = parseJson(text, file);
-  } catch (e) {
-    if (!(e instanceof JsonSyntaxError)) throw e;
-    const m = malformed(e);
-    return { entries, bad: [m], unreadable: m };
-  }
   const seen = new Set<string>();
   const add = (id: string, raw: unknown, index?: number): void => {
     if (seen.has(id)) {
@@ -217,17 +231,27 @@ export function parseBoxes(text: string, file: string): BoxesResult {
     if ('kind' in r) bad.push({ file, id, index, ...r });
     else entries.set(id, r);
   };
-  if (Array.isArray(doc)) {
-    doc.forEach((item, index) => {
-      if (!isObject(item) || (typeof item.id !== 'string' && typeof item.id !== 'number')) {
-        bad.push({ file, id: null, index, kind: 'bad_boxes', reason: "box list item without an 'id'" });
-      } else add(String(item.id), item, index);
-    });
-  } else if (isObject(doc)) {
-    for (const [id, v] of Object.entries(doc)) add(id, v);
-  } else {
-    const m: BadRecord = { file, id: null, kind: 'bad_boxes', reason: 'box JSON must be an object keyed by id or a list of entries with an id' };
-    return { entries, bad: [m], unreadable: m };
+  try {
+    for await (const item of jsonItems(source, file, 'auto')) {
+      if (item.key !== null) {
+        // {id: entry}: a malformed entry is still attributable to its id.
+        if (item.error) bad.push({ ...malformed(item.error), id: item.key });
+        else add(item.key, item.value);
+        continue;
+      }
+      if (item.error) {
+        bad.push(malformed(item.error, item.index));
+        continue;
+      }
+      const v = item.value;
+      if (!isObject(v) || (typeof v.id !== 'string' && typeof v.id !== 'number')) {
+        bad.push({ file, id: null, index: item.index, line: item.line, kind: 'bad_boxes', reason: "box list item without an 'id'" });
+      } else add(String(v.id), v, item.index);
+    }
+  } catch (e) {
+    if (!(e instanceof JsonSyntaxError)) throw e;
+    const m = malformed(e);
+    return { entries: new Map(), bad: [m], unreadable: m };
   }
   return { entries, bad, unreadable: null };
 }

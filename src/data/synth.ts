@@ -8,16 +8,20 @@
  *   OUT/boxes.json                      reference box format keyed by record id (see synth/annotate.ts for
  *                                       the order/score convention that keeps boxes smallest first after NMS)
  *   OUT/tokenizer.json (+ tokenizer_config.json)   word-level HF tokenizer over the corpus + template words
- *   OUT/dataset.json                    the options and counts this was generated with
+ *   OUT/dataset.json                    the options and counts this was generated with, the longest text in
+ *                                       tokens and the smallest max_length that keeps every box (longest + 50)
  *
  * Everything derives from the seed through independent per-image streams, so the same options give
  * byte-identical files regardless of rendering concurrency.
  */
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { CLOSE_TO_MAX_LENGTH_MARGIN } from './boxes.js';
+import { encodeConversation } from './conversation.js';
 import type { BoxEntry, Turn } from './records.js';
 import { deriveSeed, streamRng } from './random.js';
 import { formatTemplate, getTemplate, type PromptTemplate } from './templates.js';
+import { loadTokenizer } from './tokenizer.js';
 import { annotateScene, DEFAULT_ANNOTATE } from './synth/annotate.js';
 import { renderScene } from './synth/render.js';
 import { COLORS, DEFAULT_SCENE, makeScene, SHAPES, type Scene, type SceneOptions } from './synth/scene.js';
@@ -50,6 +54,8 @@ export interface SynthSummary {
   images: { train: number; eval: number };
   records: { pretrain: number; finetune: number; eval: number };
   vocabSize: number;
+  /** Longest tokenized conversation (template included) per file. */
+  longestTextTokens: { pretrain: number; finetune: number; eval: number };
   seconds: number;
 }
 
@@ -131,6 +137,12 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
   await writeFile(path.join(opts.out, 'boxes.json'), boxesJson(boxes));
   await writeFile(path.join(opts.out, 'tokenizer.json'), `${JSON.stringify(tokenizerJson(vocab), null, 1)}\n`);
   await writeFile(path.join(opts.out, 'tokenizer_config.json'), `${JSON.stringify(tokenizerConfigJson(512), null, 1)}\n`);
+  // Longest templated text per file, tokenized with the tokenizer just written: max_length must exceed it by
+  // 50, or the reference's "close to max_length" rule cuts the boxes to one per label (REFERENCE §i.5).
+  const tokenizer = await loadTokenizer({ type: 'hf', path: opts.out });
+  const longest = (list: object[]) =>
+    Math.max(0, ...list.map((r) => encodeConversation((r as { conversations: Turn[] }).conversations, { template, tokenizer, maxLength: 1 << 30 }).inputIds.length));
+  const textTokens = { pretrain: longest(pretrain), finetune: longest(finetune), eval: longest(evalRecords) };
   const manifest = {
     format: 'mgllava-synth',
     version: 1,
@@ -145,6 +157,8 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
     shapes: SHAPES,
     question_categories: QUESTION_CATEGORIES,
     vocab_size: vocab.length,
+    longest_text_tokens: textTokens,
+    min_max_length: Math.max(textTokens.pretrain, textTokens.finetune, textTokens.eval) + CLOSE_TO_MAX_LENGTH_MARGIN,
   };
   await writeFile(path.join(opts.out, 'dataset.json'), `${JSON.stringify(manifest, null, 1)}\n`);
 
@@ -153,6 +167,7 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
     images: { train: nTrain, eval: nEval },
     records: { pretrain: pretrain.length, finetune: finetune.length, eval: evalRecords.length },
     vocabSize: vocab.length,
+    longestTextTokens: textTokens,
     seconds: (performance.now() - t0) / 1000,
   };
 }

@@ -33,7 +33,10 @@ export interface SpliceInputs {
   attentionMask?: IntMatrixLike | null;
   /** Token ids int32 [M] -> embeddings [M,H] (e.g. `llm.embed`). Called once for all text of the batch. */
   embedTokens: (ids: tf.Tensor) => tf.Tensor;
-  /** [numImages, N, H] image tokens, consumed in order (text-only samples consume one too); null: no images. */
+  /**
+   * [numImages, N, H] image tokens, consumed in order: one per placeholder, and one per text-only sample
+   * (its zero image). Every one must be consumed. null: a text-only batch (no placeholder allowed).
+   */
   imageEmbeds: tf.Tensor3D | null;
   /** Per sample [K_b, H] object tokens, inserted after each of its images; null/undefined/missing: none. */
   objectEmbeds?: (tf.Tensor2D | null | undefined)[] | null;

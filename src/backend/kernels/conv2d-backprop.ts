@@ -5,7 +5,8 @@
  * - Conv2DBackpropFilter (absent from stock wasm): dW[Kc,outC] = colᵀ·dy, col[P,Kc] = im2col(x).
  *   A 1x1 stride-1 unpadded conv needs no im2col (col is x itself).
  * - Conv2DBackpropInput (stock: a scalar C++ loop, ~4 GFLOP/s): dcol[P,Kc] = dy·Wᵀ, dx = col2im(dcol)
- *   (a scatter-add; a plain copy when windows do not overlap, as in 4x4/s4 and 2x2/s2 convs).
+ *   (a scatter-add with the SIMD `add` loop; a plain copy when windows do not overlap, as in
+ *   4x4/s4 and 2x2/s2 convs).
  * The im2col buffer is built (and dx accumulated) a batch chunk at a time so that it stays under
  * a budget (128 MiB). NCHW inputs are transposed to NHWC and back.
  */
@@ -13,6 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { Conv2DBackpropFilterAttrs, Conv2DBackpropInputAttrs, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import { alias, offsetOf, withScratch, type Scratch } from './heap.js';
 import { matMul2D } from './matmul.js';
+import { simdLoops } from './simd.js';
 import { transposeOn } from './stock.js';
 
 type ConvInfo = tf.backend_util.Conv2DInfo;
@@ -103,6 +105,7 @@ function col2im(s: Scratch, dcol: TensorInfo, dx: TensorInfo, c: ConvInfo, b0: n
   // Windows that do not overlap write each dx element at most once: copy instead of add.
   const disjoint = sh >= (KH - 1) * dh + 1 && sw >= (KW - 1) * dw + 1;
   const heap = s.be.wasm.HEAPF32;
+  const { add } = simdLoops(s.be);
   const xo = offsetOf(s.be, dx) >>> 2;
   let src = offsetOf(s.be, dcol) >>> 2;
   for (let b = b0; b < b0 + nb; b++) {
@@ -118,7 +121,7 @@ function col2im(s: Scratch, dcol: TensorInfo, dx: TensorInfo, c: ConvInfo, b0: n
             const d = rowStart + iw * C;
             const sp = src + (kh * KW + kw) * C;
             if (disjoint) heap.copyWithin(d, sp, sp + C);
-            else for (let ch = 0; ch < C; ch++) heap[d + ch] += heap[sp + ch];
+            else add(d * 4, sp * 4, C);
           }
         }
       }
@@ -165,9 +168,7 @@ export function packConv2DBackpropFilter(args: Parameters<KernelFunc>[0]): Tenso
           dW = part;
           break;
         }
-        const acc = new Float32Array(be.wasm.HEAPF32.buffer, offsetOf(be, dW), Kc * CO);
-        const add = new Float32Array(be.wasm.HEAPF32.buffer, offsetOf(be, part), Kc * CO);
-        for (let i = 0; i < acc.length; i++) acc[i] += add[i];
+        simdLoops(be).add(offsetOf(be, dW), offsetOf(be, part), Kc * CO);
         s.free(part);
         s.free(col);
         if (dyPart !== dy2) s.free(dyPart);

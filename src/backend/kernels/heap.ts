@@ -16,6 +16,8 @@ export interface WasmModule {
   _malloc(bytes: number): number;
   _free(ptr: number): void;
   cwrap(name: string, ret: string | null, args: string[]): (...args: unknown[]) => unknown;
+  /** The module's exports; `memory` is the heap itself. */
+  asm?: { memory?: WebAssembly.Memory };
   tfjs: {
     registerTensor(id: number, size: number, byteOffset: number): void;
     disposeData(id: number): void;

@@ -4,19 +4,24 @@
  * The stock kernel uses XNNPACK (SIMD GEMM) for a plain 2-D product and a scalar C++ loop for
  * everything else (any transpose flag, any batch > 1): 10-40x slower, and every backward pass of a
  * linear layer transposes. Here every product becomes one or more plain 2-D XNNPACK products:
- * - transposes: an explicit C++ Transpose of whichever operand (or of the result) is cheapest;
+ * - transposes: explicit ones of the flagged operands (a SIMD 4x4-block transpose on the heap,
+ *   simd.ts, 5-15x the stock Transpose kernel), or, when that moves fewer elements, C computed as
+ *   Cᵀ = op(B)ᵀ·op(A)ᵀ and transposed back (see `preferSwapped`);
  * - batch folding: [b,M,K]·[K,N] (B broadcast) is one [b*M,K]·[K,N] product;
  * - true batches: one XNNPACK call per batch element on views of the operands (tensor ids
  *   registered on sub-ranges of the heap, no copies), with tfjs's batch broadcasting.
  *
  * XNNPACK caches the packed B operand per tensor id and keys the cache on the id alone: a tensor
  * reused as B under another [K,N] (same data, other reshape) gets the stale operator (wrong result or
- * an out-of-bounds trap in stock tfjs 4.22). `weightId` hands out a throwaway view id in that case.
+ * an out-of-bounds trap in stock tfjs 4.22). Only the plain 2-D case goes to the stock kernel, and
+ * only when `packableAs` says b was never packed under another shape; the pack's own products use
+ * throwaway view ids.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { BatchMatMulAttrs, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import { accountExternal } from '../memory.js';
 import { alias, idOf, offsetOf, withScratch, type Scratch, type WasmBackend, type WasmModule } from './heap.js';
+import { transposeMatrix } from './simd.js';
 import { stockKernel } from './stock.js';
 
 type RawBatchMatMul = (
@@ -50,7 +55,10 @@ const packedAs = new WeakMap<object, string>();
 /** Bytes XNNPACK keeps for a packed [K,N] B operand (+ bias row, N padded to its tile). */
 const packedBytes = (K: number, N: number) => (K + 1) * (N + 16) * 4;
 
-/** True when `b` may be handed to XNNPACK as a [K,N] B operand under its own id (records it). */
+/**
+ * True when the stock kernel may hand `b` to XNNPACK as a [K,N] B operand under its own id (the
+ * packed copy is then cached until b is freed: good for weights reused every call); records it.
+ */
 function packableAs(b: TensorInfo, K: number, N: number): boolean {
   const key = `${K}x${N}`;
   const prev = packedAs.get(b.dataId);
@@ -62,43 +70,24 @@ function packableAs(b: TensorInfo, K: number, N: number): boolean {
   return prev === key;
 }
 
-/** The id to pass as XNNPACK's B operand: b's own (packed copy cached until b is freed) or a throwaway view. */
-function weightId(s: Scratch, b: TensorInfo, K: number, N: number): number {
-  return packableAs(b, K, N) ? idOf(s.be, b) : s.view(offsetOf(s.be, b), K * N);
-}
-
-/** New [M,N] tensor (owned by s) = a[M,K]·b[K,N]. */
+/**
+ * New [M,N] tensor (owned by s) = a[M,K]·b[K,N]. B goes to XNNPACK under a throwaway view id: its
+ * packed copy is dropped when the kernel call ends instead of living as long as b (B here is
+ * usually an activation or gradient, new at every step).
+ */
 function plain(s: Scratch, a: TensorInfo, b: TensorInfo, M: number, K: number, N: number): TensorInfo {
   if (K === 0) return s.zeros([M, N]);
   const out = s.alloc([M, N]);
-  if (M > 0 && N > 0) xnnMatMul(s.be, idOf(s.be, a), weightId(s, b, K, N), idOf(s.be, out), M, K, N);
+  if (M > 0 && N > 0) xnnMatMul(s.be, idOf(s.be, a), s.view(offsetOf(s.be, b), K * N), idOf(s.be, out), M, K, N);
   return out;
 }
 
-/**
- * New [batch, C, R] tensor (owned by s) = x [batch, R, C] with its last two axes swapped, by a
- * blocked copy on the heap (16x16 tiles keep both sides in cache; ~2x the stock C++ Transpose).
- */
+/** New [batch, C, R] tensor (owned by s) = x [batch, R, C] with its last two axes swapped (SIMD). */
 export function transposeLast2(s: Scratch, x: TensorInfo, batch: number, R: number, C: number): TensorInfo {
   const out = s.alloc(batch === 1 ? [C, R] : [batch, C, R]);
-  const heap = s.be.wasm.HEAPF32;
-  const src = offsetOf(s.be, x) >>> 2;
-  const dst = offsetOf(s.be, out) >>> 2;
-  const T = 16;
-  for (let b = 0; b < batch; b++) {
-    const so = src + b * R * C;
-    const d0 = dst + b * R * C;
-    for (let i0 = 0; i0 < R; i0 += T) {
-      const i1 = Math.min(i0 + T, R);
-      for (let j0 = 0; j0 < C; j0 += T) {
-        const j1 = Math.min(j0 + T, C);
-        for (let i = i0; i < i1; i++) {
-          const row = so + i * C;
-          for (let j = j0; j < j1; j++) heap[d0 + j * R + i] = heap[row + j];
-        }
-      }
-    }
-  }
+  const src = offsetOf(s.be, x);
+  const dst = offsetOf(s.be, out);
+  for (let b = 0; b < batch; b++) transposeMatrix(s.be, src + b * R * C * 4, dst + b * R * C * 4, R, C);
   return out;
 }
 
@@ -148,7 +137,10 @@ function product(
   return direct(s, a, b, tA, tB, outerA, outerB, M, K, N);
 }
 
-/** op(a)·op(b) by transposing the flagged operands, then one folded product or a loop over the batch. */
+/**
+ * op(a)·op(b) as plain XNNPACK products: one folded product when B has no batch, else one per
+ * batch element, each flagged operand transposed just before its product (still in cache).
+ */
 function direct(
   s: Scratch, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean, outerA: number[], outerB: number[],
   M: number, K: number, N: number,
@@ -157,14 +149,15 @@ function direct(
   const batchA = tf.util.sizeFromShape(outerA);
   const batchB = tf.util.sizeFromShape(outerB);
   const batchOut = tf.util.sizeFromShape(outerOut);
-  // Row-major [batch, M, K] and [batch, K, N].
-  const a3 = tA ? transposeLast2(s, a, batchA, K, M) : a;
-  const b3 = tB ? transposeLast2(s, b, batchB, N, K) : b;
   if (batchB === 1 && batchA === batchOut) {
     // A's batch folds into its rows: one [batch*M, K]·[K, N] product, already in output order.
-    return plain(s, alias(a3, [batchA * M, K]), alias(b3, [K, N]), batchA * M, K, N);
+    const a3 = tA ? transposeLast2(s, a, batchA, K, M) : a;
+    const b2 = tB ? transposeLast2(s, b, 1, N, K) : b;
+    return plain(s, alias(a3, [batchA * M, K]), alias(b2, [K, N]), batchA * M, K, N);
   }
-  return loopBatches(s, a3, b3, broadcastBatchIndex(outerOut, outerA), broadcastBatchIndex(outerOut, outerB), M, K, N);
+  const ia = broadcastBatchIndex(outerOut, outerA);
+  const ib = broadcastBatchIndex(outerOut, outerB);
+  return loopBatches(s, a, b, tA, tB, ia, ib, M, K, N);
 }
 
 /** For each flat index into the broadcast batch `outDims`, the flat index into `inDims` (right-aligned). */
@@ -187,33 +180,44 @@ export function broadcastBatchIndex(outDims: number[], inDims: number[]): Int32A
   return res;
 }
 
-/** out[i] = A[ia[i]]·B[ib[i]] for every batch element, on views of [*,M,K], [*,K,N], [*,M,N]. */
+/**
+ * out[i] = op(A[ia[i]])·op(B[ib[i]]) for every batch element, XNNPACK on views of the stored
+ * operands, or of a one-element scratch holding the transpose of a flagged operand's element.
+ */
 function loopBatches(
-  s: Scratch, a3: TensorInfo, b3: TensorInfo, ia: Int32Array, ib: Int32Array, M: number, K: number, N: number,
+  s: Scratch, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean, ia: Int32Array, ib: Int32Array,
+  M: number, K: number, N: number,
 ): TensorInfo {
   const batch = ia.length;
   if (K === 0) return s.zeros([batch, M, N]);
   const out = s.alloc([batch, M, N]);
   if (M === 0 || N === 0) return out;
   const be = s.be;
-  const aOff = offsetOf(be, a3);
-  const bOff = offsetOf(be, b3);
+  const aOff = offsetOf(be, a);
+  const bOff = offsetOf(be, b);
   const outOff = offsetOf(be, out);
+  const aBuf = tA ? offsetOf(be, s.alloc([M, K])) : 0;
+  const bBuf = tB ? offsetOf(be, s.alloc([K, N])) : 0;
   let aIdx = -1;
   let bIdx = -1;
   let aView = 0;
   let bView = 0;
   for (let i = 0; i < batch; i++) {
-    // Views are reused while the batch index repeats (broadcasting): B is then packed once.
+    // Operands are re-viewed (and re-transposed) only when the batch index changes (broadcasting).
     if (ia[i] !== aIdx) {
       if (aView) s.dropView(aView);
       aIdx = ia[i]!;
-      aView = s.view(aOff + aIdx * M * K * 4, M * K);
+      const src = aOff + aIdx * M * K * 4;
+      if (tA) transposeMatrix(be, src, aBuf, K, M);
+      aView = s.view(tA ? aBuf : src, M * K);
     }
     if (ib[i] !== bIdx) {
+      // A new id each time: XNNPACK keys its packed copy of B on the id.
       if (bView) s.dropView(bView);
       bIdx = ib[i]!;
-      bView = s.view(bOff + bIdx * K * N * 4, K * N);
+      const src = bOff + bIdx * K * N * 4;
+      if (tB) transposeMatrix(be, src, bBuf, N, K);
+      bView = s.view(tB ? bBuf : src, K * N);
     }
     const outView = s.view(outOff + i * M * N * 4, M * N);
     xnnMatMul(be, aView, bView, outView, M, K, N);

@@ -2,11 +2,12 @@
  * UnsortedSegmentSum (the gradient of gather, e.g. of a token embedding), absent from stock wasm:
  * out[s, ...] = sum of x[i, ...] over the i with segmentIds[i] = s. `segmentIds` may have any rank
  * that is a prefix of x's shape. Ids outside [0, numSegments) are dropped, as on the cpu backend.
- * One pass over x in JavaScript on the heap: the work is a row add per index.
+ * One pass over x: a row add per index (the SIMD `add` loop for float32, JavaScript for int32).
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelFunc, TensorInfo, UnsortedSegmentSumAttrs } from '@tensorflow/tfjs';
-import { f32, i32, withScratch } from './heap.js';
+import { i32, offsetOf, withScratch } from './heap.js';
+import { simdLoops } from './simd.js';
 
 export function packUnsortedSegmentSum(args: Parameters<KernelFunc>[0]): TensorInfo {
   const x = args.inputs.x as TensorInfo;
@@ -27,16 +28,22 @@ export function packUnsortedSegmentSum(args: Parameters<KernelFunc>[0]): TensorI
   const n = tf.util.sizeFromShape(ids.shape);
   return withScratch(args.backend, (s, be) => {
     const out = s.zeros([numSegments, ...inner], x.dtype);
-    const view = x.dtype === 'float32' ? f32 : i32;
-    const xs = view(be, x);
-    const os = view(be, out);
     const seg = i32(be, ids);
-    for (let i = 0; i < n; i++) {
-      const sid = seg[i];
-      if (sid < 0 || sid >= numSegments) continue;
-      const src = i * D;
-      const dst = sid * D;
-      for (let j = 0; j < D; j++) os[dst + j] += xs[src + j];
+    if (x.dtype === 'float32') {
+      const { add } = simdLoops(be);
+      const [xo, oo] = [offsetOf(be, x), offsetOf(be, out)];
+      for (let i = 0; i < n; i++) {
+        const sid = seg[i];
+        if (sid >= 0 && sid < numSegments) add(oo + sid * D * 4, xo + i * D * 4, D);
+      }
+    } else {
+      const xs = i32(be, x);
+      const os = i32(be, out);
+      for (let i = 0; i < n; i++) {
+        const sid = seg[i];
+        if (sid < 0 || sid >= numSegments) continue;
+        for (let j = 0; j < D; j++) os[sid * D + j] += xs[i * D + j];
+      }
     }
     return s.keep(out);
   });
