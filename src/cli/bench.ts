@@ -1,11 +1,14 @@
 /** `mgllava bench kernels|step`: benchmarks that print numbers. */
 import type { CommandModule } from 'yargs';
 import { runKernelBench, type BenchResult } from '../backend/kernels/bench.js';
-import { backendFromArgs, notBuiltYet, UserError, type GlobalArgs } from './command.js';
+import { runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
+import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
 
 interface BenchArgs extends GlobalArgs {
   what: 'kernels' | 'step';
   json: boolean;
+  steps: number;
+  warmup: number;
 }
 
 export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
@@ -14,12 +17,44 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
   builder: (y) =>
     y
       .positional('what', { choices: ['kernels', 'step'] as const, demandOption: true })
-      .option('json', { type: 'boolean', default: false, describe: 'one JSON line per result' }),
+      .option('json', { type: 'boolean', default: false, describe: 'one JSON line per result' })
+      .option('steps', { type: 'number', default: 10, describe: 'step: timed steps per mode (median reported)' })
+      .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' }),
   handler: async (args) => {
-    if (args.what === 'step') notBuiltYet('bench step', 2);
-    await benchKernels(args);
+    if (args.what === 'step') await benchStep(args);
+    else await benchKernels(args);
   },
 };
+
+/**
+ * One training step of the tiny-e2e configuration (the same model, batch and recipe as the PyTorch peer
+ * ../shared/torch-reference/timing_ref.py), pretrain and sft modes.
+ */
+async function benchStep(args: BenchArgs): Promise<void> {
+  await backendFromArgs(args);
+  const r = runStepBench(args.warmup, args.steps);
+  if (args.json) {
+    const { detail, ...line } = r;
+    process.stdout.write(`${JSON.stringify({ ...line, leakedTensors: detail.pretrain.numTensorsEnd - detail.pretrain.numTensorsStart + detail.sft.numTensorsEnd - detail.sft.numTensorsStart })}\n`);
+    return;
+  }
+  process.stdout.write(formatStep(r));
+}
+
+function formatStep(r: StepBenchResult): string {
+  const lines = [`tiny-e2e training step on ${r.backend} (median of the timed steps; batch 4 x 128 positions)`, ''];
+  lines.push(`${'mode'.padEnd(9)}${'ms/step'.padStart(9)}${'tokens/s'.padStart(10)}${'encoders'.padStart(10)}${'forward'.padStart(9)}${'backward'.padStart(10)}${'clip+adamw'.padStart(12)}`);
+  for (const mode of ['pretrain', 'sft'] as const) {
+    const p = r.phases[mode];
+    const ms = mode === 'pretrain' ? r.pretrainMs : r.sftMs;
+    lines.push(
+      `${mode.padEnd(9)}${ms.toFixed(1).padStart(9)}${String(r.tokensPerS[mode]).padStart(10)}${p.frozenEncoders.toFixed(1).padStart(10)}` +
+        `${p.trainableForward.toFixed(1).padStart(9)}${p.backward.toFixed(1).padStart(10)}${p.clipAndAdamw.toFixed(1).padStart(12)}`,
+    );
+  }
+  lines.push('', `peak RSS ${r.rssMB} MB`, '');
+  return lines.join('\n');
+}
 
 /** The kernel pack lives on wasm: that is the backend measured unless another is asked for (an error). */
 async function benchKernels(args: BenchArgs): Promise<void> {

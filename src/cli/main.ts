@@ -8,10 +8,15 @@ import { doctorCommand } from './doctor.js';
 import { benchCommand } from './bench.js';
 import { dataCommand } from './data.js';
 import { goldenCommand } from './golden.js';
+import { exportCommand } from './export.js';
+import { importCommand } from './import.js';
+import { chatCommand } from './chat.js';
+import { evalCommand } from './eval.js';
 import { placeholderCommands } from './placeholders.js';
+import { finetuneCommand, pretrainCommand } from './train.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, ...placeholderCommands];
+const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, chatCommand, evalCommand, pretrainCommand, finetuneCommand, ...placeholderCommands];
 
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;

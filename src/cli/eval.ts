@@ -1,0 +1,120 @@
+/**
+ * `mgllava eval RUN --records eval.json [--images DIR] [--boxes B.json] [--out P.jsonl] [--json]`: greedy
+ * answers to every record's first question, accuracy by normalised exact match overall and per `category`,
+ * predictions as JSON Lines. Rules (question/answer, normalisation): src/infer/eval.ts, normalize.ts.
+ */
+import { access } from 'node:fs/promises';
+import path from 'node:path';
+import { SingleBar } from 'cli-progress';
+import type { Argv, CommandModule } from 'yargs';
+import { getTemplate } from '../data/templates.js';
+import { EvalInputError, runEval, type EvalSummary } from '../infer/eval.js';
+import { imageFolder } from '../train/build-data.js';
+import { stepDirName } from '../train/run-dir.js';
+import { openRun, runOptions } from './chat.js';
+import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+
+interface EvalArgs extends GlobalArgs {
+  run: string;
+  step?: number;
+  records: string;
+  images?: string;
+  boxes?: string;
+  out?: string;
+  json: boolean;
+  'batch-size': number;
+  limit?: number;
+  'max-new-tokens': number;
+}
+
+export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
+  command: 'eval <run>',
+  describe: 'Accuracy of a trained run on an eval set (normalised exact match, per category)',
+  builder: (y) =>
+    runOptions(y)
+      .option('records', { type: 'string', demandOption: true, describe: 'eval records (.json array or .jsonl), one question per record, `category` field' })
+      .option('images', { type: 'string', describe: "image folder [default: the run config's data.images, else its records' folder]" })
+      .option('boxes', { type: 'string', describe: "box JSON keyed by record id [default: the run config's data.boxes]" })
+      .option('out', { type: 'string', describe: 'predictions JSONL [default: RUN/predictions-<records name>-step-NNNNNNNN.jsonl]' })
+      .option('json', { type: 'boolean', default: false, describe: 'print one JSON line {accuracy, byCategory, count, predictions, ...}' })
+      .option('batch-size', { type: 'number', default: 16, describe: 'questions generated together' })
+      .option('limit', { type: 'number', describe: 'evaluate only the first N records' })
+      .option('max-new-tokens', { type: 'number', default: 32, describe: 'answer length budget in tokens' })
+      .epilog(
+        "Each record is one question: its first human message(s) with the first gpt message as the reference (later turns " +
+          'are not asked), answered greedily with the run\'s template. Correct = equal after normalisation: NFKC, lower case, ' +
+          'punctuation removed except inside words ("3.5", "don\'t"), articles a/an/the dropped, whitespace collapsed.',
+      ) as Argv<EvalArgs>,
+  handler: async (args) => {
+    for (const [flag, v] of [['--batch-size', args['batch-size']], ['--max-new-tokens', args['max-new-tokens']], ['--limit', args.limit]] as const) {
+      if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new UserError(`${flag} must be an integer >= 1, got ${v}`);
+    }
+    try {
+      await access(args.records);
+    } catch {
+      throw new UserError(`eval records not found: ${args.records}`);
+    }
+    await backendFromArgs(args);
+    const run = await openRun(args.run, args.step);
+    try {
+      const stem = path.basename(args.records).replace(/\.(jsonl?|json)$/, '');
+      const out = args.out ?? path.join(run.runDir, `predictions-${stem}-${stepDirName(run.step)}.jsonl`);
+      const bar = !args.json && process.stderr.isTTY ? new SingleBar({ format: 'eval [{bar}] {value}/{total} questions | {duration}s', stream: process.stderr }) : null;
+      let started = false;
+      let summary: EvalSummary;
+      try {
+        summary = await runEval({
+          model: run.model,
+          tokenizer: run.tokenizer,
+          template: getTemplate(run.config.data.template),
+          records: args.records,
+          images: args.images ?? imageFolder(run.config),
+          boxes: args.boxes ?? run.config.data.boxes,
+          out,
+          batchSize: args['batch-size'],
+          limit: args.limit,
+          maxNewTokens: args['max-new-tokens'],
+          onProgress: (done, total) => {
+            if (!bar) return;
+            if (!started) bar.start(total, 0);
+            started = true;
+            bar.update(done);
+          },
+        });
+      } catch (e) {
+        if (e instanceof EvalInputError) throw new UserError(e.message);
+        throw e;
+      } finally {
+        bar?.stop();
+      }
+      if (args.json) {
+        const { accuracy, byCategory, count, correct, predictions, seconds } = summary;
+        process.stdout.write(`${JSON.stringify({ accuracy, byCategory, count, correct, predictions, step: run.step, seconds: round(seconds, 2) })}\n`);
+      } else {
+        process.stdout.write(report(summary, args.records, run.runDir, run.step));
+      }
+    } finally {
+      run.model.dispose();
+    }
+  },
+};
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+function pct(x: number): string {
+  return `${(100 * x).toFixed(1)}%`;
+}
+
+function report(s: EvalSummary, records: string, runDir: string, step: number): string {
+  const width = Math.max(8, ...Object.keys(s.byCategory).map((k) => k.length));
+  const lines = [
+    `${records} on ${runDir} step ${step}: ${s.count} questions, ${s.images} images, ${s.seconds.toFixed(1)} s (${(s.count / s.seconds).toFixed(1)} questions/s)`,
+    `accuracy ${pct(s.accuracy)} (${s.correct}/${s.count})`,
+    ...Object.entries(s.byCategory).map(([k, c]) => `  ${k.padEnd(width)} ${pct(c.accuracy).padStart(6)} (${c.correct}/${c.count})`),
+    `predictions: ${s.predictions}`,
+  ];
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,76 @@
+/**
+ * `mgllava export RUN [--step N] --format xtuner|hf --out DIR`: write a run's checkpoint in the layout the
+ * PyTorch MG-LLaVA/XTuner code loads, or as a Hugging Face LLM directory plus the MG-LLaVA modules.
+ */
+import type { CommandModule } from 'yargs';
+import { ConfigError } from '../config/load.js';
+import { DEFAULT_MAX_SHARD_BYTES, ExportError, exportRun, exportSize, type ExportFormat } from '../io/export.js';
+import { PretrainedError } from '../io/pretrained.js';
+import { SafetensorsError } from '../io/safetensors.js';
+import { WeightLoadError } from '../nn/module.js';
+import { RunDirError } from '../train/run-dir.js';
+import { UserError, type GlobalArgs } from './command.js';
+
+interface ExportArgs extends GlobalArgs {
+  run: string;
+  step?: number;
+  format: ExportFormat;
+  out: string;
+  'max-shard-mb': number;
+  pth: boolean;
+  overwrite: boolean;
+}
+
+export const exportCommand: CommandModule<GlobalArgs, ExportArgs> = {
+  command: 'export <run>',
+  describe: 'Export a run to the PyTorch MG-LLaVA/XTuner or Hugging Face layout',
+  builder: (y) =>
+    y
+      .positional('run', { type: 'string', demandOption: true, describe: 'run directory (checkpoints/<name>) or one of its step-NNNNNNNN directories' })
+      .option('step', { type: 'number', describe: 'checkpoint step to export (default: the newest complete one)' })
+      .option('format', {
+        type: 'string',
+        choices: ['xtuner', 'hf'] as const,
+        demandOption: true,
+        describe:
+          'xtuner: model.safetensors + model.pth with the keys the PyTorch code loads (projector, bbox_projector, fuse_module, llm when trained); ' +
+          'hf: the LLM as a Hugging Face directory + mm_modules.safetensors',
+      })
+      .option('out', { type: 'string', demandOption: true, describe: 'output directory (created; must be empty unless --overwrite)' })
+      .option('max-shard-mb', {
+        type: 'number',
+        default: DEFAULT_MAX_SHARD_BYTES / 1e6,
+        describe: 'hf: largest shard in MB (1e6 bytes); a single larger tensor gets a shard of its own',
+      })
+      .option('pth', { type: 'boolean', default: true, describe: 'xtuner: also write model.pth for torch.load (--no-pth: safetensors only)' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'write into a non-empty --out, replacing files of the same names' })
+      .example('$0 export checkpoints/tiny-shapes-finetune --format hf --out exports/tiny-hf', 'newest step as an HF directory')
+      .example('$0 export checkpoints/tiny-shapes-pretrain --step 100 --format xtuner --out exports/tiny-xtuner', 'for pretrained_pth'),
+  handler: async (args) => {
+    if (!(args['max-shard-mb'] > 0)) throw new UserError(`--max-shard-mb must be > 0 (got ${args['max-shard-mb']})`, 2);
+    let result;
+    try {
+      result = await exportRun(args.run, {
+        format: args.format,
+        out: args.out,
+        step: args.step,
+        maxShardBytes: Math.round(args['max-shard-mb'] * 1e6),
+        pth: args.pth,
+        overwrite: args.overwrite,
+      });
+    } catch (e) {
+      const known = [ExportError, RunDirError, ConfigError, PretrainedError, WeightLoadError, SafetensorsError];
+      if (known.some((k) => e instanceof k)) throw new UserError((e as Error).message);
+      throw e;
+    }
+    const mb = (await exportSize(result)) / 1e6;
+    process.stdout.write(
+      `exported ${result.runDir} step ${result.step} (${result.stage}) as ${result.format} to ${result.out}: ` +
+        `${result.tensors} tensors, ${result.files.length} files, ${mb.toFixed(1)} MB\n` +
+        result.files.map((f) => `  ${f}\n`).join(''),
+    );
+    if (result.skipped.length) {
+      process.stdout.write(`not exported (the ${result.format} checkpoint never carries them): ${result.skipped.join(', ')}\n`);
+    }
+  },
+};

@@ -1,0 +1,71 @@
+/**
+ * A multi-turn chat about one image (or none): the history is re-encoded with the training template on
+ * every turn (buildChatPrompt), so the model always sees exactly the token layout it was trained on.
+ *
+ * The image placeholder goes at the start of the first user message, as in the training records
+ * (`<image>\n` + question); a literal `<image>` typed by the user is removed (the model has one image per
+ * conversation). An interrupted answer is not kept in the history.
+ */
+import { IMAGE_TOKEN } from '../data/constants.js';
+import { buildChatPrompt, type ChatExchange } from '../data/conversation.js';
+import { stopWords, type PromptTemplate } from '../data/templates.js';
+import type { TextTokenizer } from '../data/tokenizer.js';
+import type { MGLLaVA } from '../model/mgllava.js';
+import { generate, type Generation, type VisualTokens } from './generate.js';
+import type { SamplingOptions } from './sampling.js';
+
+export interface ChatOptions extends SamplingOptions {
+  model: MGLLaVA;
+  tokenizer: TextTokenizer;
+  template: PromptTemplate;
+  /** The conversation's image; null for a text-only chat. Owned by the caller. */
+  visual: VisualTokens | null;
+  /** System text for the first turn (MG-LLaVA trains without one). */
+  system?: string;
+  maxNewTokens: number;
+}
+
+export interface AskOptions {
+  onToken?: (textDelta: string) => void;
+  signal?: AbortSignal;
+}
+
+export class ChatSession {
+  private history: ChatExchange[] = [];
+
+  constructor(private readonly o: ChatOptions) {}
+
+  /** Finished exchanges so far. */
+  get turns(): readonly ChatExchange[] {
+    return this.history;
+  }
+
+  reset(): void {
+    this.history = [];
+  }
+
+  /** The prompt ids for a new user message after the current history. */
+  promptIds(userText: string): number[] {
+    const text = userText.split(IMAGE_TOKEN).join('');
+    const first = this.history.length === 0;
+    const user = first && this.o.visual ? `${IMAGE_TOKEN}\n${text}` : text;
+    const history = this.history.map((h, i) => (i === 0 && this.o.visual ? { ...h, user: `${IMAGE_TOKEN}\n${h.user}` } : h));
+    return buildChatPrompt(this.o.template, history, user, { tokenizer: this.o.tokenizer, system: this.o.system });
+  }
+
+  async ask(userText: string, a: AskOptions = {}): Promise<Generation> {
+    const ids = this.promptIds(userText);
+    const [g] = await generate(this.o.model, [{ ids, visual: this.o.visual }], {
+      tokenizer: this.o.tokenizer,
+      maxNewTokens: this.o.maxNewTokens,
+      stopWords: stopWords(this.o.template, this.o.tokenizer.eosToken),
+      temperature: this.o.temperature,
+      topP: this.o.topP,
+      rng: this.o.rng,
+      onToken: a.onToken ? (d) => a.onToken!(d) : undefined,
+      signal: a.signal,
+    });
+    if (g!.finish !== 'aborted') this.history.push({ user: userText.split(IMAGE_TOKEN).join(''), assistant: g!.text });
+    return g!;
+  }
+}

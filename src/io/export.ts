@@ -1,0 +1,338 @@
+/**
+ * Export a training run (a checkpoint of its run directory, see src/train/run-dir.ts) to:
+ *
+ *  - `xtuner`: the state dict the PyTorch MG-LLaVA / XTuner code loads as `pretrained_pth`: the keys its
+ *    `state_dict()` override saves (every key containing `projector.` or `fuse_module.`, `multi_level_linear.*`,
+ *    and `llm.*` when the LLM was trained), PyTorch layouts (ours already are). Written as `model.safetensors`
+ *    and as an mmengine-style `model.pth` (`{'state_dict': ..., 'meta': ...}`, torch zip format).
+ *  - `hf`: the LLM as a Hugging Face LLaMA (or Phi-3) directory: sharded safetensors + index, config.json, the
+ *    tokenizer files when the run used an HF tokenizer; plus `mm_modules.safetensors` (fuse_module,
+ *    projector, bbox_projector, multi_level_linear) and `mgllava.json` / README.md describing them.
+ *
+ * Nothing is built in tfjs: tensors stream from the run's files (the step's model.safetensors, then the run's
+ * base.safetensors, then the LLM's pretrained dir; the first that has a name wins, as when the run's model is
+ * recovered) to the output one at a time, so a full-size run exports on a small machine.
+ */
+import { copyFile, mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { modelConfigFrom } from '../config/build-model.js';
+import { dumpConfig } from '../config/load.js';
+import type { ExperimentConfig } from '../config/schema.js';
+import type { LlamaConfig } from '../model/llm/config.js';
+import { toHfConfig } from '../model/llm/config.js';
+import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, type TrainState } from '../train/run-dir.js';
+import { SafetensorsReader, writeSafetensors, writeShardedSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
+import { convertedReader, openPretrained, plannedTargets, readPretrainedConfigs, unknownSources, type PretrainedSource } from './pretrained.js';
+import { writeTorchPth } from './torch-pth.js';
+import { llmHfPlan, llmHfTensor, PART_PREFIX } from './weight-maps.js';
+
+export type ExportFormat = 'xtuner' | 'hf';
+
+export class ExportError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ExportError';
+  }
+}
+
+/** HF's default shard cap ("2GB" = 2e9 bytes); one tensor larger than it gets a shard of its own. */
+export const DEFAULT_MAX_SHARD_BYTES = 2_000_000_000;
+
+/** Prefixes of the MG-LLaVA modules (everything trained besides the LLM). */
+export const MM_MODULE_PREFIXES = ['fuse_module.', 'projector.', 'bbox_projector.', 'multi_level_linear.'] as const;
+
+export const MM_MODULES_FILE = 'mm_modules.safetensors';
+export const XTUNER_PTH_FILE = 'model.pth';
+export const DESCRIPTION_FILE = 'mgllava.json';
+
+/** Tokenizer files copied next to an HF export when they sit beside the run's tokenizer.json. */
+const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'added_tokens.json'];
+
+/**
+ * The keys the reference's `state_dict()` override saves: every key containing 'projector.' (also catches
+ * bbox_projector) or 'fuse_module.', multi_level_linear.* (that variant), and llm.* only when the LLM trains.
+ */
+export function isXtunerKey(name: string, llmTrained: boolean): boolean {
+  return (
+    name.includes('projector.') ||
+    name.includes('fuse_module.') ||
+    name.startsWith('multi_level_linear.') ||
+    (llmTrained && name.startsWith(PART_PREFIX.llm))
+  );
+}
+
+export interface ExportOptions {
+  format: ExportFormat;
+  out: string;
+  step?: number;
+  /** hf: shard cap in bytes (default 2e9). */
+  maxShardBytes?: number;
+  /** xtuner: also write model.pth (default true). */
+  pth?: boolean;
+  /** Write into a non-empty `out` (files of the same names are replaced). */
+  overwrite?: boolean;
+}
+
+export interface ExportResult {
+  format: ExportFormat;
+  out: string;
+  runDir: string;
+  step: number;
+  stage: string;
+  /** Files written, relative to `out`. */
+  files: string[];
+  /** Tensors in the main weights (xtuner: the state dict; hf: the LLM checkpoint). */
+  tensors: number;
+  /** Checkpoint names left out on purpose (xtuner: weights the reference checkpoint never carries). */
+  skipped: string[];
+}
+
+/** One named source of tensors: a safetensors file, or a pretrained directory read through its rename table. */
+interface Source {
+  label: string;
+  shapes: Map<string, number[]>;
+  read(name: string): Promise<HostTensor>;
+  close(): Promise<void>;
+}
+
+async function fileSource(file: string): Promise<Source> {
+  const r = await SafetensorsReader.open(file);
+  return {
+    label: file,
+    shapes: new Map(r.keys().map((k) => [k, r.info(k).shape])),
+    read: async (name) => {
+      const h = await r.read(name);
+      if (h.dtype !== 'float32') throw new ExportError(`${file}: ${name} is ${h.dtype}, weights are float32`);
+      return h;
+    },
+    close: () => r.close(),
+  };
+}
+
+function pretrainedSource(src: PretrainedSource): Source {
+  const unknown = unknownSources(src);
+  if (unknown.length) throw new ExportError(`${src.file}: ${unknown.length} tensors are not ${src.map.label} weights: ${unknown.join(', ')}`);
+  const read = convertedReader(src);
+  return {
+    label: src.dir,
+    shapes: new Map([...plannedTargets(src)].map(([n, t]) => [n, t.shape])),
+    read,
+    close: () => src.reader.close(),
+  };
+}
+
+/**
+ * The run's weights by checkpoint name, from several sources in priority order (the first holding a name
+ * provides it), read lazily.
+ */
+class RunWeights {
+  private constructor(private readonly sources: Source[]) {}
+
+  static async open(files: string[], extra: (() => Promise<Source>)[] = []): Promise<RunWeights> {
+    const sources: Source[] = [];
+    try {
+      for (const f of files) if (existsSync(f)) sources.push(await fileSource(f));
+      for (const make of extra) sources.push(await make());
+    } catch (e) {
+      await Promise.all(sources.map((s) => s.close()));
+      throw e;
+    }
+    return new RunWeights(sources);
+  }
+
+  /** Names matching `keep`, sorted, each with its shape and the source providing it. */
+  select(keep: (name: string) => boolean): Map<string, { shape: number[]; source: Source }> {
+    const out = new Map<string, { shape: number[]; source: Source }>();
+    for (const s of this.sources) for (const [n, shape] of s.shapes) if (keep(n) && !out.has(n)) out.set(n, { shape, source: s });
+    return new Map([...out].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  }
+
+  lazy(selection: Map<string, { shape: number[]; source: Source }>): Map<string, LazyTensor> {
+    return new Map([...selection].map(([n, { shape, source }]) => [n, { dtype: 'float32', shape, load: () => source.read(n) }]));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.sources.map((s) => s.close()));
+  }
+}
+
+async function prepareOut(out: string, overwrite: boolean): Promise<void> {
+  if (existsSync(out)) {
+    if (!statSync(out).isDirectory()) throw new ExportError(`--out ${out} exists and is not a directory`);
+    if (!overwrite && (await readdir(out)).length) throw new ExportError(`--out ${out} is not empty (pass --overwrite to replace the export files in it)`);
+  }
+  await mkdir(out, { recursive: true });
+}
+
+interface RunInfo {
+  runDir: string;
+  stepDir: string;
+  step: number;
+  state: TrainState;
+  config: ExperimentConfig;
+}
+
+async function openRun(run: string, step: number | undefined): Promise<RunInfo> {
+  const ck = await resolveCheckpoint(run, step);
+  const state = await readState(ck.stepDir);
+  const { config } = await readRunConfig(ck.runDir);
+  return { runDir: ck.runDir, stepDir: ck.stepDir, step: ck.step, state, config };
+}
+
+const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
+
+async function exportXtuner(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
+  const llmTrained = r.state.stage === 'finetune';
+  // Only the step's trained weights: the reference never saves frozen ones.
+  const weights = await RunWeights.open([path.join(r.stepDir, MODEL_FILE)]);
+  try {
+    const all = weights.select(() => true);
+    const chosen = weights.select((n) => isXtunerKey(n, llmTrained));
+    const skipped = [...all.keys()].filter((n) => !chosen.has(n));
+    if (chosen.size === 0) throw new ExportError(`${r.stepDir}/${MODEL_FILE} holds no fuse_module/projector/llm weights to export`);
+    const files = [MODEL_FILE];
+    const meta = { source: 'mgllava', run: path.basename(r.runDir), stage: r.state.stage, iter: r.step, seed: r.config.seed, config_hash: r.state.configHash };
+    await writeSafetensors(path.join(o.out, MODEL_FILE), weights.lazy(chosen), { format: 'pt', ...Object.fromEntries(Object.entries(meta).map(([k, v]) => [k, String(v)])) });
+    if (o.pth ?? true) {
+      await writeTorchPth(path.join(o.out, XTUNER_PTH_FILE), weights.lazy(chosen), { meta });
+      files.push(XTUNER_PTH_FILE);
+    }
+    await writeFile(
+      path.join(o.out, DESCRIPTION_FILE),
+      json({
+        format: 'mgllava-xtuner-export',
+        version: 1,
+        ...meta,
+        files,
+        keys: [...chosen].map(([n, t]) => ({ name: n, shape: t.shape })),
+        load: `XTuner/MG-LLaVA config: pretrained_pth = '<this dir>/${XTUNER_PTH_FILE}' (torch.load -> ['state_dict']; loaded with strict=False)`,
+      }),
+    );
+    files.push(DESCRIPTION_FILE);
+    return { format: 'xtuner', out: o.out, runDir: r.runDir, step: r.step, stage: r.state.stage, files, tensors: chosen.size, skipped };
+  } finally {
+    await weights.close();
+  }
+}
+
+/** Copy the run's HF tokenizer files (the tokenizer.json and its usual companions) into `out`. */
+async function copyTokenizer(config: ExperimentConfig, out: string): Promise<{ files: string[]; note: string }> {
+  const tok = config.data.tokenizer;
+  if (tok.type !== 'hf') {
+    const what = tok.type === 'llama2' ? 'the bundled LLaMA-2 SentencePiece vocabulary (use the base model\'s tokenizer files)' : 'the toy byte tokenizer (no HF files)';
+    return { files: [], note: `the run used ${what}; no tokenizer files copied` };
+  }
+  const file = statSync(tok.path).isDirectory() ? path.join(tok.path, 'tokenizer.json') : tok.path;
+  const dir = path.dirname(file);
+  const files: string[] = [];
+  await copyFile(file, path.join(out, 'tokenizer.json'));
+  files.push('tokenizer.json');
+  for (const f of TOKENIZER_FILES.slice(1)) {
+    if (existsSync(path.join(dir, f))) {
+      await copyFile(path.join(dir, f), path.join(out, f));
+      files.push(f);
+    }
+  }
+  return { files, note: `copied from ${dir}` };
+}
+
+function hfReadme(r: RunInfo, llm: LlamaConfig, mm: string[], tokenizerNote: string): string {
+  const arch = llm.weightFormat === 'phi3' ? 'Phi3ForCausalLM' : 'LlamaForCausalLM';
+  const resolved = dumpConfig({ ...r.config, model: { ...r.config.model, llm: { ...r.config.model.llm, pretrained: '<this dir>' } } })
+    .split('\n')
+    .filter((l) => l.trim() !== '');
+  return [
+    `# MG-LLaVA export: ${path.basename(r.runDir)}, step ${r.step} (${r.state.stage})`,
+    '',
+    `- The LLM is a Hugging Face \`${arch}\` checkpoint (float32 safetensors + config.json): \`AutoModelForCausalLM.from_pretrained('<this dir>')\`.`,
+    `- Tokenizer: ${tokenizerNote}.`,
+    `- \`${MM_MODULES_FILE}\` holds the MG-LLaVA modules under the reference's key names (${mm.length} tensors:`,
+    `  ${[...new Set(mm.map((n) => n.split('.')[0]))].join(', ')}); \`${DESCRIPTION_FILE}\` lists them with shapes and the model config.`,
+    '- The vision encoders are not included: they come from the `pretrained` directories (or the run\'s base.safetensors).',
+    '',
+    'To use it with mgllava, set `model.llm.pretrained` to this directory and load the modules from',
+    `\`${MM_MODULES_FILE}\`. The run's resolved config, with \`model.llm.pretrained\` pointing here:`,
+    '',
+    '```yaml',
+    ...resolved,
+    '```',
+    '',
+  ].join('\n');
+}
+
+async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
+  const model = r.config.model;
+  const llm = modelConfigFrom(model, readPretrainedConfigs(model)).llm;
+  const llmDir = model.llm.pretrained;
+  const weights = await RunWeights.open(
+    [path.join(r.stepDir, MODEL_FILE), path.join(r.runDir, BASE_FILE)],
+    llmDir ? [async () => pretrainedSource(await openPretrained(llmDir, 'llm', llm))] : [],
+  );
+  try {
+    const llmWeights = weights.select((n) => n.startsWith(PART_PREFIX.llm));
+    if (llmWeights.size === 0) throw new ExportError(`run ${r.runDir}: no llm.* weights in the step, ${BASE_FILE} or a pretrained dir`);
+    const plan = llmHfPlan(
+      [...llmWeights].map(([name, t]) => ({ name, shape: t.shape })),
+      llm,
+    );
+    const hf = new Map<string, LazyTensor>();
+    for (const p of plan) {
+      hf.set(p.hfName, {
+        dtype: 'float32',
+        shape: p.shape,
+        load: async () => {
+          const src = new Map<string, HostTensor>();
+          for (const s of p.sources) src.set(s, await llmWeights.get(s)!.source.read(s));
+          return llmHfTensor(p, src, llm);
+        },
+      });
+    }
+    const sharded = await writeShardedSafetensors(o.out, hf, { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, prefix: 'model' });
+    const files = [...sharded.files, ...(sharded.index ? [sharded.index] : [])].map((f) => path.basename(f));
+    await writeFile(path.join(o.out, 'config.json'), json({ ...toHfConfig(llm), torch_dtype: 'float32' }));
+    files.push('config.json');
+    const tokenizer = await copyTokenizer(r.config, o.out);
+    files.push(...tokenizer.files);
+
+    const mm = weights.select((n) => MM_MODULE_PREFIXES.some((p) => n.startsWith(p)));
+    if (mm.size === 0) throw new ExportError(`run ${r.runDir}: no ${MM_MODULE_PREFIXES.join('/')} weights found`);
+    await writeSafetensors(path.join(o.out, MM_MODULES_FILE), weights.lazy(mm), { format: 'pt', source: 'mgllava', step: String(r.step) });
+    files.push(MM_MODULES_FILE);
+    await writeFile(
+      path.join(o.out, DESCRIPTION_FILE),
+      json({
+        format: 'mgllava-hf-export',
+        version: 1,
+        run: path.basename(r.runDir),
+        step: r.step,
+        stage: r.state.stage,
+        config_hash: r.state.configHash,
+        llm: { architecture: llm.weightFormat === 'phi3' ? 'Phi3ForCausalLM' : 'LlamaForCausalLM', files: files.filter((f) => f.startsWith('model')), tensors: plan.length },
+        mm_modules: { file: MM_MODULES_FILE, keys: [...mm].map(([n, t]) => ({ name: n, shape: t.shape })) },
+        tokenizer: tokenizer.note,
+        // The model section with the LLM now coming from this directory.
+        model: { ...model, llm: { ...model.llm, pretrained: '.' } },
+      }),
+    );
+    await writeFile(path.join(o.out, 'README.md'), hfReadme(r, llm, [...mm.keys()], tokenizer.note));
+    files.push(DESCRIPTION_FILE, 'README.md');
+    return { format: 'hf', out: o.out, runDir: r.runDir, step: r.step, stage: r.state.stage, files, tensors: plan.length, skipped: [] };
+  } finally {
+    await weights.close();
+  }
+}
+
+/** Export checkpoint `o.step` (default: the newest complete one) of a run dir, or a step dir, to `o.out`. */
+export async function exportRun(run: string, o: ExportOptions): Promise<ExportResult> {
+  const r = await openRun(run, o.step);
+  await prepareOut(o.out, o.overwrite ?? false);
+  return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
+}
+
+/** Total bytes of the files of a result (for the CLI summary). */
+export async function exportSize(result: ExportResult): Promise<number> {
+  let n = 0;
+  for (const f of result.files) n += (await stat(path.join(result.out, f))).size;
+  return n;
+}

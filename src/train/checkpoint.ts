@@ -1,0 +1,112 @@
+/**
+ * Writing and reading the trainer's step checkpoints (layout: run-dir.ts).
+ *
+ * A save writes everything into `.tmp-step-NNNNNNNN-<pid>/` (state.json last), then renames it to
+ * `step-NNNNNNNN/` and fsyncs the run dir: a checkpoint either exists complete or not at all, whatever
+ * moment the process dies. Older checkpoints beyond `keep` are removed after the new one is in place.
+ *
+ * Test hook: MGLLAVA_TEST_KILL_AT=step:N (after step N, before its save) or save:N (in the middle of
+ * step N's save: model.safetensors written, the rest not) makes the process SIGKILL itself there.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type * as tf from '@tensorflow/tfjs';
+import { SafetensorsReader } from '../io/safetensors.js';
+import type { HostTensor } from '../io/safetensors.js';
+import type { AdamW } from './adamw.js';
+import { listCheckpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, stepDirName, type TrainState } from './run-dir.js';
+import { writeWeightsFile } from './weights-io.js';
+
+export const KILL_ENV = 'MGLLAVA_TEST_KILL_AT';
+
+/** SIGKILL this process if MGLLAVA_TEST_KILL_AT names this point (kill-and-resume tests). */
+export function killPoint(kind: 'step' | 'save', step: number): void {
+  if (process.env[KILL_ENV] === `${kind}:${step}`) process.kill(process.pid, 'SIGKILL');
+}
+
+const TMP_PREFIX = '.tmp-step-';
+
+/** Remove the temp dirs of interrupted saves. Returns their names. */
+export async function removeIncompleteSaves(runDir: string): Promise<string[]> {
+  if (!existsSync(runDir)) return [];
+  const stale = (await readdir(runDir)).filter((n) => n.startsWith(TMP_PREFIX) || n.startsWith('.old-step-'));
+  await Promise.all(stale.map((n) => rm(path.join(runDir, n), { recursive: true, force: true })));
+  return stale;
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface SaveInput {
+  runDir: string;
+  state: TrainState;
+  trainable: Map<string, tf.Variable>;
+  optimizer: AdamW;
+  /** Complete checkpoints to keep (save_total_limit). */
+  keep: number;
+}
+
+/** Write step `state.step` atomically; returns its directory and the checkpoints removed by rotation. */
+export async function saveCheckpoint(s: SaveInput): Promise<{ dir: string; removed: string[] }> {
+  const name = stepDirName(s.state.step);
+  const final = path.join(s.runDir, name);
+  const tmp = path.join(s.runDir, `${TMP_PREFIX}${name.slice(5)}-${process.pid}`);
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  try {
+    const meta = { step: String(s.state.step), stage: s.state.stage, config_hash: s.state.configHash };
+    await writeWeightsFile(path.join(tmp, MODEL_FILE), s.trainable, meta);
+    killPoint('save', s.state.step);
+    await writeWeightsFile(path.join(tmp, OPTIMIZER_FILE), s.optimizer.stateTensors(), { ...meta, optimizer_step: String(s.optimizer.step) });
+    const fh = await open(path.join(tmp, STATE_FILE), 'w');
+    try {
+      await fh.writeFile(`${JSON.stringify(s.state, null, 2)}\n`);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsyncDir(tmp);
+    if (existsSync(final)) {
+      // A checkpoint of this step from an abandoned branch of the run (resumed from an older step): replace it.
+      const old = path.join(s.runDir, `.old-${name}-${process.pid}`);
+      await rename(final, old);
+      await rename(tmp, final);
+      await rm(old, { recursive: true, force: true });
+    } else {
+      await rename(tmp, final);
+    }
+    await fsyncDir(s.runDir);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const all = await listCheckpoints(s.runDir);
+  const removed = all.slice(0, Math.max(0, all.length - s.keep)).map((c) => c.dir);
+  for (const dir of removed) await rm(dir, { recursive: true, force: true });
+  return { dir: final, removed };
+}
+
+/** AdamW moments of a checkpoint (AdamW.loadState checks their names and shapes). */
+export async function readOptimizerState(stepDir: string): Promise<Map<string, HostTensor>> {
+  const file = path.join(stepDir, OPTIMIZER_FILE);
+  const reader = await SafetensorsReader.open(file);
+  try {
+    return await reader.readAll();
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Write text atomically enough for small run files (config.yaml, loss.svg): temp + rename. */
+export async function writeTextFile(file: string, text: string): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, text);
+  await rename(tmp, file);
+}

@@ -1,0 +1,113 @@
+/**
+ * metrics.jsonl: one line per logged step. A line summarises the steps since the previous line (loss and
+ * grad norm are means over the finite steps of that window; lr is the last step's). Lines are appended
+ * synchronously so a killed run loses nothing it logged; a resumed run first cuts the file back to the
+ * line count its checkpoint recorded, so the file never holds steps twice.
+ */
+import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+
+export interface MetricsLine {
+  step: number;
+  /** Mean loss of the window's applied steps; null if every step of the window was skipped. */
+  loss: number | null;
+  lr: number;
+  grad_norm: number | null;
+  /** LLM positions per second of compute (data wait excluded). */
+  tokens_per_s: number;
+  /** Mean time per step spent waiting for data. */
+  data_wait_ms: number;
+  /** Live tensors after the step (flat when nothing leaks). */
+  num_tensors: number;
+  /** Training wall time so far (continues across resumes). */
+  elapsed_s: number;
+  /** Steps in this line's window, and how many of them were skipped as non-finite. */
+  steps: number;
+  skipped: number;
+}
+
+export interface StepRecord {
+  step: number;
+  loss: number;
+  gradNorm: number;
+  lr: number;
+  applied: boolean;
+  positions: number;
+  computeMs: number;
+  waitMs: number;
+}
+
+/** Steps since the last logged line. */
+export class MetricsWindow {
+  private steps: StepRecord[] = [];
+
+  add(r: StepRecord): void {
+    this.steps.push(r);
+  }
+
+  get size(): number {
+    return this.steps.length;
+  }
+
+  /** The line for the window so far (and a new window). */
+  flush(numTensors: number, elapsedS: number): MetricsLine {
+    const s = this.steps;
+    if (s.length === 0) throw new Error('MetricsWindow.flush: empty window');
+    this.steps = [];
+    const ok = s.filter((r) => r.applied);
+    const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+    const computeMs = s.reduce((a, r) => a + r.computeMs, 0);
+    return {
+      step: s[s.length - 1]!.step,
+      loss: mean(ok.map((r) => r.loss)),
+      lr: s[s.length - 1]!.lr,
+      grad_norm: mean(ok.map((r) => r.gradNorm)),
+      tokens_per_s: computeMs > 0 ? (s.reduce((a, r) => a + r.positions, 0) / computeMs) * 1000 : 0,
+      data_wait_ms: s.reduce((a, r) => a + r.waitMs, 0) / s.length,
+      num_tensors: numTensors,
+      elapsed_s: elapsedS,
+      steps: s.length,
+      skipped: s.length - ok.length,
+    };
+  }
+}
+
+export class MetricsFile {
+  private count: number;
+
+  /** Open `file` keeping its first `keepLines` lines (0: start empty). */
+  constructor(
+    readonly file: string,
+    keepLines: number,
+  ) {
+    const lines = existsSync(file) ? readLines(file) : [];
+    if (lines.length < keepLines) throw new Error(`${file} has ${lines.length} lines, the checkpoint expects at least ${keepLines}`);
+    writeFileSync(file, lines.slice(0, keepLines).map((l) => `${l}\n`).join(''));
+    this.count = keepLines;
+  }
+
+  /** Lines written (what a checkpoint records). */
+  get lines(): number {
+    return this.count;
+  }
+
+  append(line: MetricsLine): void {
+    appendFileSync(this.file, `${JSON.stringify(line)}\n`);
+    this.count++;
+  }
+}
+
+function readLines(file: string): string[] {
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '');
+}
+
+export function readMetrics(file: string): MetricsLine[] {
+  return readLines(file).map((l, i) => {
+    try {
+      return JSON.parse(l) as MetricsLine;
+    } catch (e) {
+      throw new Error(`${file}:${i + 1}: not a metrics line: ${(e as Error).message}`);
+    }
+  });
+}

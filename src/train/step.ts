@@ -1,0 +1,159 @@
+/**
+ * One optimizer step over `grad_accum` micro-batches.
+ *
+ * Micro-batch i contributes its mean loss weighted by n_i / N (n_i its supervised tokens, N those of the
+ * whole step), so the accumulated gradient is the gradient of the token-mean loss of the concatenated
+ * batch: N micro-batches equal one big batch. Then: global-norm clipping over the trainable set, and an
+ * AdamW update — unless the loss or the norm is not finite, in which case nothing is updated.
+ *
+ * Frozen encoders run outside the tape (`encodeFrozen`); images are uploaded once per micro-batch and
+ * freed as soon as the frozen features exist.
+ */
+import * as tf from '@tensorflow/tfjs';
+import type { Batch } from '../data/collate.js';
+import { IGNORE_INDEX } from '../data/constants.js';
+import { disposeFrozen, type MGLLaVA, type TextBatch } from '../model/mgllava.js';
+import { clipByGlobalNorm, type AdamW } from './adamw.js';
+
+export interface StepInput {
+  model: MGLLaVA;
+  /** The stage's trainable weights (= the optimizer's params). */
+  trainable: Map<string, tf.Variable>;
+  optimizer: AdamW;
+  /** The step's micro-batches (host arrays). */
+  batches: readonly Batch[];
+  lr: number;
+  maxNorm: number;
+}
+
+export interface StepResult {
+  /** Token-weighted mean loss of the step (the loss of the big batch). */
+  loss: number;
+  /** Global L2 norm of the gradient before clipping. */
+  gradNorm: number;
+  supervisedTokens: number;
+  /** LLM positions (B x T summed over micro-batches), for tokens/s. */
+  positions: number;
+  /** False: non-finite loss or gradient, no update was made. */
+  applied: boolean;
+}
+
+/** Supervised next-token targets of a batch: labels != IGNORE at positions >= 1 of each row (what the loss counts). */
+export function supervisedTokens(b: Batch): number {
+  let n = 0;
+  for (let r = 0; r < b.size; r++) {
+    for (let t = 1; t < b.seqLen; t++) {
+      const i = r * b.seqLen + t;
+      if (b.attentionMask[i] && b.labels[i] !== IGNORE_INDEX) n++;
+    }
+  }
+  return n;
+}
+
+export function textOf(b: Batch): TextBatch {
+  const shape: [number, number] = [b.size, b.seqLen];
+  return {
+    inputIds: { data: b.inputIds, shape },
+    labels: { data: b.labels, shape },
+    attentionMask: { data: Int32Array.from(b.attentionMask), shape },
+  };
+}
+
+/** Gradients of the weighted micro-batch loss, added into `acc`; returns the weighted loss (a scalar the caller owns). */
+function accumulate(input: Pick<StepInput, 'model' | 'trainable'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): { loss: tf.Scalar; positions: number } {
+  const { model, trainable } = input;
+  const pixels = tf.tensor4d(b.lowres, [b.size, b.lowresSize, b.lowresSize, 3]); // [B,S,S,3]
+  const pixelsAux = model.visionAux ? tf.tensor4d(b.aux, [b.size, b.auxSize, b.auxSize, 3]) : null; // [B,A,A,3]
+  const frozen = (() => {
+    try {
+      return model.encodeFrozen(pixels, pixelsAux, model.objects ? b.boxes : null);
+    } finally {
+      pixels.dispose();
+      pixelsAux?.dispose();
+    }
+  })();
+  try {
+    const text = textOf(b);
+    let positions = 0;
+    let counted = 0;
+    const vars = [...trainable.values()];
+    const { value, grads } = tf.variableGrads(() => {
+      const r = model.loss(frozen, text);
+      positions = r.positions;
+      counted = r.supervisedTokens;
+      return tf.mul(r.loss, weight) as tf.Scalar;
+    }, vars);
+    if (counted !== expectedTokens) {
+      tf.dispose([value, ...Object.values(grads)]);
+      throw new Error(`train step: the loss counted ${counted} supervised tokens in batch [${b.ids.join(', ')}], the step planned ${expectedTokens}`);
+    }
+    for (const [name, v] of trainable) {
+      const g = grads[v.name];
+      if (!g) continue;
+      const prev = acc.get(name);
+      if (prev) {
+        acc.set(name, tf.add(prev, g));
+        prev.dispose();
+        g.dispose();
+      } else {
+        acc.set(name, g);
+      }
+    }
+    return { loss: value, positions };
+  } finally {
+    disposeFrozen(frozen);
+  }
+}
+
+export interface Accumulated {
+  /** d(step loss)/d(weight) for every trainable weight; the caller disposes them. */
+  grads: Map<string, tf.Tensor>;
+  loss: number;
+  supervisedTokens: number;
+  positions: number;
+}
+
+/** The step's loss and its gradient, accumulated over the micro-batches (token-weighted). */
+export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches'>): Accumulated {
+  const counts = input.batches.map(supervisedTokens);
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (input.batches.length === 0) throw new Error('train step: no micro-batch');
+  if (total === 0) throw new Error(`train step: no supervised token in records ${input.batches.flatMap((b) => b.ids).join(', ')}`);
+  const acc = new Map<string, tf.Tensor>();
+  const losses: tf.Scalar[] = [];
+  let positions = 0;
+  try {
+    input.batches.forEach((b, i) => {
+      const r = accumulate(input, b, counts[i]! / total, counts[i]!, acc);
+      losses.push(r.loss);
+      positions += r.positions;
+    });
+    const missing = [...input.trainable.keys()].filter((n) => !acc.has(n));
+    if (missing.length) throw new Error(`train step: no gradient reached ${missing.length} trainable weights: ${missing.slice(0, 8).join(', ')}`);
+    const lossT = tf.addN(losses);
+    const loss = lossT.dataSync()[0]!;
+    lossT.dispose();
+    return { grads: acc, loss, supervisedTokens: total, positions };
+  } catch (e) {
+    tf.dispose([...acc.values()]);
+    throw e;
+  } finally {
+    tf.dispose(losses);
+  }
+}
+
+export function trainStep(input: StepInput): StepResult {
+  const a = accumulateGradients(input);
+  try {
+    const { grads, norm } = clipByGlobalNorm(a.grads, input.maxNorm);
+    const applied = Number.isFinite(a.loss) && Number.isFinite(norm);
+    try {
+      if (applied) input.optimizer.apply(grads, input.lr);
+    } finally {
+      tf.dispose([...grads.values()]);
+    }
+    return { loss: a.loss, gradNorm: norm, supervisedTokens: a.supervisedTokens, positions: a.positions, applied };
+  } finally {
+    tf.dispose([...a.grads.values()]);
+  }
+}
