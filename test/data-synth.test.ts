@@ -146,4 +146,23 @@ describe('synthetic dataset', () => {
     for (const t of [...corpus, 'USER: ASSISTANT:']) expect(tok.encode(t, { add_special_tokens: false }).ids).not.toContain(0);
     expect(Object.keys(json.model.vocab).length).toBeLessThan(40);
   });
+
+  it('annotations.json: every image with its objects smallest first, exact (unjittered) boxes, colour, shape, size', async () => {
+    const ann = JSON.parse(read('annotations.json')) as {
+      format: string;
+      attributes: Record<string, string[]>;
+      images: Record<string, { image: string; split: string; width: number; height: number; objects: { box: number[]; color: string; shape: string; size: string }[] }>;
+    };
+    expect(ann.format).toBe('mgllava-annotations');
+    expect(ann.attributes).toEqual({ color: ['red', 'green', 'blue', 'yellow', 'purple', 'cyan'], shape: ['square', 'circle', 'triangle'], size: ['small', 'medium', 'large'] });
+    expect(Object.keys(ann.images)).toEqual([...Array.from({ length: 12 }, (_, i) => `train-${String(i).padStart(5, '0')}`), 'eval-00000', 'eval-00001', 'eval-00002']);
+    for (const [id, a] of Object.entries(ann.images)) {
+      const [split, i] = id.split('-') as [string, string];
+      const scene = makeScene(streamRng(opts.seed, split === 'train' ? 1 : 2, Number(i)));
+      expect(a).toMatchObject({ image: `${id}.png`, split, width: scene.width, height: scene.height });
+      const objs = smallestFirst(scene);
+      expect(a.objects.map((o) => [o.color, o.shape, o.size])).toEqual(objs.map((o) => [o.color, o.shape, o.size]));
+      a.objects.forEach((o, k) => o.box.forEach((v, j) => expect(Math.abs(v - objs[k]!.box[j]!)).toBeLessThanOrEqual(0.005)));
+    }
+  });
 });

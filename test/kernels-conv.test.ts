@@ -89,6 +89,11 @@ const DW_CASES: DwCase[] = [
   { name: '1x1, batch 1', x: [1, 1, 1, 3], filter: [1, 1, 3, 1], stride: 1, pad: 'valid' },
   { name: 'channel multiplier 2', x: [2, 6, 5, 3], filter: [3, 3, 3, 2], stride: 1, pad: 'same' },
   { name: 'channel multiplier 3, stride 2', x: [1, 7, 7, 2], filter: [5, 5, 2, 3], stride: 2, pad: 'same' },
+  // C a multiple of 4: the SIMD row-run loops
+  { name: '7x7 s1 same, C = 8 (row runs)', x: [2, 9, 10, 8], filter: [7, 7, 8, 1], stride: 1, pad: 'same' },
+  { name: '3x3 s2 same, C = 4, odd sizes (row runs)', x: [1, 7, 5, 4], filter: [3, 3, 4, 1], stride: 2, pad: 'same' },
+  { name: '3x3 s2 valid, C = 12 (row runs)', x: [2, 8, 9, 12], filter: [3, 3, 12, 1], stride: 2, pad: 'valid' },
+  { name: '7x7 on a 3x2 map, C = 4 (row runs)', x: [1, 3, 2, 4], filter: [7, 7, 4, 1], stride: 1, pad: 'same' },
 ];
 
 describe.runIf(onWasm)('wasm kernel pack: depthwise conv gradients', () => {
@@ -144,6 +149,13 @@ describe.runIf(onWasm)('wasm kernel pack: depthwise conv gradients', () => {
     await expectSameOnCpu(
       (x, w) => tf.depthwiseConv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same', 'NHWC', 2),
       [rand([2, 9, 8, 3], 1), rand([3, 3, 3, 1], 2)],
+    );
+  });
+
+  it('forward with dilation 2 and C = 8 (row runs) agrees with cpu', async () => {
+    await expectSameOnCpu(
+      (x, w) => tf.depthwiseConv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same', 'NHWC', 2),
+      [rand([2, 9, 8, 8], 1), rand([3, 3, 8, 1], 2)],
     );
   });
 });

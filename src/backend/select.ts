@@ -7,6 +7,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { registerWasmKernelPack } from './kernels/index.js';
+import { registerThreadedWasm, wasmThreadsFromEnv } from './kernels/threads.js';
 import { installMemoryGuard } from './memory.js';
 
 export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu'] as const;
@@ -75,6 +76,11 @@ async function loadTensorflow(): Promise<{ ok: boolean; detail: string }> {
 async function loadWasm(): Promise<{ ok: boolean; detail: string }> {
   try {
     await import('@tensorflow/tfjs-backend-wasm');
+    const threads = wasmThreadsFromEnv();
+    if (threads > 1) {
+      registerThreadedWasm(threads);
+      return { ok: true, detail: `@tensorflow/tfjs-backend-wasm (threaded build, ${threads} threads)` };
+    }
     return { ok: true, detail: '@tensorflow/tfjs-backend-wasm' };
   } catch (e) {
     return { ok: false, detail: firstLine(e) };

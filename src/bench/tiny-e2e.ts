@@ -14,6 +14,8 @@ import { MGLLaVA, disposeFrozen, type MGLLaVAConfig, type Stage } from '../model
 import { AdamW, clipByGlobalNorm } from '../train/adamw.js';
 import { Rng } from '../util/rng.js';
 import { resizeBilinearHalfPixel } from '../nn/resize.js';
+import { medianProfile, profileKernels, type KernelProfile, type ProfileOptions } from './profile.js';
+import { wasmThreads } from '../backend/kernels/threads.js';
 
 export const TINY_E2E: MGLLaVAConfig = {
   vision: { imageSize: 112, patchSize: 14, hiddenSize: 128, intermediateSize: 512, numLayers: 4, numHeads: 4, layerNormEps: 1e-5, numChannels: 3, selectLayer: -2, dropCls: true },
@@ -156,6 +158,8 @@ export function benchMode(model: MGLLaVA, batch: BenchBatch, mode: 'pretrain' | 
 
 export interface StepBenchResult {
   backend: string;
+  /** Threads of the wasm backend (1: the stock single-threaded build; MGLLAVA_WASM_THREADS). */
+  threads: number;
   pretrainMs: number;
   sftMs: number;
   rssMB: number;
@@ -177,6 +181,7 @@ export function runStepBench(warmup = 3, steps = 10): StepBenchResult {
   tf.dispose([batch.pixels, batch.pixelsAux]);
   return {
     backend: tf.getBackend(),
+    threads: tf.getBackend() === 'wasm' ? Math.max(1, wasmThreads()) : 0,
     pretrainMs: round(pretrain.medianMs),
     sftMs: round(sft.medianMs),
     rssMB: Math.round(process.resourceUsage().maxRSS / 1024),
@@ -193,3 +198,61 @@ const roundPhases = (p: PhaseTimes): PhaseTimes => ({
   backward: round(p.backward),
   clipAndAdamw: round(p.clipAndAdamw),
 });
+
+export interface ModeProfile {
+  mode: 'pretrain' | 'sft';
+  frozenEncoders: KernelProfile;
+  /** Forward + backward (one `variableGrads` call). */
+  forwardBackward: KernelProfile;
+  clipAndAdamw: KernelProfile;
+}
+
+/**
+ * Kernel profiles per phase, after `warmup` unprofiled steps on a fresh model: per kernel the median
+ * over `repeats` profiled steps.
+ */
+export function profileStep(mode: 'pretrain' | 'sft', warmup = 3, opts: ProfileOptions = {}, repeats = 5): ModeProfile {
+  const batch = makeBenchBatch();
+  const model = new MGLLaVA(TINY_E2E, { rng: new Rng(0) });
+  const stage: Stage = mode === 'sft' ? 'finetune' : 'pretrain';
+  const vars = model.trainableWeights(stage);
+  const opt = new AdamW(vars, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
+  const lr = mode === 'pretrain' ? 1e-3 : 2e-5;
+  const list = [...vars.values()];
+  const got: { enc: KernelProfile[]; fb: KernelProfile[]; upd: KernelProfile[] } = { enc: [], fb: [], upd: [] };
+  for (let it = 0; it < warmup + repeats; it++) {
+    const last = it >= warmup;
+    const run = <T>(fn: () => T): { result: T; profile: KernelProfile | null } =>
+      last ? profileKernels(fn, opts) : { result: fn(), profile: null };
+    const enc = run(() => {
+      const f = model.encodeFrozen(batch.pixels, batch.pixelsAux, batch.boxes);
+      f.vit.dataSync();
+      return f;
+    });
+    const frozen = enc.result;
+    const fb = run(() => {
+      const r = tf.variableGrads(() => model.loss(frozen, batch.text).loss, list);
+      r.value.dataSync();
+      return r;
+    });
+    const { value, grads } = fb.result;
+    const upd = run(() => {
+      const named = new Map([...vars.keys()].map((n) => [n, grads[vars.get(n)!.name]!]));
+      const clipped = clipByGlobalNorm(named, 1.0);
+      opt.apply(clipped.grads, lr);
+      tf.dispose([...clipped.grads.values()]);
+      list[0]!.dataSync();
+    });
+    tf.dispose([value, ...Object.values(grads)]);
+    disposeFrozen(frozen);
+    if (last) {
+      got.enc.push(enc.profile!);
+      got.fb.push(fb.profile!);
+      got.upd.push(upd.profile!);
+    }
+  }
+  opt.dispose();
+  model.dispose();
+  tf.dispose([batch.pixels, batch.pixelsAux]);
+  return { mode, frozenEncoders: medianProfile(got.enc), forwardBackward: medianProfile(got.fb), clipAndAdamw: medianProfile(got.upd) };
+}

@@ -1,7 +1,8 @@
 /** `mgllava bench kernels|step`: benchmarks that print numbers. */
 import type { CommandModule } from 'yargs';
 import { runKernelBench, type BenchResult } from '../backend/kernels/bench.js';
-import { runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
+import { profileStep, runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
+import { formatProfile } from '../bench/profile.js';
 import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
 
 interface BenchArgs extends GlobalArgs {
@@ -9,6 +10,7 @@ interface BenchArgs extends GlobalArgs {
   json: boolean;
   steps: number;
   warmup: number;
+  profile: boolean;
 }
 
 export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
@@ -19,7 +21,8 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
       .positional('what', { choices: ['kernels', 'step'] as const, demandOption: true })
       .option('json', { type: 'boolean', default: false, describe: 'one JSON line per result' })
       .option('steps', { type: 'number', default: 10, describe: 'step: timed steps per mode (median reported)' })
-      .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' }),
+      .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' })
+      .option('profile', { type: 'boolean', default: false, describe: 'step: time every kernel per phase instead (median of --steps profiled steps)' }),
   handler: async (args) => {
     if (args.what === 'step') await benchStep(args);
     else await benchKernels(args);
@@ -32,6 +35,19 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
  */
 async function benchStep(args: BenchArgs): Promise<void> {
   await backendFromArgs(args);
+  if (args.profile) {
+    for (const mode of ['pretrain', 'sft'] as const) {
+      const p = profileStep(mode, args.warmup, { byShape: ['BatchMatMul'] }, Math.max(1, Math.min(args.steps, 10)));
+      if (args.json) {
+        process.stdout.write(`${JSON.stringify(p)}\n`);
+        continue;
+      }
+      for (const phase of ['frozenEncoders', 'forwardBackward', 'clipAndAdamw'] as const) {
+        process.stdout.write(`== ${mode} ${phase}\n${formatProfile(p[phase], 20)}\n\n`);
+      }
+    }
+    return;
+  }
   const r = runStepBench(args.warmup, args.steps);
   if (args.json) {
     const { detail, ...line } = r;
@@ -42,7 +58,8 @@ async function benchStep(args: BenchArgs): Promise<void> {
 }
 
 function formatStep(r: StepBenchResult): string {
-  const lines = [`tiny-e2e training step on ${r.backend} (median of the timed steps; batch 4 x 128 positions)`, ''];
+  const threads = r.backend === 'wasm' ? `, ${r.threads} thread${r.threads === 1 ? '' : 's'}` : '';
+  const lines = [`tiny-e2e training step on ${r.backend}${threads} (median of the timed steps; batch 4 x 128 positions)`, ''];
   lines.push(`${'mode'.padEnd(9)}${'ms/step'.padStart(9)}${'tokens/s'.padStart(10)}${'encoders'.padStart(10)}${'forward'.padStart(9)}${'backward'.padStart(10)}${'clip+adamw'.padStart(12)}`);
   for (const mode of ['pretrain', 'sft'] as const) {
     const p = r.phases[mode];
@@ -52,7 +69,8 @@ function formatStep(r: StepBenchResult): string {
         `${p.trainableForward.toFixed(1).padStart(9)}${p.backward.toFixed(1).padStart(10)}${p.clipAndAdamw.toFixed(1).padStart(12)}`,
     );
   }
-  lines.push('', `peak RSS ${r.rssMB} MB`, '');
+  const t = (m: 'pretrain' | 'sft') => `${r.detail[m].numTensorsStart} -> ${r.detail[m].numTensorsEnd}`;
+  lines.push('', `peak RSS ${r.rssMB} MB; live tensors over the timed steps: pretrain ${t('pretrain')}, sft ${t('sft')}`, '');
   return lines.join('\n');
 }
 

@@ -14,9 +14,10 @@ import { chatCommand } from './chat.js';
 import { evalCommand } from './eval.js';
 import { placeholderCommands } from './placeholders.js';
 import { finetuneCommand, pretrainCommand } from './train.js';
+import { warmupCommand } from './warmup.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, chatCommand, evalCommand, pretrainCommand, finetuneCommand, ...placeholderCommands];
+const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, chatCommand, evalCommand, warmupCommand, pretrainCommand, finetuneCommand, ...placeholderCommands];
 
 export async function main(argv: string[]): Promise<number> {
   let exitCode = 0;

@@ -2,7 +2,7 @@
 import type { CommandModule } from 'yargs';
 import { notBuiltYet, type GlobalArgs } from './command.js';
 
-function planned(command: string, describe: string, issue: number): CommandModule<GlobalArgs, GlobalArgs> {
+export function planned(command: string, describe: string, issue: number): CommandModule<GlobalArgs, GlobalArgs> {
   return {
     command,
     describe: `${describe} [not implemented yet: issue ${issue}]`,
@@ -11,6 +11,4 @@ function planned(command: string, describe: string, issue: number): CommandModul
   };
 }
 
-export const placeholderCommands = [
-  planned('warmup', 'Stage 0: warm up tiny encoders on synthetic annotations', 6),
-];
+export const placeholderCommands: CommandModule<GlobalArgs, GlobalArgs>[] = [];

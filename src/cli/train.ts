@@ -21,7 +21,7 @@ interface TrainArgs extends GlobalArgs {
 }
 
 /** Errors whose message says everything: printed without a stack trace. */
-const USER_ERRORS = [ConfigError, PretrainedError, TrainError, RunDirError, DataSetupError, BadDatasetError, WeightLoadError, MemoryCeilingError];
+export const USER_ERRORS = [ConfigError, PretrainedError, TrainError, RunDirError, DataSetupError, BadDatasetError, WeightLoadError, MemoryCeilingError];
 
 function trainCommand(stage: Stage, describe: string): CommandModule<GlobalArgs, TrainArgs> {
   return {

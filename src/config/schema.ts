@@ -138,6 +138,8 @@ export const trainSchema = z
     log_steps: posInt.default(10),
     /** Cache frozen-encoder outputs per image: auto = on when the encoders are frozen (exact). */
     feature_cache: z.enum(['auto', 'on', 'off']).default('auto'),
+    /** Host memory for the feature cache, MB; images past it are recomputed each time (exact either way). */
+    feature_cache_mb: posInt.default(2048),
     /** Consecutive non-finite steps before the run aborts. */
     max_bad_steps: posInt.default(5),
   })
@@ -152,6 +154,31 @@ export const initSchema = z
   })
   .strict();
 
+/**
+ * Stage 0 (`mgllava warmup`): the encoders (ViT and ConvNeXt, every weight) learn from object annotations
+ * through throw-away linear heads, a stand-in for pretrained CLIP/ConvNeXt weights (DEMO-STUDY.md). The loop,
+ * optimizer and schedule are the `train` section's; `data.images` is the image folder; records, boxes and
+ * the tokenizer of `data` are not used by this stage.
+ */
+export const warmupSchema = z
+  .object({
+    /** Annotations JSON (`data synth` writes annotations.json): per image, its objects' boxes and attributes. */
+    annotations: path,
+    /** The `split` of the annotated images trained on. */
+    train_split: z.string().min(1).default('train'),
+    /** Held-out split for the final per-head accuracies; null: report them on training images. */
+    eval_split: z.string().min(1).nullable().default('eval'),
+    /** At most this many images in that report. */
+    eval_images: posInt.default(400),
+    /** Attributes classified per box from its RoI mean of the ConvNeXt concat map. */
+    box_heads: z.array(z.string().min(1)).default(['color', 'shape', 'size']),
+    /** Attributes classified as "present in the image" (multi-label) on every ConvNeXt last-map cell and every ViT token. */
+    presence_heads: z.array(z.string().min(1)).default(['color', 'shape']),
+    box_weight: z.number().min(0).default(1),
+    presence_weight: z.number().min(0).default(1),
+  })
+  .strict();
+
 export const experimentSchema = z
   .object({
     /** Run name: the run directory is `<output_dir>/<name>`. */
@@ -163,6 +190,8 @@ export const experimentSchema = z
     init: initSchema.default({ from: null, encoders_from: null }),
     data: dataSchema,
     train: trainSchema.default(trainSchema.parse({})),
+    /** Stage 0 only (optional: absent from the other stages' configs and their hashes). */
+    warmup: warmupSchema.optional(),
   })
   .strict();
 
@@ -170,3 +199,4 @@ export type ExperimentConfig = z.infer<typeof experimentSchema>;
 export type ModelSection = z.infer<typeof modelSchema>;
 export type DataSection = z.infer<typeof dataSchema>;
 export type TrainSection = z.infer<typeof trainSchema>;
+export type WarmupSection = z.infer<typeof warmupSchema>;

@@ -21,48 +21,49 @@ export interface LoaderState {
   size: number;
 }
 
-export interface SampleSource {
+/** Samples by index; `S` is the trainer's `Sample` unless a stage loads something else (warm-up images). */
+export interface SampleSource<S = Sample> {
   readonly size: number;
-  get(index: number): Promise<Sample>;
+  get(index: number): Promise<S>;
 }
 
-export interface LoaderOptions {
-  source: SampleSource;
+export interface LoaderOptions<S = Sample, B = Batch> {
+  source: SampleSource<S>;
   sampler: Sampler;
   batchSize: number;
-  collate: (samples: Sample[]) => Batch;
+  collate: (samples: S[]) => B;
   /** Batches loaded ahead of the consumer (default 2; 0 = load on demand). */
   prefetch?: number;
   dropLast?: boolean;
   resume?: LoaderState;
 }
 
-export interface LoadedBatch {
-  batch: Batch;
+export interface LoadedBatch<B = Batch> {
+  batch: B;
   epoch: number;
   /** Position in the epoch of the batch's first sample. */
   start: number;
 }
 
-interface Slot {
+interface Slot<B> {
   epoch: number;
   start: number;
   indices: number[];
-  promise: Promise<Batch>;
+  promise: Promise<B>;
 }
 
-export class DataLoader {
-  private readonly o: Required<Omit<LoaderOptions, 'resume'>>;
+export class DataLoader<S = Sample, B = Batch> {
+  private readonly o: Required<Omit<LoaderOptions<S, B>, 'resume'>>;
   /** Where the consumer is. */
   private served: { epoch: number; position: number };
   /** Where the next slot to schedule starts. */
   private planned: { epoch: number; position: number };
-  private readonly queue: Slot[] = [];
+  private readonly queue: Slot<B>[] = [];
   private readonly orders = new Map<number, number[]>();
   private closed = false;
 
-  constructor(opts: LoaderOptions) {
-    this.o = { prefetch: 2, dropLast: false, ...opts } as Required<Omit<LoaderOptions, 'resume'>>;
+  constructor(opts: LoaderOptions<S, B>) {
+    this.o = { prefetch: 2, dropLast: false, ...opts } as Required<Omit<LoaderOptions<S, B>, 'resume'>>;
     const n = opts.sampler.size;
     if (n !== opts.source.size) throw new Error(`DataLoader: sampler covers ${n} samples but the dataset has ${opts.source.size}`);
     if (!Number.isInteger(opts.batchSize) || opts.batchSize < 1) throw new Error(`DataLoader: batchSize must be ≥ 1, got ${opts.batchSize}`);
@@ -88,7 +89,7 @@ export class DataLoader {
     return { epoch: this.served.epoch, position: this.served.position, size: this.o.sampler.size };
   }
 
-  async next(): Promise<LoadedBatch> {
+  async next(): Promise<LoadedBatch<B>> {
     if (this.closed) throw new Error('DataLoader: next() after close()');
     this.fill(1);
     const slot = this.queue.shift()!;

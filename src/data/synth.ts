@@ -7,6 +7,8 @@
  *   OUT/eval.json                       held-out images, one single-turn QA per record, `category` field
  *   OUT/boxes.json                      reference box format keyed by record id (see synth/annotate.ts for
  *                                       the order/score convention that keeps boxes smallest first after NMS)
+ *   OUT/annotations.json                ground truth per image id (exact boxes, colour, shape, size class) for
+ *                                       the encoder warm-up (synth/annotations.ts)
  *   OUT/tokenizer.json (+ tokenizer_config.json)   word-level HF tokenizer over the corpus + template words
  *   OUT/dataset.json                    the options and counts this was generated with, the longest text in
  *                                       tokens and the smallest max_length that keeps every box (longest + 50)
@@ -23,6 +25,7 @@ import { deriveSeed, streamRng } from './random.js';
 import { formatTemplate, getTemplate, type PromptTemplate } from './templates.js';
 import { loadTokenizer } from './tokenizer.js';
 import { annotateScene, DEFAULT_ANNOTATE } from './synth/annotate.js';
+import { annotationsJson, sceneAnnotation, type AnnotatedImageJson } from './synth/annotations.js';
 import { renderScene } from './synth/render.js';
 import { COLORS, DEFAULT_SCENE, makeScene, SHAPES, type Scene, type SceneOptions } from './synth/scene.js';
 import { askAbout, captionConversation, finetuneConversations, qaConversation, QUESTION_CATEGORIES } from './synth/text.js';
@@ -59,7 +62,7 @@ export interface SynthSummary {
   seconds: number;
 }
 
-export const SYNTH_FILES = ['pretrain.json', 'finetune.json', 'eval.json', 'boxes.json', 'tokenizer.json', 'tokenizer_config.json', 'dataset.json'];
+export const SYNTH_FILES = ['pretrain.json', 'finetune.json', 'eval.json', 'boxes.json', 'annotations.json', 'tokenizer.json', 'tokenizer_config.json', 'dataset.json'];
 
 const SPLIT = { train: 1, eval: 2 } as const;
 
@@ -91,6 +94,7 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
   const finetune: object[] = [];
   const evalRecords: object[] = [];
   const boxes: [string, BoxEntry][] = [];
+  const truth: [string, AnnotatedImageJson][] = [];
   const record = (list: object[], id: string, image: string, conversations: Turn[], entry: BoxEntry, extra: object = {}) => {
     list.push({ id, image, ...extra, conversations });
     boxes.push([id, entry]);
@@ -104,6 +108,7 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
     const id = `train-${pad(i)}`;
     const image = `${id}.png`;
     jobs.push({ file: image, scene: s, noiseSeed: deriveSeed(seed, SPLIT.train, i, 1) });
+    truth.push([id, sceneAnnotation(s, image, 'train')]);
     record(pretrain, id, image, captionConversation(rng, s), entry);
     finetuneConversations(rng, s).forEach((conv, k) => record(finetune, `${id}-q${k}`, image, conv, entry));
   }
@@ -115,6 +120,7 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
     const id = `eval-${pad(i)}`;
     const image = `${id}.png`;
     jobs.push({ file: image, scene: s, noiseSeed: deriveSeed(seed, SPLIT.eval, i, 1) });
+    truth.push([id, sceneAnnotation(s, image, 'eval')]);
     for (const category of QUESTION_CATEGORIES) {
       record(evalRecords, `${id}-${category}`, image, qaConversation([askAbout(s, category)]), entry, { category });
     }
@@ -135,6 +141,7 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
   await writeFile(path.join(opts.out, 'finetune.json'), recordsJson(finetune));
   await writeFile(path.join(opts.out, 'eval.json'), recordsJson(evalRecords));
   await writeFile(path.join(opts.out, 'boxes.json'), boxesJson(boxes));
+  await writeFile(path.join(opts.out, 'annotations.json'), annotationsJson(truth));
   await writeFile(path.join(opts.out, 'tokenizer.json'), `${JSON.stringify(tokenizerJson(vocab), null, 1)}\n`);
   await writeFile(path.join(opts.out, 'tokenizer_config.json'), `${JSON.stringify(tokenizerConfigJson(512), null, 1)}\n`);
   // Longest templated text per file, tokenized with the tokenizer just written: max_length must exceed it by

@@ -183,10 +183,11 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     const [vit, ...rest] = tf.tidy(() => {
       const list: tf.Tensor[] = [this.vision.apply(pixels).features]; // [B,N,D]
       if (!this.visionAux || !pixelsAux) return list;
-      const aux = this.visionAux.apply(pixelsAux, { concat: withObjects });
+      // The concat map is never built: the RoI means pull their weights back to each stage's grid.
+      const aux = this.visionAux.apply(pixelsAux, { concat: false });
       if (withLast) list.push(aux.last); // [B,h,w,C]
       if (withObjects) {
-        const { means, counts } = this.objects!.roiMeans(aux.concat!, boxes!); // [sum K, Cc]
+        const { means, counts } = this.objects!.roiMeansFromStages(aux.stages, boxes!); // [sum K, Cc]
         list.push(means);
         boxCounts = counts;
       }

@@ -12,8 +12,9 @@ import * as tf from '@tensorflow/tfjs';
 /**
  * The [inSize, outSize] transpose of the 1-D interpolation matrix R [outSize, inSize] (row o holds the
  * two taps of output o): source = (o + 0.5) * in / out - 0.5, clamped at 0; upper tap clamped at in-1.
+ * Row-major: element (i, o) at i * outSize + o.
  */
-function interpolationMatrixT(inSize: number, outSize: number): tf.Tensor2D {
+export function bilinearWeightsT(inSize: number, outSize: number): Float32Array {
   const m = new Float32Array(inSize * outSize);
   const scale = inSize / outSize;
   for (let o = 0; o < outSize; o++) {
@@ -24,7 +25,11 @@ function interpolationMatrixT(inSize: number, outSize: number): tf.Tensor2D {
     m[i0 * outSize + o]! += 1 - frac;
     m[i1 * outSize + o]! += frac;
   }
-  return tf.tensor2d(m, [inSize, outSize]);
+  return m;
+}
+
+function interpolationMatrixT(inSize: number, outSize: number): tf.Tensor2D {
+  return tf.tensor2d(bilinearWeightsT(inSize, outSize), [inSize, outSize]);
 }
 
 /** x [B,h,w,C] -> [B,H,W,C] (torch bilinear, align_corners=False). */

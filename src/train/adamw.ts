@@ -3,6 +3,7 @@
  * the global L2 norm of the trainable set (torch.nn.utils.clip_grad_norm_).
  */
 import * as tf from '@tensorflow/tfjs';
+import { adamwUpdate } from '../nn/adamw-update.js';
 
 export interface AdamWConfig {
   betas: [number, number];
@@ -45,11 +46,11 @@ export class AdamW {
         if (!g) throw new Error(`AdamW: no gradient for '${name}'`);
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
-        m.assign(tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1)));
-        v.assign(tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2)));
-        const denom = tf.add(tf.div(tf.sqrt(v), bc2Sqrt), this.config.eps);
-        const decayed = decay === 1 ? p : tf.mul(p, decay);
-        p.assign(tf.sub(decayed, tf.mul(tf.div(m, denom), stepSize)));
+        // One fused kernel on wasm (the pack's MgllavaAdamW), the same float32 ops in the same order elsewhere.
+        const next = adamwUpdate(p, m, v, g, { beta1: b1, beta2: b2, bc2Sqrt, eps: this.config.eps, stepSize, decay });
+        m.assign(next.m);
+        v.assign(next.v);
+        p.assign(next.p);
       }
     });
   }

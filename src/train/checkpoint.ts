@@ -47,7 +47,10 @@ async function fsyncDir(dir: string): Promise<void> {
 export interface SaveInput {
   runDir: string;
   state: TrainState;
-  trainable: Map<string, tf.Variable>;
+  /** The weights of model.safetensors: the stage's trained weights (the warm-up: every encoder weight). */
+  trainable: Map<string, tf.Tensor>;
+  /** More weight files of the step (file name -> weights), written before state.json (the warm-up heads). */
+  extraFiles?: Record<string, Map<string, tf.Tensor>>;
   optimizer: AdamW;
   /** Complete checkpoints to keep (save_total_limit). */
   keep: number;
@@ -65,6 +68,7 @@ export async function saveCheckpoint(s: SaveInput): Promise<{ dir: string; remov
     await writeWeightsFile(path.join(tmp, MODEL_FILE), s.trainable, meta);
     killPoint('save', s.state.step);
     await writeWeightsFile(path.join(tmp, OPTIMIZER_FILE), s.optimizer.stateTensors(), { ...meta, optimizer_step: String(s.optimizer.step) });
+    for (const [file, weights] of Object.entries(s.extraFiles ?? {})) await writeWeightsFile(path.join(tmp, file), weights, meta);
     const fh = await open(path.join(tmp, STATE_FILE), 'w');
     try {
       await fh.writeFile(`${JSON.stringify(s.state, null, 2)}\n`);

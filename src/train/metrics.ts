@@ -3,6 +3,9 @@
  * grad norm are means over the finite steps of that window; lr is the last step's). Lines are appended
  * synchronously so a killed run loses nothing it logged; a resumed run first cuts the file back to the
  * line count its checkpoint recorded, so the file never holds steps twice.
+ *
+ * The warm-up stage adds `parts` (its heads' losses) to its lines, counts images in `tokens_per_s`, and
+ * ends with one evaluation line `{step, eval: {...}}` (no loss) holding its per-head accuracies.
  */
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 
@@ -23,6 +26,14 @@ export interface MetricsLine {
   /** Steps in this line's window, and how many of them were skipped as non-finite. */
   steps: number;
   skipped: number;
+  /** Named loss parts (warm-up heads): means over the window's applied steps. */
+  parts?: Record<string, number>;
+}
+
+/** A final evaluation (warm-up accuracies), appended after the training lines. */
+export interface MetricsEvalLine {
+  step: number;
+  eval: Record<string, unknown>;
 }
 
 export interface StepRecord {
@@ -34,6 +45,7 @@ export interface StepRecord {
   positions: number;
   computeMs: number;
   waitMs: number;
+  parts?: Record<string, number>;
 }
 
 /** Steps since the last logged line. */
@@ -56,6 +68,8 @@ export class MetricsWindow {
     const ok = s.filter((r) => r.applied);
     const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
     const computeMs = s.reduce((a, r) => a + r.computeMs, 0);
+    const parts: Record<string, number> = {};
+    for (const name of new Set(ok.flatMap((r) => Object.keys(r.parts ?? {})))) parts[name] = mean(ok.map((r) => r.parts?.[name] ?? NaN))!;
     return {
       step: s[s.length - 1]!.step,
       loss: mean(ok.map((r) => r.loss)),
@@ -67,6 +81,7 @@ export class MetricsWindow {
       elapsed_s: elapsedS,
       steps: s.length,
       skipped: s.length - ok.length,
+      ...(Object.keys(parts).length ? { parts } : {}),
     };
   }
 }
@@ -90,7 +105,7 @@ export class MetricsFile {
     return this.count;
   }
 
-  append(line: MetricsLine): void {
+  append(line: MetricsLine | MetricsEvalLine): void {
     appendFileSync(this.file, `${JSON.stringify(line)}\n`);
     this.count++;
   }

@@ -16,6 +16,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import yaml from 'js-yaml';
+import type * as tf from '@tensorflow/tfjs';
 import type { LoaderState } from '../data/loader.js';
 import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import { configHash, validateConfig } from '../config/load.js';
@@ -24,6 +25,7 @@ import type { ExperimentConfig, ModelSection } from '../config/schema.js';
 import { MGLLaVA, type MGLLaVAConfig, type Stage } from '../model/mgllava.js';
 import { Rng } from '../util/rng.js';
 import { loadPretrained, readPretrainedConfigs } from '../io/pretrained.js';
+import { SafetensorsReader } from '../io/safetensors.js';
 import { loadWeightsFile } from './weights-io.js';
 
 export const CONFIG_FILE = 'config.yaml';
@@ -43,13 +45,21 @@ export class RunDirError extends Error {
   }
 }
 
+/** The stages that write checkpoints: the warm-up (stage 0) and the model's two stages. */
+export type TrainStage = 'warmup' | Stage;
+
+/** Checkpoint-name prefixes of the encoders (what a warm-up checkpoint holds, what init.encoders_from loads). */
+export const ENCODER_PREFIXES = ['visual_encoder.', 'visual_encoder_aux.'] as const;
+
+export const isEncoderWeight = (name: string): boolean => ENCODER_PREFIXES.some((p) => name.startsWith(p));
+
 /** Trainer state saved with every checkpoint (state.json). */
 export interface TrainState {
   format: 1;
   /** Completed optimizer steps (skipped non-finite steps count: they consumed their data). */
   step: number;
   totalSteps: number;
-  stage: Stage;
+  stage: TrainStage;
   configHash: string;
   /** Model init seed (Rng(seed)) and data-order seed (sampler); the epoch order is a pure function of (seed, epoch). */
   seeds: { init: number; data: number };
@@ -65,6 +75,8 @@ export interface TrainState {
   elapsedSeconds: number;
   /** The checkpoint this run was initialised from (init.from), if any. */
   initFrom: { runDir: string; step: number } | null;
+  /** The warm-up checkpoint its encoders came from (init.encoders_from), if any. */
+  encodersFrom?: { runDir: string; step: number } | null;
   /** ISO time of the save. */
   time: string;
 }
@@ -230,13 +242,60 @@ export interface BuildModelOptions {
 }
 
 /**
- * Config -> a ready-to-train MGLLaVA: random init from Rng(config.seed), pretrained dirs loaded, and
- * `init.from` applied (a run dir -> its newest complete step, or a step dir; whatever weights it has).
+ * `init.encoders_from`: the encoders of a stage-0 warm-up checkpoint (a run dir -> its newest complete step,
+ * or a step dir) — the stand-in for pretrained CLIP/ConvNeXt weights. Its model.safetensors must hold
+ * encoder weights only (`visual_encoder.*`, `visual_encoder_aux.*`), and every encoder weight of the model,
+ * shape for shape. A low-res-only model (no high-resolution encoder) leaves `visual_encoder_aux.*` unused.
+ */
+export async function loadEncodersFrom(model: MGLLaVA, source: string, log?: (message: string) => void): Promise<ResolvedCheckpoint> {
+  const ck = await resolveCheckpoint(source);
+  const state = await readState(ck.stepDir);
+  if (state.stage !== 'warmup') {
+    throw new RunDirError(`init.encoders_from ${source}: ${ck.stepDir} is a ${state.stage} checkpoint, not a stage-0 warm-up one (init.from takes a pretrain/finetune run)`);
+  }
+  const file = path.join(ck.stepDir, MODEL_FILE);
+  const reader = await SafetensorsReader.open(file);
+  let names: string[];
+  try {
+    names = reader.keys();
+  } finally {
+    await reader.close();
+  }
+  const other = names.filter((n) => !isEncoderWeight(n));
+  if (other.length) {
+    throw new RunDirError(
+      `init.encoders_from ${source}: ${file} holds ${other.length} weights that are not encoder weights (${ENCODER_PREFIXES.join('*, ')}*): ` +
+        `${other.slice(0, 8).join(', ')}${other.length > 8 ? ', ...' : ''}`,
+    );
+  }
+  const target = new Map<string, tf.Variable>(model.vision.namedWeights('visual_encoder.'));
+  if (model.visionAux) for (const [n, v] of model.visionAux.namedWeights('visual_encoder_aux.')) target.set(n, v);
+  const noAux = (n: string) => !model.visionAux && n.startsWith('visual_encoder_aux.');
+  const loaded = await loadWeightsFile(target, file, { skip: noAux });
+  const unused = names.filter(noAux).length;
+  log?.(`init.encoders_from: ${loaded.length} encoder weights from ${ck.stepDir}${unused ? ` (${unused} visual_encoder_aux.* weights unused: this model has no high-resolution encoder)` : ''}`);
+  return ck;
+}
+
+/**
+ * Config -> a ready-to-train MGLLaVA: random init from Rng(config.seed), pretrained dirs loaded, then
+ * `init.encoders_from` (warm-up encoders) and `init.from` (a run dir -> its newest complete step, or a step
+ * dir; whatever weights it has) applied.
  */
 export async function buildModel(config: ExperimentConfig, o: BuildModelOptions = {}): Promise<MGLLaVA> {
-  if (config.init.encoders_from) throw new RunDirError('init.encoders_from (stage-0 warm-up weights) is not supported yet (issue 6)');
+  const enc = config.init.encoders_from;
+  if (enc) {
+    const clash = [config.model.vision.pretrained && 'model.vision.pretrained', config.model.vision_aux?.pretrained && 'model.vision_aux.pretrained', config.init.from && 'init.from'].filter(Boolean);
+    if (clash.length) {
+      throw new RunDirError(
+        `init.encoders_from (${enc}) and ${clash.join(' and ')} would both set the encoder weights; ` +
+          `use one (a run given to init.from already carries its encoders)`,
+      );
+    }
+  }
   const model = await modelWithPretrained(config, false, o.log);
   try {
+    if (enc) await loadEncodersFrom(model, enc, o.log);
     if (config.init.from) {
       const ck = await resolveCheckpoint(config.init.from);
       const loaded = await loadCheckpointWeights(model, config, ck);
@@ -263,6 +322,9 @@ export interface RunModel {
  * step's model.safetensors. Every weight must come from one of them (an error lists those that do not).
  */
 export async function checkpointModel(config: ExperimentConfig, ck: ResolvedCheckpoint): Promise<MGLLaVA> {
+  if (config.stage === 'warmup') {
+    throw new RunDirError(`run ${ck.runDir} is a stage-0 warm-up run: it holds encoder weights only; use it through init.encoders_from in a pretrain config`);
+  }
   const model = await modelWithPretrained(config, true);
   try {
     const loaded = await loadCheckpointWeights(model, config, ck);

@@ -6,14 +6,16 @@
  * batch: N micro-batches equal one big batch. Then: global-norm clipping over the trainable set, and an
  * AdamW update — unless the loss or the norm is not finite, in which case nothing is updated.
  *
- * Frozen encoders run outside the tape (`encodeFrozen`); images are uploaded once per micro-batch and
- * freed as soon as the frozen features exist.
+ * Frozen encoders run outside the tape, one image at a time (feature-cache.ts: a row's features must not
+ * depend on the rest of the batch), or come from the frozen-feature cache when the trainer passes one.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Batch } from '../data/collate.js';
 import { IGNORE_INDEX } from '../data/constants.js';
-import { disposeFrozen, type MGLLaVA, type TextBatch } from '../model/mgllava.js';
-import { clipByGlobalNorm, type AdamW } from './adamw.js';
+import { disposeFrozen, type FrozenFeatures, type MGLLaVA, type TextBatch } from '../model/mgllava.js';
+import type { AdamW } from './adamw.js';
+import { addGradients, applyGradients } from './grad-step.js';
+import { encodeBatchPerImage } from './feature-cache.js';
 
 export interface StepInput {
   model: MGLLaVA;
@@ -24,6 +26,8 @@ export interface StepInput {
   batches: readonly Batch[];
   lr: number;
   maxNorm: number;
+  /** The frozen features of a micro-batch (default: `encodeBatchPerImage`; the trainer passes its feature cache). */
+  frozen?: (b: Batch) => FrozenFeatures;
 }
 
 export interface StepResult {
@@ -60,18 +64,9 @@ export function textOf(b: Batch): TextBatch {
 }
 
 /** Gradients of the weighted micro-batch loss, added into `acc`; returns the weighted loss (a scalar the caller owns). */
-function accumulate(input: Pick<StepInput, 'model' | 'trainable'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): { loss: tf.Scalar; positions: number } {
+function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): { loss: tf.Scalar; positions: number } {
   const { model, trainable } = input;
-  const pixels = tf.tensor4d(b.lowres, [b.size, b.lowresSize, b.lowresSize, 3]); // [B,S,S,3]
-  const pixelsAux = model.visionAux ? tf.tensor4d(b.aux, [b.size, b.auxSize, b.auxSize, 3]) : null; // [B,A,A,3]
-  const frozen = (() => {
-    try {
-      return model.encodeFrozen(pixels, pixelsAux, model.objects ? b.boxes : null);
-    } finally {
-      pixels.dispose();
-      pixelsAux?.dispose();
-    }
-  })();
+  const frozen = input.frozen ? input.frozen(b) : encodeBatchPerImage(model, b);
   try {
     const text = textOf(b);
     let positions = 0;
@@ -87,18 +82,7 @@ function accumulate(input: Pick<StepInput, 'model' | 'trainable'>, b: Batch, wei
       tf.dispose([value, ...Object.values(grads)]);
       throw new Error(`train step: the loss counted ${counted} supervised tokens in batch [${b.ids.join(', ')}], the step planned ${expectedTokens}`);
     }
-    for (const [name, v] of trainable) {
-      const g = grads[v.name];
-      if (!g) continue;
-      const prev = acc.get(name);
-      if (prev) {
-        acc.set(name, tf.add(prev, g));
-        prev.dispose();
-        g.dispose();
-      } else {
-        acc.set(name, g);
-      }
-    }
+    addGradients(acc, trainable, grads);
     return { loss: value, positions };
   } finally {
     disposeFrozen(frozen);
@@ -114,7 +98,7 @@ export interface Accumulated {
 }
 
 /** The step's loss and its gradient, accumulated over the micro-batches (token-weighted). */
-export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches'>): Accumulated {
+export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches' | 'frozen'>): Accumulated {
   const counts = input.batches.map(supervisedTokens);
   const total = counts.reduce((a, b) => a + b, 0);
   if (input.batches.length === 0) throw new Error('train step: no micro-batch');
@@ -145,14 +129,8 @@ export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable'
 export function trainStep(input: StepInput): StepResult {
   const a = accumulateGradients(input);
   try {
-    const { grads, norm } = clipByGlobalNorm(a.grads, input.maxNorm);
-    const applied = Number.isFinite(a.loss) && Number.isFinite(norm);
-    try {
-      if (applied) input.optimizer.apply(grads, input.lr);
-    } finally {
-      tf.dispose([...grads.values()]);
-    }
-    return { loss: a.loss, gradNorm: norm, supervisedTokens: a.supervisedTokens, positions: a.positions, applied };
+    const { gradNorm, applied } = applyGradients(a.grads, a.loss, input.optimizer, input.lr, input.maxNorm);
+    return { loss: a.loss, gradNorm, supervisedTokens: a.supervisedTokens, positions: a.positions, applied };
   } finally {
     tf.dispose([...a.grads.values()]);
   }

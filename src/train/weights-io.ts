@@ -14,6 +14,8 @@ export interface LoadFileOptions {
   allowMissing?: boolean;
   /** Only these target names are expected in the file; a file name outside them is unexpected. Default: all. */
   only?: (name: string) => boolean;
+  /** File tensors to leave unread (neither loaded nor unexpected). */
+  skip?: (name: string) => boolean;
 }
 
 /**
@@ -24,9 +26,10 @@ export async function loadWeightsFile(target: Map<string, tf.Variable>, file: st
   const reader = await SafetensorsReader.open(file);
   try {
     const wanted = o.only ?? (() => true);
+    const names = reader.keys().filter((n) => !o.skip?.(n));
     const unexpected: string[] = [];
     const mismatched: string[] = [];
-    for (const name of reader.keys()) {
+    for (const name of names) {
       const v = target.get(name);
       if (!v || !wanted(name)) {
         unexpected.push(name);
@@ -44,7 +47,7 @@ export async function loadWeightsFile(target: Map<string, tf.Variable>, file: st
     if (mismatched.length) problems.push(`shape mismatch: ${mismatched.join('; ')}`);
     if (problems.length) throw new WeightLoadError(`cannot load ${file}:\n  ${problems.join('\n  ')}`, missing, unexpected);
     const loaded: string[] = [];
-    for (const name of reader.keys()) {
+    for (const name of names) {
       const h = await reader.read(name);
       if (h.dtype !== 'float32') throw new WeightLoadError(`cannot load ${file}: ${name} is ${h.dtype}, weights are float32`);
       tf.tidy(() => target.get(name)!.assign(tf.tensor(h.data, h.shape, 'float32')));

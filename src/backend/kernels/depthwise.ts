@@ -72,6 +72,45 @@ function forEachTap(c: ConvInfo, visit: (dyRow: number, xRow: number, wRow: numb
   }
 }
 
+/**
+ * Calls visit(dyRun, xRun, wRow, n) for every (output row, tap) pair with the run of n >= 1 output
+ * pixels of that row the tap reaches in bounds: the run's first output pixel and its input pixel
+ * as element offsets (next pixel: + outChannels in dy, + strideWidth * inChannels in x), and
+ * rowDone() after each output row. Per output element, taps are visited in the same order as
+ * `forEachTap`.
+ */
+function forEachTapRun(c: ConvInfo, visit: (dyRun: number, xRun: number, wRow: number, n: number) => void, rowDone?: () => void): void {
+  const { batchSize: B, inHeight: H, inWidth: W, inChannels: C, outHeight: OH, outWidth: OW } = c;
+  const { filterHeight: KH, filterWidth: KW, strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = c;
+  const { top, left } = c.padInfo;
+  const CO = c.outChannels;
+  // Valid output columns of each kw: iw = ow*sw - left + kw*dw in [0, W).
+  const first: number[] = [];
+  const last: number[] = [];
+  for (let kw = 0; kw < KW; kw++) {
+    const shift = kw * dw - left;
+    first.push(Math.max(0, Math.ceil(-shift / sw)));
+    last.push(Math.min(OW - 1, Math.floor((W - 1 - shift) / sw)));
+  }
+  for (let b = 0; b < B; b++) {
+    for (let oh = 0; oh < OH; oh++) {
+      const dyRow = (b * OH + oh) * OW * CO;
+      for (let kh = 0; kh < KH; kh++) {
+        const ih = oh * sh - top + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        for (let kw = 0; kw < KW; kw++) {
+          const n = last[kw]! - first[kw]! + 1;
+          if (n <= 0) continue;
+          const ow = first[kw]!;
+          const iw = ow * sw - left + kw * dw;
+          visit(dyRow + ow * CO, ((b * H + ih) * W + iw) * C, (kh * KW + kw) * CO, n);
+        }
+      }
+      rowDone?.();
+    }
+  }
+}
+
 function checkFloat(kernel: string, ...ts: TensorInfo[]): void {
   for (const t of ts) {
     if (t.dtype !== 'float32') throw new Error(`${kernel} (wasm kernel pack): expected float32 tensors, got ${t.dtype}`);
@@ -91,7 +130,14 @@ export function packDepthwiseConv2d(args: Parameters<KernelFunc>[0]): TensorInfo
     const y = s.zeros(c.outShape);
     const { madd } = simdLoops(be);
     const [yo, xo, wo] = [offsetOf(be, y), offsetOf(be, x), offsetOf(be, filter)];
-    forEachTap(c, (yRow, xRow, wRow) => madd(yo + yRow * 4, xo + xRow * 4, wo + wRow * 4, c.inChannels));
+    const C = c.inChannels;
+    if (C % 4 === 0) {
+      const { maddRun } = simdLoops(be);
+      const xStep = c.strideWidth * C * 4;
+      forEachTapRun(c, (yRun, xRun, wRow, n) => maddRun(yo + yRun * 4, C * 4, xo + xRun * 4, xStep, wo + wRow * 4, n, C * 4));
+    } else {
+      forEachTap(c, (yRow, xRow, wRow) => madd(yo + yRow * 4, xo + xRow * 4, wo + wRow * 4, C));
+    }
     return s.keep(y);
   });
 }
@@ -106,7 +152,12 @@ export function packDepthwiseBackpropInput(args: Parameters<KernelFunc>[0]): Ten
   const M = c.outChannels / C;
   return withScratch(args.backend, (s, be) => {
     const dx = s.zeros(attrs.inputShape);
-    if (M === 1) {
+    if (M === 1 && C % 4 === 0) {
+      const { maddRun } = simdLoops(be);
+      const [dxo, dyo, wo] = [offsetOf(be, dx), offsetOf(be, dy), offsetOf(be, filter)];
+      const xStep = c.strideWidth * C * 4;
+      forEachTapRun(c, (dyRun, xRun, wRow, n) => maddRun(dxo + xRun * 4, xStep, dyo + dyRun * 4, C * 4, wo + wRow * 4, n, C * 4));
+    } else if (M === 1) {
       const { madd } = simdLoops(be);
       const [dxo, dyo, wo] = [offsetOf(be, dx), offsetOf(be, dy), offsetOf(be, filter)];
       forEachTap(c, (dyRow, xRow, wRow) => madd(dxo + xRow * 4, dyo + dyRow * 4, wo + wRow * 4, C));
@@ -138,18 +189,19 @@ export function packDepthwiseBackpropFilter(args: Parameters<KernelFunc>[0]): Te
     const size = tf.util.sizeFromShape(attrs.filterShape);
     const dW = s.zeros(attrs.filterShape);
     if (M === 1) {
-      const { madd, add } = simdLoops(be);
+      const { madd, add, dotRun } = simdLoops(be);
       const row = s.zeros([size]); // this output row's terms
       const [xo, dyo, wo, ro] = [offsetOf(be, x), offsetOf(be, dy), offsetOf(be, dW), offsetOf(be, row)];
-      const rowZero = () => be.wasm.HEAPU8.fill(0, ro, ro + size * 4);
-      forEachTap(
-        c,
-        (dyRow, xRow, wRow) => madd(ro + wRow * 4, xo + xRow * 4, dyo + dyRow * 4, C),
-        () => {
-          add(wo, ro, size);
-          rowZero();
-        },
-      );
+      const rowDone = () => {
+        add(wo, ro, size);
+        be.wasm.HEAPU8.fill(0, ro, ro + size * 4);
+      };
+      if (C % 4 === 0) {
+        const xStep = c.strideWidth * C * 4;
+        forEachTapRun(c, (dyRun, xRun, wRow, n) => dotRun(ro + wRow * 4, xo + xRun * 4, xStep, dyo + dyRun * 4, C * 4, n, C * 4), rowDone);
+      } else {
+        forEachTap(c, (dyRow, xRow, wRow) => madd(ro + wRow * 4, xo + xRow * 4, dyo + dyRow * 4, C), rowDone);
+      }
     } else {
       const acc = new Float64Array(size);
       const xs = f32(be, x);

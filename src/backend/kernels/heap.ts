@@ -16,8 +16,10 @@ export interface WasmModule {
   _malloc(bytes: number): number;
   _free(ptr: number): void;
   cwrap(name: string, ret: string | null, args: string[]): (...args: unknown[]) => unknown;
-  /** The module's exports; `memory` is the heap itself. */
+  /** The module's exports; `memory` is the heap itself (single-threaded build). */
   asm?: { memory?: WebAssembly.Memory };
+  /** The heap of the threaded build (shared, imported by the module rather than exported). */
+  wasmMemory?: WebAssembly.Memory;
   tfjs: {
     registerTensor(id: number, size: number, byteOffset: number): void;
     disposeData(id: number): void;

@@ -10,10 +10,15 @@
  * | UnsortedSegmentSum | missing (gather's gradient: embeddings) | SIMD row adds (segment-sum.ts) |
  * | Conv2DBackpropFilter | missing | im2col + XNNPACK matmul, 45 for 1x1 (conv2d-backprop.ts) |
  * | Conv2DBackpropInput | scalar C++ loop, ~4 | XNNPACK matmul + col2im, 40-46 (conv2d-backprop.ts) |
- * | DepthwiseConv2dNative | XNNPACK, ~3 for 7x7 (no 49-tap microkernel) | SIMD multiply-add over channels, ~14 (depthwise.ts; multiplier 1, NHWC) |
+ * | DepthwiseConv2dNative | XNNPACK, ~3 for 7x7 (no 49-tap microkernel) | SIMD multiply-add over channels, one call per (output row, tap) when C % 4 = 0: ~12 at C = 16 (was ~3 with one call per pixel), ~14 at C = 256 (depthwise.ts; multiplier 1, NHWC) |
  * | DepthwiseConv2dNativeBackpropInput / ...Filter | missing | same loop, ~14 (depthwise.ts; any multiplier, stride, dilation) |
  * | Slice, SplitV, Unpack | copy the whole input out of the heap first | heap-to-heap copies per contiguous run (copy.ts) |
- * | Identity | copies | shares the data (reference count), as cpu does (copy.ts) |
+ * | Sum | over leading axes (bias / norm-weight gradients): transposes first, ~0.4 ms for [512,256] -> [256] | SIMD row adds, same float32 order (reduce.ts); other axes: stock |
+ * | Concat | ~0.7 ms to join two [4,4,128,32] halves | heap-to-heap copies per run (copy.ts) |
+ * | GatherV2 | ~3 ms for 512 rows of 256 floats | one heap copy per gathered run (copy.ts; batchDims 0, int32 indices) |
+ * | Identity, Cast to the same dtype | copies | shares the data (reference count), as cpu does (copy.ts) |
+ * | MgllavaRope (the pack's own) | - | rotary embedding forward / gradient in one SIMD pass, bit-identical to the matmul composite (rope.ts, model/llm/rope.ts) |
+ * | MgllavaAdamW (the pack's own) | - | one SIMD pass per parameter for AdamW, bit-identical to the tfjs composite (adamw.ts, nn/adamw-update.ts) |
  *
  * How a kernel works on wasm: every tensor lives in the module's heap (`backend.wasm.HEAPF32`) at
  * `backend.dataIdMap.get(dataId).memoryOffset`; the C++ kernels address tensors by an integer id
@@ -31,6 +36,8 @@
  *   broadcasting on both sides ([2,1,..] x [1,3,..] gives 3 products, not 6), its
  *   ResizeBilinearGrad labels a non-square result [B,W,H,C], and its depthwise backprop kernels ignore
  *   dilations. Tests use other references there.
+ * - Stock wasm Cast float32 -> bool keeps the value's low byte (2.5 -> 2, -1.7 -> 255) instead of
+ *   x != 0 (not fixed: the project casts comparisons, not floats, to bool).
  * - Fine on stock wasm (gradients agree with cpu, test/kernels-coverage.test.ts): gather,
  *   ResizeBilinearGrad, AvgPoolGrad, MaxPoolGrad, Prod, Cumsum, Erf, Tile, PadV2, StridedSlice
  *   forward. tfjs-core has no stridedSlice gradient on any backend (use slice). Not handled:
@@ -38,21 +45,26 @@
  *   stale-operator cache; the project does not use it. Stock Exp is slow (~200 M/s: 5 ms for the
  *   [512, 2000] logits of the decoder benchmark).
  *
- * Threads: stock wasm in Node loads the single-threaded SIMD build. The threaded build can be
- * started in Node (factory from wasm-out/, worker script written to a temp file, backend
- * re-registered), but (1) its C++ side caps the thread pool at logical cores / 2 = 1 on this
- * 2-vCPU machine, so a second thread needs `os.cpus()` faked during start-up; (2) with 2 threads
- * it measured no faster here: 1024^3 matmul 29-47 GFLOP/s vs 45-49 single-threaded, and slower and
- * erratic on small products ([2048,64]x[64,256]: 26 vs 43-47), the machine's two cores being shared
- * with other processes (vitest workers, CI); (3) it needs SharedArrayBuffer memory and a temp file.
- * Not kept. Worth re-measuring on a machine with >= 4 idle cores.
+ * Threads (threads.ts): stock wasm in Node loads the single-threaded SIMD build. With
+ * MGLLAVA_WASM_THREADS=N (N >= 2) the threaded build is started instead (Emscripten factory called
+ * directly, worker script written to the temp dir, `os.cpus()` faked while the pool is created: the
+ * C++ side caps it at cores / 2). XNNPACK's products then split over N threads: 45 -> 88 GFLOP/s
+ * on the decoder's [512,256]x[256,688] with 2 threads on an idle 2-core machine, and the tiny-e2e
+ * step goes from ~250/~350 ms (pretrain/sft) to ~190/~255 ms. But every parallel product ends with
+ * a barrier: when another process holds the second core, the main thread waits for a descheduled
+ * worker at each of the ~300 products of a step and the step gets ~3x slower than single-threaded
+ * (measured here while other jobs ran). Hence opt-in, not the default. The pack's own loops
+ * (simd.ts) run on the main thread; their module imports the shared memory.
  */
 import * as tf from '@tensorflow/tfjs';
 import type { KernelConfig, KernelFunc } from '@tensorflow/tfjs';
 import { packConv2DBackpropFilter, packConv2DBackpropInput } from './conv2d-backprop.js';
-import { packIdentity, packSlice, packSplitV, packUnpack } from './copy.js';
+import { packCast, packConcat, packGatherV2, packIdentity, packSlice, packSplitV, packUnpack } from './copy.js';
 import { packDepthwiseBackpropFilter, packDepthwiseBackpropInput, packDepthwiseConv2d } from './depthwise.js';
+import { ADAMW_KERNEL, packAdamW } from './adamw.js';
 import { packBatchMatMul } from './matmul.js';
+import { packSum } from './reduce.js';
+import { ROPE_KERNEL, packRope } from './rope.js';
 import { packUnsortedSegmentSum } from './segment-sum.js';
 import { captureStock } from './stock.js';
 
@@ -68,11 +80,17 @@ export const PACK_KERNELS: Readonly<Record<string, KernelFunc>> = {
   [tf.Slice]: packSlice as KernelFunc,
   [tf.SplitV]: packSplitV as KernelFunc,
   [tf.Unpack]: packUnpack as KernelFunc,
+  [tf.Concat]: packConcat as KernelFunc,
+  [tf.GatherV2]: packGatherV2 as KernelFunc,
   [tf.Identity]: packIdentity as KernelFunc,
+  [tf.Cast]: packCast as KernelFunc,
+  [tf.Sum]: packSum as KernelFunc,
+  [ADAMW_KERNEL]: packAdamW as KernelFunc,
+  [ROPE_KERNEL]: packRope as KernelFunc,
 };
 
 /** Kernels the stock backend builds on that the pack calls directly (captured before any replacement). */
-const STOCK_USED = [tf.BatchMatMul, tf.Transpose, tf.Conv2DBackpropInput, tf.DepthwiseConv2dNative];
+const STOCK_USED = [tf.BatchMatMul, tf.Transpose, tf.Conv2DBackpropInput, tf.DepthwiseConv2dNative, tf.Sum, tf.GatherV2, tf.Cast, tf.Concat];
 
 let registered = false;
 

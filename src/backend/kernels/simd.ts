@@ -20,6 +20,29 @@ export interface SimdLoops {
    * block (the caller does the edges).
    */
   transpose4(src: number, dst: number, R: number, C: number, srcStride: number, dstStride: number): void;
+  /**
+   * A run of n pixels of C channels (`cBytes` = 4C, a multiple of 16): for p < n, c < C,
+   * acc[p*accStride + c] += a[p*aStride + c] * w[c]. Strides in bytes. One depthwise tap over a row.
+   */
+  maddRun(acc: number, accStride: number, a: number, aStride: number, w: number, n: number, cBytes: number): void;
+  /**
+   * acc[c] += sum over p < n of a[p*aStride + c] * b[p*bStride + c] (pixels in order), `cBytes` = 4C a
+   * multiple of 16, strides in bytes. One depthwise filter-gradient tap over a row.
+   */
+  dotRun(acc: number, a: number, aStride: number, b: number, bStride: number, n: number, cBytes: number): void;
+  /**
+   * One AdamW update of `bytes` / 4 elements (a multiple of 4), the float32 operations of
+   * `AdamW.apply` in the same order, with c = [b1, 1-b1, b2, 1-b2, sqrt(bias corr. 2), eps,
+   * lr / bias corr. 1, 1 - lr*wd, gradient scale] (9 floats at `consts`):
+   *   g = g*c8;  m' = m*c0 + g*c1;  v' = v*c2 + (g*g)*c3;  p' = p*c7 - (m' / (sqrt(v')/c4 + c5)) * c6.
+   */
+  adamw(p: number, m: number, v: number, g: number, pOut: number, mOut: number, vOut: number, bytes: number, consts: number): void;
+  /**
+   * Rotary embedding of `rows` rows of `heads` heads of hd floats (`halfBytes` = 2*hd, a multiple
+   * of 16), the tables c, s [rows, hd] shared by a row's heads: out_j = x_j*c_j + x_σ(j)*s_j with σ
+   * swapping the two halves of a head.
+   */
+  rope(x: number, c: number, s: number, out: number, rows: number, heads: number, halfBytes: number): void;
 }
 
 // ---- a minimal assembler: just the instructions used below ----------------------------------
@@ -71,7 +94,11 @@ const simd = (op: number, ...rest: number[]) => [0xfd, ...uleb(op), ...rest];
 const v128Load = (offset = 0) => simd(0x00, 2, ...uleb(offset));
 const v128Store = (offset = 0) => simd(0x0b, 2, ...uleb(offset));
 const F32X4_ADD = simd(0xe4);
+const F32X4_SUB = simd(0xe5);
 const F32X4_MUL = simd(0xe6);
+const F32X4_DIV = simd(0xe7);
+const F32X4_SQRT = simd(0xe3);
+const splat32 = (offset: number) => simd(0x09, 2, ...uleb(offset)); // v128.load32_splat
 const shuffle = (lanes: number[]) => simd(0x0d, ...lanes);
 
 /** `while (local[i] < local[end]) { body }`. */
@@ -164,11 +191,123 @@ const transpose4: Fn = {
   ],
 };
 
-const FUNCTIONS = [madd, add, transpose4];
+const at = (base: number, k: number) => [...get(base), ...get(k), ...ADD];
 
-function assemble(): Uint8Array<ArrayBuffer> {
+// maddRun(acc 0, accStride 1, a 2, aStride 3, w 4, n 5, cBytes 6); locals 7: p, 8: k
+const maddRun: Fn = {
+  name: 'maddRun',
+  params: 7,
+  locals: [I32, I32],
+  body: [
+    ...i32(0), ...set(7),
+    ...whileLt(7, 5, [
+      ...i32(0), ...set(8),
+      ...whileLt(8, 6, [
+        ...at(0, 8), ...at(0, 8), ...v128Load(), ...at(2, 8), ...v128Load(), ...at(4, 8), ...v128Load(), ...F32X4_MUL, ...F32X4_ADD, ...v128Store(),
+        ...bump(8, 16),
+      ]),
+      ...get(0), ...get(1), ...ADD, ...set(0),
+      ...get(2), ...get(3), ...ADD, ...set(2),
+      ...bump(7, 1),
+    ]),
+  ],
+};
+
+// dotRun(acc 0, a 1, aStride 2, b 3, bStride 4, n 5, cBytes 6); locals 7: p, 8: k
+const dotRun: Fn = {
+  name: 'dotRun',
+  params: 7,
+  locals: [I32, I32],
+  body: [
+    ...i32(0), ...set(7),
+    ...whileLt(7, 5, [
+      ...i32(0), ...set(8),
+      ...whileLt(8, 6, [
+        ...at(0, 8), ...at(0, 8), ...v128Load(), ...at(1, 8), ...v128Load(), ...at(3, 8), ...v128Load(), ...F32X4_MUL, ...F32X4_ADD, ...v128Store(),
+        ...bump(8, 16),
+      ]),
+      ...get(1), ...get(2), ...ADD, ...set(1),
+      ...get(3), ...get(4), ...ADD, ...set(3),
+      ...bump(7, 1),
+    ]),
+  ],
+};
+
+// adamw(p 0, m 1, v 2, g 3, pOut 4, mOut 5, vOut 6, bytes 7, consts 8); locals 9: i, 10-18: the
+// splatted constants, 19: g, 20: m', 21: v'
+const cst = (k: number) => get(10 + k);
+const adamw: Fn = {
+  name: 'adamw',
+  params: 9,
+  locals: [I32, V128, V128, V128, V128, V128, V128, V128, V128, V128, V128, V128, V128],
+  body: [
+    ...Array.from({ length: 9 }, (_, k) => [...get(8), ...splat32(4 * k), ...set(10 + k)]).flat(),
+    ...i32(0), ...set(9),
+    ...whileLt(9, 7, [
+      ...at(3, 9), ...v128Load(), ...cst(8), ...F32X4_MUL, ...set(19),
+      // m' = m*b1 + g*(1-b1)
+      ...at(1, 9), ...v128Load(), ...cst(0), ...F32X4_MUL, ...get(19), ...cst(1), ...F32X4_MUL, ...F32X4_ADD, ...set(20),
+      ...at(5, 9), ...get(20), ...v128Store(),
+      // v' = v*b2 + (g*g)*(1-b2)
+      ...at(2, 9), ...v128Load(), ...cst(2), ...F32X4_MUL, ...get(19), ...get(19), ...F32X4_MUL, ...cst(3), ...F32X4_MUL, ...F32X4_ADD, ...set(21),
+      ...at(6, 9), ...get(21), ...v128Store(),
+      // p' = p*decay - (m' / (sqrt(v')/bc2 + eps)) * step
+      ...at(4, 9),
+      ...at(0, 9), ...v128Load(), ...cst(7), ...F32X4_MUL,
+      ...get(20), ...get(21), ...F32X4_SQRT, ...cst(4), ...F32X4_DIV, ...cst(5), ...F32X4_ADD, ...F32X4_DIV, ...cst(6), ...F32X4_MUL,
+      ...F32X4_SUB, ...v128Store(),
+      ...bump(9, 16),
+    ]),
+  ],
+};
+
+// rope(x 0, c 1, s 2, out 3, rows 4, heads 5, halfBytes 6); locals 7: r, 8: h, 9: j, 10: c row, 11: s row
+const ropeHalf = (lo: boolean) => {
+  // out[j (+half)] = x[j (+half)] * c[j (+half)] + x[j + half (or j)] * s[j (+half)]
+  const off = (base: number, hi: boolean) => [...get(base), ...get(9), ...ADD, ...(hi ? [...get(6), ...ADD] : [])];
+  return [
+    ...off(3, !lo),
+    ...off(0, !lo), ...v128Load(), ...off(10, !lo), ...v128Load(), ...F32X4_MUL,
+    ...off(0, lo), ...v128Load(), ...off(11, !lo), ...v128Load(), ...F32X4_MUL,
+    ...F32X4_ADD, ...v128Store(),
+  ];
+};
+const rope: Fn = {
+  name: 'rope',
+  params: 7,
+  locals: [I32, I32, I32, I32, I32],
+  body: [
+    ...i32(0), ...set(7),
+    ...whileLt(7, 4, [
+      ...get(1), ...set(10),
+      ...get(2), ...set(11),
+      ...i32(0), ...set(8),
+      ...whileLt(8, 5, [
+        ...i32(0), ...set(9),
+        ...whileLt(9, 6, [...ropeHalf(true), ...ropeHalf(false), ...bump(9, 16)]),
+        // next head: x and out move by one head (2 halves); the tables stay
+        ...get(0), ...get(6), ...get(6), ...ADD, ...ADD, ...set(0),
+        ...get(3), ...get(6), ...get(6), ...ADD, ...ADD, ...set(3),
+        ...bump(8, 1),
+      ]),
+      // next row: the tables move by one row
+      ...get(1), ...get(6), ...get(6), ...ADD, ...ADD, ...set(1),
+      ...get(2), ...get(6), ...get(6), ...ADD, ...ADD, ...set(2),
+      ...bump(7, 1),
+    ]),
+  ],
+};
+
+const FUNCTIONS = [madd, add, transpose4, maddRun, dotRun, adamw, rope];
+
+/** Pages of a 4 GiB memory: the maximum a shared memory import must declare. */
+const MAX_PAGES = 65536;
+
+function assemble(shared: boolean): Uint8Array<ArrayBuffer> {
   const types = FUNCTIONS.map((f) => [0x60, ...vec(Array.from({ length: f.params }, () => [I32])), 0]);
-  const imports = vec([[...bytes('env'), ...bytes('memory'), 0x02, 0x00, 0x00]]); // memory, min 0, no max
+  // memory, min 0, no max; the threaded build's memory is shared (flags 3: shared, with a max)
+  const limits = shared ? [0x03, 0x00, ...uleb(MAX_PAGES)] : [0x00, 0x00];
+  const imports = vec([[...bytes('env'), ...bytes('memory'), 0x02, ...limits]]);
   const funcs = vec(FUNCTIONS.map((_, i) => uleb(i)));
   const exports = vec(FUNCTIONS.map((f, i) => [...bytes(f.name), 0x00, ...uleb(i)]));
   const code = vec(
@@ -188,19 +327,24 @@ function assemble(): Uint8Array<ArrayBuffer> {
   ]);
 }
 
-let compiled: WebAssembly.Module | null = null;
+const compiled = new Map<boolean, WebAssembly.Module>();
 const instances = new WeakMap<WebAssembly.Memory, SimdLoops>();
 
 /** The loops bound to this backend's heap. */
 export function simdLoops(be: WasmBackend): SimdLoops {
-  const memory = be.wasm.asm?.memory;
+  const memory = be.wasm.asm?.memory ?? be.wasm.wasmMemory;
   if (!(memory instanceof WebAssembly.Memory)) {
-    throw new Error('wasm kernel pack: the wasm backend does not expose its WebAssembly.Memory (module.asm.memory)');
+    throw new Error('wasm kernel pack: the wasm backend does not expose its WebAssembly.Memory (module.asm.memory / module.wasmMemory)');
   }
   let loops = instances.get(memory);
   if (!loops) {
-    compiled ??= new WebAssembly.Module(assemble());
-    loops = new WebAssembly.Instance(compiled, { env: { memory } }).exports as unknown as SimdLoops;
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    let mod = compiled.get(shared);
+    if (!mod) {
+      mod = new WebAssembly.Module(assemble(shared));
+      compiled.set(shared, mod);
+    }
+    loops = new WebAssembly.Instance(mod, { env: { memory } }).exports as unknown as SimdLoops;
     instances.set(memory, loops);
   }
   return loops;

@@ -2,7 +2,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Module, type InitContext } from '../../nn/module.js';
 import { RMSNorm } from '../../nn/norm.js';
-import { LlamaAttention, type AttentionContext, type LlamaAttentionConfig } from './llama-attention.js';
+import { LlamaAttention, type AttentionContext, type LlamaAttentionConfig, type QueryRows } from './llama-attention.js';
 import { LlamaMLP } from './mlp.js';
 
 export interface LlamaDecoderLayerConfig extends LlamaAttentionConfig {
@@ -26,10 +26,11 @@ export class LlamaDecoderLayer extends Module<LlamaDecoderLayerConfig> {
     this.mlp = this.addChild('mlp', new LlamaMLP({ hiddenSize, intermediateSize, initStd }, ctx));
   }
 
-  /** x [N = B*T, H] -> [N, H]. */
-  apply(x: tf.Tensor2D, ctx: AttentionContext, layer: number): tf.Tensor2D {
+  /** x [N = B*T, H] -> [N, H], or [B*Mq, H] with `rows` (keys/values still from every row). */
+  apply(x: tf.Tensor2D, ctx: AttentionContext, layer: number, rows?: QueryRows): tf.Tensor2D {
     return tf.tidy(() => {
-      const h = tf.add(x, this.selfAttn.apply(this.inputLayernorm.apply(x) as tf.Tensor2D, ctx, layer)) as tf.Tensor2D;
+      const attn = this.selfAttn.apply(this.inputLayernorm.apply(x) as tf.Tensor2D, ctx, layer, rows);
+      const h = tf.add(rows ? tf.gather(x, rows.index) : x, attn) as tf.Tensor2D;
       return tf.add(h, this.mlp.apply(this.postAttentionLayernorm.apply(h) as tf.Tensor2D)) as tf.Tensor2D;
     });
   }

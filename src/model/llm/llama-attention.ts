@@ -22,6 +22,21 @@ export interface LlamaAttentionConfig {
   initStd: number;
 }
 
+/**
+ * The queries one layer keeps (the last layer of a pass that only needs some rows' logits, e.g. the
+ * supervised positions of the loss): keys and values still come from every row, the rest of the layer
+ * runs on these rows only. Mq rows per batch element, batch-major; a batch element with fewer selected
+ * rows repeats one of them (planned by `planQueryRows`).
+ */
+export interface QueryRows {
+  /** [B*Mq] int32 rows of the flattened [B*T] positions. */
+  index: tf.Tensor1D;
+  /** [B*Mq] int32 positions of those rows within their batch element (index mod T). */
+  positions: tf.Tensor1D;
+  /** Mq: queries per batch element. */
+  perBatch: number;
+}
+
 /** What every layer of one forward pass shares. */
 export interface AttentionContext {
   batch: number;
@@ -54,30 +69,48 @@ export class LlamaAttention extends Module<LlamaAttentionConfig> {
   }
 
   /**
-   * x [N = B*T, H] -> [N, H]. With a cache, this layer's keys/values are appended to it (`layer` is the
-   * index of this layer in the cache).
+   * x [N = B*T, H] -> [N, H], or [B*Mq, H] for the `rows` given. With a cache, this layer's keys/values
+   * are appended to it (`layer` is the index of this layer in the cache).
    */
-  apply(x: tf.Tensor2D, ctx: AttentionContext, layer: number): tf.Tensor2D {
+  apply(x: tf.Tensor2D, ctx: AttentionContext, layer: number, rows?: QueryRows): tf.Tensor2D {
     return tf.tidy(() => {
       const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config;
-      const { batch: b, seq: t } = ctx;
-      const n = b * t;
+      const { batch: b } = ctx;
+      const n = b * ctx.seq;
+      const t = rows ? rows.perBatch : ctx.seq; // queries per batch element
       const r = nh / nkv;
-      const q = applyRope(this.qProj.apply(x).reshape([n, nh, hd]) as tf.Tensor3D, ctx.ropeQ); // [N,nh,hd], pre-scaled
+      const xq = rows ? tf.gather(x, rows.index) : x; // [B*t, H]
+      const ropeQ = rows ? ropeRows(ctx.ropeQ, rows.index) : ctx.ropeQ;
+      const q = applyRope(this.qProj.apply(xq).reshape([b * t, nh, hd]) as tf.Tensor3D, ropeQ); // [B*t,nh,hd], pre-scaled
       const kNew = applyRope(this.kProj.apply(x).reshape([n, nkv, hd]) as tf.Tensor3D, ctx.ropeK); // [N,nkv,hd]
-      const vNew = this.vProj.apply(x).reshape([b, t, nkv, hd]);
-      let k = kNew.reshape([b, t, nkv, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
+      const vNew = this.vProj.apply(x).reshape([b, ctx.seq, nkv, hd]);
+      let k = kNew.reshape([b, ctx.seq, nkv, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
       let v = vNew.transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
       if (ctx.cache) ({ k, v } = ctx.cache.append(layer, k, v)); // [B,nkv,S,hd]
       const s = k.shape[2];
       // [B,T,nh,hd] -> [B,nh,T,hd] = [B, nkv, r, T, hd] -> [B*nkv, r*T, hd]: the r query heads of a kv head.
       const qg = q.reshape([b, t, nh, hd]).transpose([0, 2, 1, 3]).reshape([b * nkv, r * t, hd]);
       const scores = tf.matMul(qg, k.reshape([b * nkv, s, hd]), false, true); // [B*nkv, r*T, S]
-      const masked = tf.add(scores.reshape([b, nh, t, s]), ctx.bias); // [B,nh,T,S]
+      const masked = tf.add(scores.reshape([b, nh, t, s]), rows ? queryBias(ctx.bias, rows, b) : ctx.bias); // [B,nh,t,S]
       const probs = tf.softmax(masked, -1).reshape([b * nkv, r * t, s]);
       const out = tf.matMul(probs, v.reshape([b * nkv, s, hd])); // [B*nkv, r*T, hd]
-      const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([n, nh * hd]); // [N, nh*hd]
+      const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([b * t, nh * hd]); // [B*t, nh*hd]
       return this.oProj.apply(merged) as tf.Tensor2D;
     });
   }
+}
+
+/** The RoPE operands of the kept queries (every [N,1,hd] table gathered at `index`). */
+function ropeRows(r: RopeOperands, index: tf.Tensor1D): RopeOperands {
+  const rows = (t: tf.Tensor3D) => tf.gather(t, index) as tf.Tensor3D;
+  const k = r.kernelTables;
+  return { ...r, cos: rows(r.cos), sin: rows(r.sin), kernelTables: k && { signed: rows(k.signed), swapped: rows(k.swapped) } };
+}
+
+/** The mask rows of the kept queries: bias [B or 1, 1, T, S] -> [B, 1, Mq, S]. */
+function queryBias(bias: tf.Tensor4D, rows: QueryRows, b: number): tf.Tensor4D {
+  const [bb, , t, s] = bias.shape;
+  // A row-independent mask is indexed by position within the row, a per-row one by the flat row.
+  const index = bb === 1 ? rows.positions : rows.index;
+  return tf.gather(bias.reshape([bb * t, s]), index).reshape([b, 1, rows.perBatch, s]) as tf.Tensor4D;
 }

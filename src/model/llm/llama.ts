@@ -14,10 +14,10 @@ import { RMSNorm } from '../../nn/norm.js';
 import { headDimOf, validateLlamaConfig, type LlamaConfig } from './config.js';
 import { Embedding } from './embedding.js';
 import { LlamaDecoderLayer } from './decoder-layer.js';
-import type { AttentionContext } from './llama-attention.js';
+import type { AttentionContext, QueryRows } from './llama-attention.js';
 import { KvCache } from './kv-cache.js';
 import { attentionBias, defaultPositionIds } from './mask.js';
-import { RopeTable, rotateHalfMatrix, type RopeOperands } from './rope.js';
+import { RopeTable, ropeKernelTables, rotateHalfMatrix, type RopeOperands } from './rope.js';
 import { expectShape, filledIntMatrix, toIntMatrix, type IntMatrix, type IntMatrixLike } from './int-matrix.js';
 
 export type { LlamaConfig } from './config.js';
@@ -132,6 +132,9 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
         if (!(r >= 0 && r < b * t)) throw new Error(`LlamaForCausalLM.forward: logit row ${r} is outside [0, ${b * t})`);
       }
     }
+    // Only some rows' logits wanted (the loss): the last layer runs on those rows alone (its keys and
+    // values still come from every row). Not with a cache or hidden states, which need every row.
+    const plan = opts.logitRows && !cache && !opts.outputHiddenStates ? planQueryRows(opts.logitRows, b, t) : null;
     const hd = this.headDim;
     const { cos, sin } = this.rope.rows(positions.data); // [B*T, hd]
     // The queries' RoPE also applies the score scale 1/sqrt(hd) (RoPE is linear in q): one multiply less per layer.
@@ -143,6 +146,7 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
         cos: tf.tensor3d(c, [b * t, 1, hd]),
         sin: tf.tensor3d(s, [b * t, 1, hd]),
         rotate,
+        kernelTables: ropeKernelTables(s, b * t, hd),
       });
       const ctx: AttentionContext = {
         batch: b,
@@ -159,13 +163,22 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
       };
       keepHidden(h0);
       let h = h0.reshape([b * t, this.config.hiddenSize]) as tf.Tensor2D; // [N,H]
+      const lastRows: QueryRows | undefined = plan
+        ? { index: tf.tensor1d(plan.index, 'int32'), positions: tf.tensor1d(plan.index.map((r) => r % t), 'int32'), perBatch: plan.perBatch }
+        : undefined;
+      const last = this.model.layers.length - 1;
       this.model.layers.forEach((layer, i) => {
-        h = layer.apply(h, ctx, i);
+        h = layer.apply(h, ctx, i, i === last ? lastRows : undefined); // last: [B*Mq,H] with a plan
         keepHidden(h);
       });
       h = this.model.norm.apply(h) as tf.Tensor2D;
       keepHidden(h);
-      const rows = opts.logitRows ? tf.gather(h, tf.tensor1d(opts.logitRows, 'int32')) : h; // [M,H]
+      let rows: tf.Tensor2D = h; // [M,H]
+      if (plan && last >= 0) {
+        if (plan.back) rows = tf.gather(h, tf.tensor1d(plan.back, 'int32'));
+      } else if (opts.logitRows) {
+        rows = tf.gather(h, tf.tensor1d(opts.logitRows, 'int32'));
+      }
       const logits = tf.matMul(rows, this.outputWeight, false, true); // [M,V]
       return {
         logits: opts.logitRows ? logits : logits.reshape([b, t, this.config.vocabSize]),
@@ -201,4 +214,33 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
     }
     return { ids, b, t };
   }
+}
+
+/** Which query rows the last layer keeps: `logitRows` grouped per batch element, padded to the same count. */
+interface QueryRowsPlan {
+  /** [B*Mq] flat rows, batch-major; padding repeats the element's last selected row (or its row 0). */
+  index: Int32Array;
+  perBatch: number;
+  /** Position in `index` of each logit row, or null when `index` is exactly the logit rows. */
+  back: Int32Array | null;
+}
+
+/** null when pruning would not save work (Mq = T). */
+function planQueryRows(logitRows: Int32Array, b: number, t: number): QueryRowsPlan | null {
+  const perRow: number[][] = Array.from({ length: b }, () => []);
+  const slot = new Int32Array(logitRows.length);
+  logitRows.forEach((r, i) => {
+    const list = perRow[Math.floor(r / t)]!;
+    slot[i] = list.length;
+    list.push(r);
+  });
+  const mq = Math.max(1, ...perRow.map((l) => l.length));
+  if (mq >= t) return null;
+  const index = new Int32Array(b * mq);
+  perRow.forEach((list, e) => {
+    for (let j = 0; j < mq; j++) index[e * mq + j] = list.length ? list[Math.min(j, list.length - 1)]! : e * t;
+  });
+  const back = Int32Array.from(logitRows, (r, i) => Math.floor(r / t) * mq + slot[i]!);
+  const identity = back.length === index.length && back.every((p, i) => p === i);
+  return { index, perBatch: mq, back: identity ? null : back };
 }

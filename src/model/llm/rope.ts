@@ -9,6 +9,7 @@
  * of slicing the activations in two halves.
  */
 import * as tf from '@tensorflow/tfjs';
+import { ROPE_KERNEL, ropeKernelFits, runRope } from '../../backend/kernels/rope.js';
 
 export class RopeTable {
   /** fp32 inverse frequencies, computed the way HF does in float32. */
@@ -93,10 +94,46 @@ export interface RopeOperands {
   cos: tf.Tensor3D; // [N,1,hd]
   sin: tf.Tensor3D; // [N,1,hd]
   rotate: tf.Tensor2D; // [hd,hd]
+  /**
+   * For the one-pass kernel (wasm): `sin` with its first half negated (rotate_half's sign folded in)
+   * and that table with its halves swapped (the gradient's). Without them `applyRope` uses the matmul.
+   */
+  kernelTables?: { signed: tf.Tensor3D; swapped: tf.Tensor3D }; // [N,1,hd] each
+}
+
+/** The kernel tables for sin rows [N*hd] (`RopeOperands.kernelTables`), or undefined when the kernel cannot run. */
+export function ropeKernelTables(sin: Float32Array, n: number, hd: number): RopeOperands['kernelTables'] {
+  if (!tf.getKernel(ROPE_KERNEL, tf.getBackend()) || !ropeKernelFits(hd)) return undefined;
+  const half = hd / 2;
+  const signed = new Float32Array(n * hd);
+  const swapped = new Float32Array(n * hd);
+  for (let r = 0; r < n; r++) {
+    for (let j = 0; j < half; j++) {
+      const lo = r * hd + j;
+      signed[lo] = -sin[lo]!;
+      signed[lo + half] = sin[lo + half]!;
+      swapped[lo] = sin[lo + half]!;
+      swapped[lo + half] = -sin[lo]!;
+    }
+  }
+  return { signed: tf.tensor3d(signed, [n, 1, hd]), swapped: tf.tensor3d(swapped, [n, 1, hd]) };
 }
 
 /** x [N, heads, hd] -> x * cos + rotate_half(x) * sin, same shape. */
 export function applyRope(x: tf.Tensor3D, rope: RopeOperands): tf.Tensor3D {
+  const k = rope.kernelTables;
+  if (k) {
+    // out = x*cos + swapHalves(x)*signed; its gradient is the same map with the swapped table.
+    // The tables the gradient needs are saved: they belong to the forward's scope, which ends first.
+    const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+      (args[1] as tf.GradSaveFunc)([rope.cos, k.swapped]);
+      return {
+        value: runRope(args[0] as tf.Tensor, rope.cos, k.signed),
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => runRope(dy, saved[0]!, saved[1]!),
+      };
+    });
+    return op(x) as tf.Tensor3D;
+  }
   return tf.tidy(() => {
     const [n, h, hd] = x.shape;
     const rotated = tf.matMul(x.reshape([n * h, hd]), rope.rotate).reshape([n, h, hd]); // [N,h,hd]

@@ -1,0 +1,56 @@
+/** `mgllava warmup`: stage 0, the encoder warm-up that stands in for pretrained encoder weights (src/train/warmup.ts). */
+import type { Argv, CommandModule } from 'yargs';
+import { ImageError } from '../data/image.js';
+import { TrainError } from '../train/loop.js';
+import { AnnotationError } from '../train/warmup-data.js';
+import { warmup } from '../train/warmup.js';
+import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+import { USER_ERRORS } from './train.js';
+
+interface WarmupArgs extends GlobalArgs {
+  config: string;
+  set: string[];
+  resume?: string;
+  'max-steps'?: number;
+  progress: 'auto' | 'bar' | 'lines' | 'off';
+}
+
+const ERRORS = [...USER_ERRORS, TrainError, AnnotationError, ImageError];
+
+export const warmupCommand: CommandModule<GlobalArgs, WarmupArgs> = {
+  command: 'warmup',
+  describe: 'Stage 0: train the encoders on object annotations with throw-away heads (a stand-in for pretrained CLIP/ConvNeXt weights; skip it with real weights)',
+  builder: (y) =>
+    y
+      .option('config', { type: 'string', demandOption: true, describe: "experiment YAML with stage: warmup and a 'warmup:' section (e.g. configs/tiny-shapes/warmup.yaml)" })
+      .option('set', {
+        type: 'string',
+        array: true,
+        default: [],
+        describe: 'override a config key, YAML value: --set train.max_steps=200 (part of the config hash)',
+      })
+      .option('resume', {
+        type: 'string',
+        describe: "continue a run: 'auto' = newest complete checkpoint of this run dir (fresh start if none), or a step-NNNNNNNN / run dir; the config hash must match",
+      })
+      .option('max-steps', {
+        type: 'number',
+        describe: 'stop after this optimizer step and save a checkpoint there; the LR schedule still spans the whole run, so --resume auto continues it',
+      })
+      .option('progress', {
+        choices: ['auto', 'bar', 'lines', 'off'] as const,
+        default: 'auto' as const,
+        describe: 'progress display: a bar on a terminal, plain lines every log_steps otherwise (auto)',
+      })
+      .example('$0 warmup --config configs/tiny-shapes/warmup.yaml', 'warm up the tiny encoders; pretrain.yaml loads them with init.encoders_from') as Argv<WarmupArgs>,
+  handler: async (args) => {
+    const backend = await backendFromArgs(args);
+    process.stdout.write(`backend: ${backend.name} (${backend.reason})\n`);
+    try {
+      await warmup({ configFile: args.config, sets: args.set, resume: args.resume ?? null, maxSteps: args['max-steps'] ?? null, progress: args.progress });
+    } catch (e) {
+      if (ERRORS.some((E) => e instanceof E)) throw new UserError((e as Error).message);
+      throw e;
+    }
+  },
+};

@@ -1,0 +1,38 @@
+/**
+ * The model-independent half of an optimizer step, shared by the stages: gradients of micro-batches summed
+ * by checkpoint name, then global-norm clipping and an AdamW update — skipped when the loss or the norm is
+ * not finite (nothing is updated, the caller reports it).
+ */
+import * as tf from '@tensorflow/tfjs';
+import { clipByGlobalNorm, type AdamW } from './adamw.js';
+
+/**
+ * Add `grads` (tf.variableGrads' result, keyed by variable name) into `acc` (keyed by checkpoint name).
+ * Takes ownership of the gradients.
+ */
+export function addGradients(acc: Map<string, tf.Tensor>, trainable: Map<string, tf.Variable>, grads: tf.NamedTensorMap): void {
+  for (const [name, v] of trainable) {
+    const g = grads[v.name];
+    if (!g) continue;
+    const prev = acc.get(name);
+    if (prev) {
+      acc.set(name, tf.add(prev, g));
+      prev.dispose();
+      g.dispose();
+    } else {
+      acc.set(name, g);
+    }
+  }
+}
+
+/** Clip the accumulated gradients and update, unless `loss` or their norm is not finite. Does not dispose `grads`. */
+export function applyGradients(grads: Map<string, tf.Tensor>, loss: number, optimizer: AdamW, lr: number, maxNorm: number): { gradNorm: number; applied: boolean } {
+  const clipped = clipByGlobalNorm(grads, maxNorm);
+  const applied = Number.isFinite(loss) && Number.isFinite(clipped.norm);
+  try {
+    if (applied) optimizer.apply(clipped.grads, lr);
+  } finally {
+    tf.dispose([...clipped.grads.values()]);
+  }
+  return { gradNorm: clipped.norm, applied };
+}

@@ -1,0 +1,247 @@
+/**
+ * Stage 0, `mgllava warmup`: the encoder warm-up that stands in for pretrained CLIP/ConvNeXt weights.
+ *
+ * No pretrained encoder can be downloaded for the demo, and random frozen encoders carry colour and size but
+ * little shape (DEMO-STUDY.md). So the tiny ViT and ConvNeXt train briefly — every encoder weight — on the
+ * synthetic annotations through throw-away linear heads (warmup-heads.ts); afterwards a pretrain config
+ * loads the encoders with `init.encoders_from` and freezes them, exactly as MG-LLaVA freezes pretrained
+ * ones. With real weights (`model.vision.pretrained`, `model.vision_aux.pretrained`), skip this stage.
+ *
+ *   config (stage: warmup, `warmup:` section) -> run dir (fresh, or resumed: same config hash)
+ *     -> WarmupModel (random init from Rng(seed), or the checkpoint's weights) + annotated images
+ *     -> the shared step loop (loop.ts): schedule, clipping, AdamW, metrics, progress, checkpoints
+ *     -> per-head accuracies on held-out images, printed and appended to metrics.jsonl
+ *
+ * A step dir holds model.safetensors = every encoder weight (`visual_encoder.*`, `visual_encoder_aux.*`;
+ * what init.encoders_from reads), optimizer.safetensors = AdamW moments of the encoders and heads, and
+ * heads.safetensors = the heads (for resuming only). There is no base.safetensors: nothing of the model
+ * lives outside the step dir.
+ */
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { loadConfig } from '../config/load.js';
+import type { ExperimentConfig } from '../config/schema.js';
+import { Rng } from '../util/rng.js';
+import { AdamW } from './adamw.js';
+import { totalStepsOf } from './build-data.js';
+import { readOptimizerState } from './checkpoint.js';
+import { formatCount } from './dry-run.js';
+import { addGradients, applyGradients } from './grad-step.js';
+import { checkMaxSteps, openRunDir, progressFor, resumePoint, runSteps, TrainError, writeLossCurve, type LoopResult, type RunOptions, type StepOutcome } from './loop.js';
+import type { Progress } from './progress.js';
+import { MODEL_FILE, modelConfigOf, runDirOf, type ResolvedCheckpoint } from './run-dir.js';
+import { buildWarmupData, type WarmupBatch, type WarmupData } from './warmup-data.js';
+import { HEADS_PREFIX, tallyBatch, WarmupModel, type Tally } from './warmup-heads.js';
+import { loadWeightsFile } from './weights-io.js';
+
+/** The heads of a warm-up step dir (resume only; never used after the warm-up). */
+export const HEADS_FILE = 'heads.safetensors';
+
+export interface WarmupOptions extends RunOptions {
+  /** Report per-head accuracies at the end (default true). */
+  evaluate?: boolean;
+}
+
+export interface WarmupEvaluation {
+  /** Metric -> accuracy in [0, 1] (see tallyBatch for the names). */
+  accuracy: Record<string, number>;
+  images: number;
+  boxes: number;
+  /** "held-out 'eval' images" or "training images". */
+  label: string;
+}
+
+export interface WarmupResult extends LoopResult {
+  runDir: string;
+  totalSteps: number;
+  /** Null when not evaluated (interrupted, or `evaluate: false`). */
+  evaluation: WarmupEvaluation | null;
+}
+
+/** The config problems that make a warm-up run meaningless, as one error. */
+export function checkWarmupConfig(config: ExperimentConfig, file: string): void {
+  if (config.stage !== 'warmup') throw new TrainError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`);
+  const problems: string[] = [];
+  if (!config.warmup) problems.push("a warmup config needs a 'warmup:' section (annotations file, heads); see configs/tiny-shapes/warmup.yaml");
+  const m = config.model;
+  if (!m.vision_aux) problems.push('model.vision_aux: the warm-up trains both encoders; a model without the high-resolution encoder has nothing for the box heads');
+  if (m.vision.pretrained || m.vision_aux?.pretrained) {
+    problems.push('model.vision(.aux).pretrained: stage 0 stands in for pretrained encoder weights; with real weights skip it and pretrain directly');
+  }
+  if (config.init.from || config.init.encoders_from) problems.push('init.from / init.encoders_from: the warm-up starts from randomly initialised encoders; leave init unset');
+  if (config.train.sampler !== 'shuffle') problems.push(`train.sampler: the warm-up shuffles images; '${config.train.sampler}' groups text lengths`);
+  if (problems.length) throw new TrainError(`${file}: not a valid warm-up config:\n  ${problems.join('\n  ')}`);
+}
+
+/** A resumed run's weights: the encoders from model.safetensors, the heads from heads.safetensors (both complete). */
+async function loadWarmupCheckpoint(model: WarmupModel, ck: ResolvedCheckpoint): Promise<void> {
+  await loadWeightsFile(model.encoderWeights(), path.join(ck.stepDir, MODEL_FILE));
+  await loadWeightsFile(model.headWeights(), path.join(ck.stepDir, HEADS_FILE));
+}
+
+/**
+ * One optimizer step over the micro-batches: each part is a sum over the micro-batch divided by the whole
+ * step's counts, so the accumulated gradient is the big batch's.
+ */
+export function warmupStep(model: WarmupModel, trainable: Map<string, tf.Variable>, optimizer: AdamW, batches: readonly WarmupBatch[], lr: number, config: ExperimentConfig): StepOutcome {
+  const w = config.warmup!;
+  const norm = { boxes: batches.reduce((n, b) => n + b.numBoxes, 0), images: batches.reduce((n, b) => n + b.size, 0) };
+  const vars = [...trainable.values()];
+  const acc = new Map<string, tf.Tensor>();
+  const parts: Record<string, number> = {};
+  let loss = 0;
+  try {
+    for (const b of batches) {
+      let bParts = new Map<string, tf.Scalar>();
+      const { value, grads } = tf.variableGrads(() => {
+        const r = model.loss(b, norm, { box: w.box_weight, presence: w.presence_weight });
+        bParts = r.parts;
+        return r.total;
+      }, vars);
+      loss += value.dataSync()[0]!;
+      value.dispose();
+      for (const [k, p] of bParts) parts[k] = (parts[k] ?? 0) + p.dataSync()[0]!;
+      tf.dispose([...bParts.values()]);
+      addGradients(acc, trainable, grads);
+    }
+    const missing = [...trainable.keys()].filter((n) => !acc.has(n));
+    // A step without any box gives the box heads no gradient: zero, not an error.
+    const boxHead = (n: string) => n.startsWith(`${HEADS_PREFIX}box.`);
+    if (norm.boxes === 0) for (const n of missing.filter(boxHead)) acc.set(n, tf.zerosLike(trainable.get(n)!));
+    const absent = [...trainable.keys()].filter((n) => !acc.has(n));
+    if (absent.length) throw new Error(`warm-up step: no gradient reached ${absent.length} trainable weights: ${absent.slice(0, 8).join(', ')}`);
+    const { gradNorm, applied } = applyGradients(acc, loss, optimizer, lr, config.train.max_norm);
+    return { loss, gradNorm, applied, positions: norm.images, parts };
+  } finally {
+    tf.dispose([...acc.values()]);
+  }
+}
+
+/** Per-head accuracies on the evaluation images (forward only). */
+export async function evaluateWarmup(model: WarmupModel, data: WarmupData): Promise<WarmupEvaluation> {
+  const n = data.evaluation.images.size;
+  const loader = data.evalLoader();
+  const tally: Tally = new Map();
+  let boxes = 0;
+  try {
+    for (let seen = 0; seen < n; ) {
+      const { batch } = await loader.next();
+      tallyBatch(model, batch, tally);
+      seen += batch.size;
+      boxes += batch.numBoxes;
+    }
+  } finally {
+    await loader.close();
+  }
+  const accuracy: Record<string, number> = {};
+  for (const [k, c] of tally) if (!k.startsWith('present_rate_')) accuracy[k] = c.correct / c.total;
+  // The presence baseline: always answering each class's majority (present / absent) over these images.
+  for (const h of data.spec.presence) {
+    const per = h.classes.map((c) => {
+      const r = tally.get(`present_rate_${h.attr}.${c}`)!;
+      return Math.max(r.correct, r.total - r.correct) / r.total;
+    });
+    accuracy[`present_baseline_${h.attr}`] = per.reduce((a, b) => a + b, 0) / per.length;
+  }
+  return { accuracy, images: n, boxes, label: data.evaluation.label };
+}
+
+const pct = (x: number | undefined) => (x === undefined ? '     -' : `${(100 * x).toFixed(1).padStart(5)} %`);
+
+/** The accuracy table, one line per head. */
+export function formatWarmupEvaluation(e: WarmupEvaluation, data: Pick<WarmupData, 'spec' | 'annotations'>): string[] {
+  const a = e.accuracy;
+  const groups = data.annotations.attributes.size ?? [];
+  const lines = [`warm-up accuracy on ${e.images} ${e.label} (${e.boxes} boxes):`];
+  if (data.spec.box.length) {
+    lines.push(`  per box, from its RoI mean of the ConvNeXt concat map:   all    ${groups.map((g) => g.padStart(7)).join(' ')}`);
+    for (const h of data.spec.box) lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(40)}${pct(a[`box_${h.attr}`])} ${groups.map((g) => pct(a[`box_${h.attr}@${g}`])).join(' ')}`);
+  }
+  if (data.spec.presence.length) {
+    lines.push('  present in the image (multi-label, per class):   ConvNeXt last-map cells   ViT tokens   majority baseline');
+    for (const h of data.spec.presence) {
+      lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(42)}${pct(a[`present_aux_${h.attr}`])}             ${pct(a[`present_vit_${h.attr}`])}      ${pct(a[`present_baseline_${h.attr}`])}`);
+    }
+  }
+  return lines;
+}
+
+export async function warmup(opts: WarmupOptions): Promise<WarmupResult> {
+  const { config, hash, file } = loadConfig(opts.configFile, opts.sets ?? []);
+  checkWarmupConfig(config, file);
+  checkMaxSteps(opts.maxSteps);
+  const log: Progress = progressFor(opts);
+  const runDir = path.resolve(runDirOf(config));
+  let model: WarmupModel | null = null;
+  let data: WarmupData | null = null;
+  let optimizer: AdamW | null = null;
+  let loader: ReturnType<WarmupData['loader']> | null = null;
+  const resumed = await resumePoint(opts, 'warmup', runDir, hash, file, log).catch((e: unknown) => {
+    log.stop();
+    throw e;
+  });
+  try {
+    const mcfg = await modelConfigOf(config);
+    data = await buildWarmupData(config, mcfg, { imageWorkers: opts.imageWorkers });
+    model = new WarmupModel(mcfg, data.spec, { rng: new Rng(config.seed), skipInit: resumed !== null });
+    if (resumed) await loadWarmupCheckpoint(model, resumed.ck);
+    const totalSteps = totalStepsOf(config, data.batchesPerEpoch);
+    const state = resumed?.state ?? null;
+    if (state && state.totalSteps !== totalSteps) throw new TrainError(`cannot resume: the checkpoint's run has ${state.totalSteps} steps, this data gives ${totalSteps}`);
+    const stopAt = Math.min(totalSteps, opts.maxSteps ?? totalSteps);
+    const metrics = await openRunDir(runDir, config, state, log);
+
+    const trainable = model.trainableWeights();
+    const t = config.train;
+    optimizer = new AdamW(trainable, { betas: t.betas, eps: t.eps, weightDecay: t.weight_decay });
+    if (resumed) optimizer.loadState(resumed.state.optimizerStep, await readOptimizerState(resumed.ck.stepDir));
+    loader = data.loader(state?.loader);
+
+    const encoders = model.encoderWeights();
+    const size = (ws: Iterable<[string, tf.Variable]>, keep: (n: string) => boolean) => [...ws].reduce((n, [k, v]) => n + (keep(k) ? v.size : 0), 0);
+    const nEnc = size(encoders, () => true);
+    const nTrainEnc = size(trainable, (n) => encoders.has(n));
+    const nHeads = size(trainable, (n) => !encoders.has(n));
+    log.note(
+      `warmup ${config.name}: ${data.train.size} images, ${data.batchesPerEpoch} batches/epoch, ${totalSteps} steps of ${t.batch_size}x${t.grad_accum}; ` +
+        `trains ${formatCount(nTrainEnc)} of the encoders' ${formatCount(nEnc)} parameters (the rest lie past the selected ViT layer) and ${formatCount(nHeads)} in throw-away heads; ` +
+        `${state ? `resuming at step ${state.step} from ${resumed!.ck.stepDir}` : 'fresh start'}; run dir ${runDir}`,
+    );
+    const m = model;
+    const o = optimizer;
+    const r = await runSteps<WarmupBatch>({
+      config,
+      stage: 'warmup',
+      hash,
+      runDir,
+      totalSteps,
+      stopAt,
+      state,
+      loader,
+      optimizer,
+      checkpointWeights: encoders,
+      extraFiles: { [HEADS_FILE]: model.headWeights() },
+      provenance: { initFrom: null },
+      metrics,
+      log,
+      runStep: (batches, lr) => warmupStep(m, trainable, o, batches, lr, config),
+      idsOf: (b) => b.ids,
+      onStep: opts.onStep,
+    });
+
+    let evaluation: WarmupEvaluation | null = null;
+    if (r.stopped !== 'interrupted' && opts.evaluate !== false) {
+      evaluation = await evaluateWarmup(model, data);
+      for (const line of formatWarmupEvaluation(evaluation, data)) log.note(line);
+      metrics.append({ step: r.step, eval: { images: evaluation.images, boxes: evaluation.boxes, on: evaluation.label, accuracy: evaluation.accuracy } });
+    }
+    return { ...r, runDir, totalSteps, evaluation };
+  } finally {
+    await loader?.close();
+    await data?.close();
+    optimizer?.dispose();
+    model?.dispose();
+    await writeLossCurve(runDir, config, log);
+    log.stop();
+  }
+}
