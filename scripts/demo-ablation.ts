@@ -91,6 +91,7 @@ interface RunScore {
 }
 const scores: RunScore[] = [];
 const cat = (s: EvalSummary, k: string) => s.byCategory[k]?.accuracy ?? NaN;
+let questions = 0;
 let warmupAvailable = true;
 
 for (const seed of seeds) {
@@ -122,6 +123,7 @@ for (const seed of seeds) {
     const ev = await evaluate(ft.result.runDir, { label: 'held-out', dir: DATA, limit: size.evalLimit ?? undefined }, log);
     stages.push({ ...ev.record, stage: `${v} s${seed} eval` });
     const s = ev.summary;
+    questions = s.count;
     scores.push({
       variant: v,
       seed,
@@ -167,7 +169,7 @@ const seconds = secondsSince(T0);
 const w = Math.max(...variants.map((v) => LABEL[v].length));
 const lines = [
   '',
-  `MG-LLaVA ablation (tiny-shapes, ${seeds.length} seed(s): ${seeds.join(', ')}, backend ${backend.name}; held-out ${scores[0] ? '' : '(none) '}questions; mean ± SD (min-max))`,
+  `MG-LLaVA ablation (tiny-shapes, ${seeds.length} seed(s): ${seeds.join(', ')}, backend ${backend.name}; ${questions} held-out questions per run; mean ± SD (min-max))`,
   `  ${'variant'.padEnd(w)}  ${'overall'.padEnd(26)}  ${'small-object colour'.padEnd(26)}  large-object shape`,
   ...variants.map((v) => `  ${LABEL[v].padEnd(w)}  ${fmt(table[v]!.overall).padEnd(26)}  ${fmt(table[v]!.small).padEnd(26)}  ${fmt(table[v]!.largeShape)}`),
   '',

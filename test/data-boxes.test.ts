@@ -15,30 +15,11 @@ import {
   textOnlyBoxes,
   type Box,
 } from '../src/data/boxes.js';
+import type { BoxCase } from '../src/golden/pieces/json-cases.js';
 
 const GOLDEN = path.resolve(import.meta.dirname, '../../shared/golden/public');
 
-interface GoldenCase {
-  name: string;
-  width: number;
-  height: number;
-  boxes: number[][];
-  labels: string[];
-  scores: number[];
-  pad_to_square: boolean;
-  limit_num: number | null;
-  close_to_max_length: boolean;
-  image_size_aux: number;
-  iou_threshold: number;
-  square?: { side: number; dx: number; dy: number };
-  padded_boxes?: number[][];
-  nms_keep: number[];
-  cap_select: number[];
-  resized_boxes: number[][];
-  resized_hw: [number, number];
-  final_boxes: number[][];
-  final_labels: string[];
-}
+type GoldenCase = BoxCase;
 
 const golden = JSON.parse(readFileSync(path.join(GOLDEN, 'boxes.json'), 'utf8')) as {
   sides_where_int_side_times_scale_is_767: number[];

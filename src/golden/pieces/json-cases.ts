@@ -15,7 +15,8 @@ function exact(name: string, pairs: [string, unknown, unknown][]): CheckResult {
   return { name, ok: bad.length === 0, maxAbsErr: bad.length ? 1 : 0, maxRelErr: 0, ...(bad.length ? { note: `differs: ${bad.join(', ')}` } : {}) };
 }
 
-interface BoxCase {
+/** One case of the golden boxes.json (every intermediate stage of the box pipeline). */
+export interface BoxCase {
   name: string;
   width: number;
   height: number;
