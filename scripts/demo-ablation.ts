@@ -16,36 +16,12 @@ import path from 'node:path';
 import { selectBackend } from '../src/backend/select.js';
 import { formatDuration } from '../src/train/progress.js';
 import type { EvalSummary } from '../src/infer/eval.js';
-import { CONFIGS, ensureDataset, evaluate, parseArgs, pct, secondsSince, trainStage, warmupStage, type Log, type StageRecord } from './demo-pipeline.js';
+import { COMMON_OPTIONS, CONFIGS, ensureDataset, evaluate, parseArgs, pct, runSize, secondsSince, trainStage, warmupStage, type Log, type StageRecord } from './demo-pipeline.js';
 
 const T0 = performance.now();
-const args = parseArgs(process.argv.slice(2), {
-  json: 'flag',
-  seeds: 'string',
-  variants: 'string',
-  workdir: 'string',
-  resume: 'flag',
-  smoke: 'flag',
-  backend: 'string',
-  'train-images': 'number',
-  'eval-images': 'number',
-  'warmup-steps': 'number',
-  'pretrain-steps': 'number',
-  'finetune-steps': 'number',
-  'batch-size': 'number',
-  'eval-limit': 'number',
-});
-const smoke = args.smoke === true;
-const num = (k: string, dflt: number | null): number | null => (typeof args[k] === 'number' ? (args[k] as number) : dflt);
-const size = {
-  trainImages: num('train-images', smoke ? 12 : 3000)!,
-  evalImages: num('eval-images', smoke ? 4 : 400)!,
-  warmupSteps: num('warmup-steps', smoke ? 2 : null),
-  pretrainSteps: num('pretrain-steps', smoke ? 2 : null),
-  finetuneSteps: num('finetune-steps', smoke ? 3 : null),
-  batchSize: num('batch-size', smoke ? 4 : null),
-  evalLimit: num('eval-limit', null),
-};
+const args = parseArgs(process.argv.slice(2), { ...COMMON_OPTIONS, json: 'flag', seeds: 'string', variants: 'string' });
+const size = runSize(args);
+const smoke = size.smoke;
 const VARIANTS = ['lowres', 'fusion', 'full'] as const;
 type Variant = (typeof VARIANTS)[number];
 const LABEL: Record<Variant, string> = { lowres: 'low-res only', fusion: 'fusion only', full: 'full (fusion + objects)' };

@@ -210,6 +210,54 @@ export function smallAccuracy(s: EvalSummary): number | null {
 
 // ---------------------------------------------------------------------------------------------- arguments
 
+/** The options both demo scripts take: where to run, and the run size (defaults: the study's recipe). */
+export const COMMON_OPTIONS = {
+  workdir: 'string',
+  resume: 'flag',
+  smoke: 'flag',
+  backend: 'string',
+  'train-images': 'number',
+  'eval-images': 'number',
+  'warmup-steps': 'number',
+  'pretrain-steps': 'number',
+  'finetune-steps': 'number',
+  'batch-size': 'number',
+  'eval-limit': 'number',
+} as const;
+
+export interface RunSize {
+  smoke: boolean;
+  trainImages: number;
+  evalImages: number;
+  /** null: the config's own value. */
+  warmupSteps: number | null;
+  pretrainSteps: number | null;
+  finetuneSteps: number | null;
+  batchSize: number | null;
+  evalLimit: number | null;
+}
+
+/** A number option, or its default (`--smoke` picks the few-step defaults). */
+export function numberArg(args: Record<string, string | number | boolean>, key: string, dflt: number | null): number | null {
+  return typeof args[key] === 'number' ? (args[key] as number) : dflt;
+}
+
+/** The run size from COMMON_OPTIONS: the study's recipe, or a handful of images and steps with --smoke. */
+export function runSize(args: Record<string, string | number | boolean>): RunSize {
+  const smoke = args.smoke === true;
+  const num = (k: string, dflt: number | null) => numberArg(args, k, dflt);
+  return {
+    smoke,
+    trainImages: num('train-images', smoke ? 12 : 3000)!,
+    evalImages: num('eval-images', smoke ? 4 : 400)!,
+    warmupSteps: num('warmup-steps', smoke ? 2 : null),
+    pretrainSteps: num('pretrain-steps', smoke ? 2 : null),
+    finetuneSteps: num('finetune-steps', smoke ? 3 : null),
+    batchSize: num('batch-size', smoke ? 4 : null),
+    evalLimit: num('eval-limit', null),
+  };
+}
+
 /** `--name value` / `--flag` arguments (the scripts take a handful; no parser dependency needed). */
 export function parseArgs(argv: string[], spec: Record<string, 'flag' | 'number' | 'string'>): Record<string, string | number | boolean> {
   const out: Record<string, string | number | boolean> = {};

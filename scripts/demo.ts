@@ -26,12 +26,15 @@ import { selectBackend } from '../src/backend/select.js';
 import { loadConfig } from '../src/config/load.js';
 import { formatDuration } from '../src/train/progress.js';
 import {
+  COMMON_OPTIONS,
   CONFIGS,
   ensureDataset,
   evaluate,
   exportStage,
+  numberArg,
   parseArgs,
   pct,
+  runSize,
   secondsSince,
   SMALL_LEARNED,
   smallAccuracy,
@@ -45,34 +48,18 @@ import type { EvalSummary } from '../src/infer/eval.js';
 
 const T0 = performance.now();
 const args = parseArgs(process.argv.slice(2), {
+  ...COMMON_OPTIONS,
   json: 'flag',
   seed: 'number',
-  workdir: 'string',
-  resume: 'flag',
-  smoke: 'flag',
-  backend: 'string',
-  'train-images': 'number',
-  'eval-images': 'number',
   'fresh-images': 'number',
-  'warmup-steps': 'number',
-  'pretrain-steps': 'number',
-  'finetune-steps': 'number',
-  'batch-size': 'number',
   'train-on-steps': 'number',
-  'eval-limit': 'number',
 });
-const smoke = args.smoke === true;
-const num = (k: string, dflt: number | null): number | null => (typeof args[k] === 'number' ? (args[k] as number) : dflt);
+const base = runSize(args);
+const smoke = base.smoke;
 const size = {
-  trainImages: num('train-images', smoke ? 12 : 3000)!,
-  evalImages: num('eval-images', smoke ? 4 : 400)!,
-  freshImages: num('fresh-images', smoke ? 4 : 400)!,
-  warmupSteps: num('warmup-steps', smoke ? 2 : null),
-  pretrainSteps: num('pretrain-steps', smoke ? 2 : null),
-  finetuneSteps: num('finetune-steps', smoke ? 3 : null),
-  batchSize: num('batch-size', smoke ? 4 : null),
-  trainOnSteps: num('train-on-steps', smoke ? 2 : 400)!,
-  evalLimit: num('eval-limit', null),
+  ...base,
+  freshImages: numberArg(args, 'fresh-images', smoke ? 4 : 400)!,
+  trainOnSteps: numberArg(args, 'train-on-steps', smoke ? 2 : 400)!,
 };
 
 if (typeof args.workdir === 'string') {
@@ -84,7 +71,7 @@ const log: Log = { line: (s) => out.write(`${s}\n`), stream: out };
 
 const backend = await selectBackend(typeof args.backend === 'string' ? args.backend : (process.env.MGLLAVA_BACKEND ?? null));
 const configSeed = loadConfig(path.join(CONFIGS, 'pretrain.yaml')).config.seed;
-const seed = num('seed', configSeed)!;
+const seed = numberArg(args, 'seed', configSeed)!;
 const suffix = seed === configSeed ? '' : `-s${seed}`;
 log.line(`MG-LLaVA demo: tiny-shapes, backend ${backend.name}, seed ${seed}${smoke ? ' (smoke: a few steps)' : ''}, in ${process.cwd()}`);
 
