@@ -102,6 +102,16 @@ describe('config loading', () => {
     expect(() => applySets({}, ['novalue'])).toThrow(/key\.path=value/);
   });
 
+  it('the hash covers what changes the numbers, not logging, saving or caching', () => {
+    const file = path.join(CONFIGS, 'tiny-shapes/pretrain.yaml');
+    const { hash } = loadConfig(file);
+    const operational = ['train.log_steps=3', 'train.save_steps=7', 'train.feature_cache=off', 'train.feature_cache_mb=10', 'data.prefetch=0', 'data.image_workers=0'];
+    expect(loadConfig(file, operational).hash).toBe(hash);
+    for (const numeric of ['train.lr=0.5', 'seed=3', 'train.batch_size=8', 'data.max_length=100', 'model.llm.num_layers=1']) {
+      expect(loadConfig(file, [numeric]).hash, numeric).not.toBe(hash);
+    }
+  });
+
   it('suggests only near misses', () => {
     expect(suggest('batchsize', ['batch_size', 'lr'])).toBe('batch_size');
     expect(suggest('zzzzzz', ['batch_size', 'lr'])).toBeNull();

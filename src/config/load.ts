@@ -207,9 +207,29 @@ function editDistance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
-/** sha256 of the config with keys sorted (stable across key order). */
+/**
+ * Keys that change how a run is logged, saved or fed, never its numbers (the feature cache is exact): a run may
+ * be resumed with other values of these.
+ */
+const OPERATIONAL_KEYS: Record<string, string[]> = {
+  train: ['log_steps', 'save_steps', 'save_total_limit', 'feature_cache', 'feature_cache_mb'],
+  data: ['prefetch', 'image_workers'],
+};
+
+/**
+ * sha256 of the config with keys sorted (stable across key order), leaving out the operational keys:
+ * two configs with the same hash train to the same numbers.
+ */
 export function configHash(config: unknown): string {
-  return createHash('sha256').update(canonicalJson(config)).digest('hex');
+  let c = config;
+  if (isTree(config)) {
+    const copy: Tree = { ...config };
+    for (const [section, keys] of Object.entries(OPERATIONAL_KEYS)) {
+      if (isTree(copy[section])) copy[section] = Object.fromEntries(Object.entries(copy[section] as Tree).filter(([k]) => !keys.includes(k)));
+    }
+    c = copy;
+  }
+  return createHash('sha256').update(canonicalJson(c)).digest('hex');
 }
 
 function canonicalJson(v: unknown): string {
