@@ -108,77 +108,21 @@ export class ObjectFeatures extends Module<ObjectFeaturesConfig> {
     };
   }
 
-  /**
-   * RoI means of a batch: concat NHWC [B,Hf,Wf,C], boxes of image b in aux-image pixels -> [sum K_b, C]
-   * (rows of image b after those of images 0..b-1) and K_b.
-   *
-   * One block-diagonal matmul [sum K, B*Hf*Wf] x [B*Hf*Wf, C] over the whole map (a reshape, no copy),
-   * rather than B slices: on wasm a slice copies the whole input out of the heap, which costs more
-   * than the zero blocks at the batch sizes used here. No gradient flows into the boxes.
-   */
+  /** RoI means of a batch from the concat map NHWC [B,Hf,Wf,C] -> [sum K_b, C] (rows of image b in order) and K_b. */
   roiMeans(concat: tf.Tensor4D, boxesPerImage: Boxes[]): { means: tf.Tensor2D; counts: number[] } {
-    const [B, H, W, C] = concat.shape;
-    if (C !== this.config.inChannels) throw new Error(`ObjectFeatures: concat map has ${C} channels, expected ${this.config.inChannels}`);
-    if (boxesPerImage.length !== B) throw new Error(`ObjectFeatures: ${boxesPerImage.length} box lists for a batch of ${B} images`);
-    if (H !== W) throw new Error(`ObjectFeatures: the concat map must be square (one spatial scale), got ${H}x${W}`);
-    const opts = this.roiOptions(H);
-    const weights = boxesPerImage.map((b, i) => {
-      const w = roiMeanWeights(boxesToFloat32(b, `ObjectFeatures image ${i}`), H, W, opts);
-      if (w.K === 0) throw new Error(`ObjectFeatures: image ${i} has no box (apply the dummy-box rule, boxesWithDummy)`);
-      return w;
-    });
-    const counts = weights.map((w) => w.K);
-    const total = counts.reduce((a, b) => a + b, 0);
-    const cols = B * H * W;
-    const outer = new Float32Array(total * cols); // block-diagonal [sum K, B*H*W]
-    let row = 0;
-    weights.forEach((w, b) => {
-      roiMeanOuter(w, H, W, outer, cols, row, b * H * W);
-      row += w.K;
-    });
-    const means = tf.tidy(() => tf.matMul(tf.tensor2d(outer, [total, cols]), concat.reshape([cols, C])) as tf.Tensor2D);
-    return { means, counts }; // [sum K, C]
+    return this.roiMeansFromStages([concat], boxesPerImage);
   }
 
   /**
    * The same RoI means as `roiMeans(concatStages(stages), boxes)`, from the ConvNeXt stage maps
-   * (NHWC [B,h_l,w_l,C_l], stage 0 at the concat map's size) without building the concat map.
-   *
-   * The concat map is every stage bilinearly resized to stage 0's grid, a linear map R_l (x) R_l of
-   * the stage, so a box's mean weights u v^T on the concat grid pull back to (R_l^T u)(R_l^T v)^T on
-   * stage l's own grid: exact up to float rounding, and 8x fewer multiply-adds at the tiny size (no
-   * 2880-channel map at full size). Per stage one batched matmul [B,Kmax,h*w] x [B,h*w,C_l] (the
-   * kernel pack runs each image on heap views, no copies; the work grows with B, not B^2); images
-   * with fewer boxes than Kmax get zero rows, dropped at the end. No gradient flows into the boxes.
+   * (NHWC [B,h_l,w_l,C_l], stage 0 at the concat map's size) without building the concat map
+   * (`batchRoiMeans`).
    */
   roiMeansFromStages(stages: tf.Tensor4D[], boxesPerImage: Boxes[]): { means: tf.Tensor2D; counts: number[] } {
-    if (stages.length === 0) throw new Error('ObjectFeatures: roiMeansFromStages needs at least one stage map');
-    const [B, H, W] = stages[0]!.shape;
     const C = stages.reduce((a, st) => a + st.shape[3], 0);
-    if (C !== this.config.inChannels) throw new Error(`ObjectFeatures: stage maps have ${C} channels in all, expected ${this.config.inChannels}`);
-    if (boxesPerImage.length !== B) throw new Error(`ObjectFeatures: ${boxesPerImage.length} box lists for a batch of ${B} images`);
-    if (H !== W) throw new Error(`ObjectFeatures: the concat map must be square (one spatial scale), got ${H}x${W}`);
-    const opts = this.roiOptions(H);
-    const weights = boxesPerImage.map((b, i) => {
-      const w = roiMeanWeights(boxesToFloat32(b, `ObjectFeatures image ${i}`), H, W, opts);
-      if (w.K === 0) throw new Error(`ObjectFeatures: image ${i} has no box (apply the dummy-box rule, boxesWithDummy)`);
-      return w;
-    });
-    const counts = weights.map((w) => w.K);
-    const kMax = Math.max(...counts);
-    return tf.tidy(() => {
-      const perStage = stages.map((st) => {
-        const [b, h, w, c] = st.shape;
-        if (b !== B) throw new Error(`ObjectFeatures: stage maps disagree on the batch size (${b} vs ${B})`);
-        const outer = new Float32Array(B * kMax * h * w); // [B, Kmax, h*w]
-        weights.forEach((wt, i) => roiMeanOuter(pullBack(wt, H, W, h, w), h, w, outer, h * w, i * kMax, 0));
-        return tf.matMul(tf.tensor3d(outer, [B, kMax, h * w]), st.reshape([B, h * w, c])); // [B, Kmax, c]
-      });
-      const all = (perStage.length === 1 ? perStage[0]! : tf.concat(perStage, 2)).reshape([B * kMax, C]); // [B*Kmax, C]
-      if (counts.every((k) => k === kMax)) return { means: all as tf.Tensor2D, counts };
-      const rows = counts.flatMap((k, i) => Array.from({ length: k }, (_, j) => i * kMax + j));
-      return { means: tf.gather(all, tf.tensor1d(rows, 'int32')) as tf.Tensor2D, counts }; // [sum K, C]
-    });
+    if (C !== this.config.inChannels) throw new Error(`ObjectFeatures: the map has ${C} channels in all, expected ${this.config.inChannels}`);
+    const { outputSize, samplingRatio, imageSizeAux } = this.config;
+    return batchRoiMeans(stages, boxesPerImage, { outputSize, samplingRatio, imageSizeAux });
   }
 
   /** RoI means [K, inChannels] -> object tokens [K, hidden] (the entry point for cached RoI means). */
@@ -210,6 +154,52 @@ export class ObjectFeatures extends Module<ObjectFeaturesConfig> {
       return counts.length === 1 ? [tokens] : (tf.split(tokens, counts, 0) as tf.Tensor2D[]);
     });
   }
+}
+
+/**
+ * RoI means of a batch, `u_k^T F v_k` per box and channel (roi-align.ts), from feature maps NHWC
+ * [B,h_l,w_l,C_l] whose channels are concatenated: one map (the concat map), or the ConvNeXt stages with
+ * stage 0 at the concat map's size. Boxes of image b are in aux-image pixels; spatial scale = map size /
+ * `imageSizeAux`. Returns [sum K_b, sum C_l] (rows of image b after those of images 0..b-1) and K_b.
+ *
+ * The concat map is every stage bilinearly resized to stage 0's grid, a linear map R_l (x) R_l of the
+ * stage, so a box's mean weights u v^T on the concat grid pull back to (R_l^T u)(R_l^T v)^T on stage l's
+ * own grid: exact up to float rounding, and no 2880-channel map at full size. Per map one batched matmul
+ * [B,Kmax,h*w] x [B,h*w,C_l] (the kernel pack runs each image on heap views, no copies; the work grows
+ * with B, not B^2); images with fewer boxes than Kmax get zero rows, dropped at the end. Differentiable
+ * w.r.t. the maps; no gradient flows into the boxes.
+ */
+export function batchRoiMeans(
+  maps: tf.Tensor4D[],
+  boxesPerImage: Boxes[],
+  o: { outputSize: number; samplingRatio: number; imageSizeAux: number },
+): { means: tf.Tensor2D; counts: number[] } {
+  if (maps.length === 0) throw new Error('batchRoiMeans: needs at least one feature map');
+  const [B, H, W] = maps[0]!.shape;
+  const C = maps.reduce((a, st) => a + st.shape[3], 0);
+  if (boxesPerImage.length !== B) throw new Error(`RoI means: ${boxesPerImage.length} box lists for a batch of ${B} images`);
+  if (H !== W) throw new Error(`RoI means: the concat map must be square (one spatial scale), got ${H}x${W}`);
+  const opts: RoiAlignOptions = { outputSize: o.outputSize, spatialScale: H / o.imageSizeAux, samplingRatio: o.samplingRatio };
+  const weights = boxesPerImage.map((b, i) => {
+    const w = roiMeanWeights(boxesToFloat32(b, `RoI means, image ${i}`), H, W, opts);
+    if (w.K === 0) throw new Error(`RoI means: image ${i} has no box (apply the dummy-box rule, boxesWithDummy)`);
+    return w;
+  });
+  const counts = weights.map((w) => w.K);
+  const kMax = Math.max(...counts);
+  return tf.tidy(() => {
+    const perMap = maps.map((st) => {
+      const [b, h, w, c] = st.shape;
+      if (b !== B) throw new Error(`RoI means: the maps disagree on the batch size (${b} vs ${B})`);
+      const outer = new Float32Array(B * kMax * h * w); // [B, Kmax, h*w]
+      weights.forEach((wt, i) => roiMeanOuter(pullBack(wt, H, W, h, w), h, w, outer, h * w, i * kMax, 0));
+      return tf.matMul(tf.tensor3d(outer, [B, kMax, h * w]), st.reshape([B, h * w, c])); // [B, Kmax, c]
+    });
+    const all = (perMap.length === 1 ? perMap[0]! : tf.concat(perMap, 2)).reshape([B * kMax, C]); // [B*Kmax, C]
+    if (counts.every((k) => k === kMax)) return { means: all as tf.Tensor2D, counts };
+    const rows = counts.flatMap((k, i) => Array.from({ length: k }, (_, j) => i * kMax + j));
+    return { means: tf.gather(all, tf.tensor1d(rows, 'int32')) as tf.Tensor2D, counts }; // [sum K, C]
+  });
 }
 
 /**

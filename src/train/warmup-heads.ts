@@ -22,8 +22,8 @@ import { Module, type InitContext } from '../nn/module.js';
 import { Linear } from '../nn/linear.js';
 import { ClipVit } from '../model/vision/clip-vit.js';
 import { ConvNext } from '../model/vision/convnext.js';
-import { DEFAULT_OBJECT_FEATURES } from '../model/objects.js';
-import { roiMeanOuter, roiMeanWeights, type RoiAlignOptions } from '../model/roi-align.js';
+import { batchRoiMeans, DEFAULT_OBJECT_FEATURES } from '../model/objects.js';
+
 import type { MGLLaVAConfig } from '../model/mgllava.js';
 import { isEncoderWeight } from './run-dir.js';
 import type { HeadSpec, WarmupBatch } from './warmup-data.js';
@@ -71,7 +71,7 @@ export class WarmupModel extends Module<MGLLaVAConfig> {
   readonly heads: WarmupHeads;
   readonly spec: HeadSpec;
   /** roi_align bins and sampling of the model's object features (objects.output_size / sampling_ratio). */
-  private readonly roi: Omit<RoiAlignOptions, 'spatialScale'>;
+  private readonly roi: { outputSize: number; samplingRatio: number };
 
   constructor(config: MGLLaVAConfig, spec: HeadSpec, ctx: InitContext) {
     super(config);
@@ -146,26 +146,9 @@ export class WarmupModel extends Module<MGLLaVAConfig> {
     return { presenceVit: vit, presenceAux: aux, box: list.slice(i) as tf.Tensor2D[] };
   }
 
-  /**
-   * RoI means of every image's boxes on the concat map [B,H,W,C] -> [sum K_b, C], images in order. One
-   * batched matmul [B,Kmax,H*W] x [B,H*W,C] with each image's outer-product weights (zero rows past K_b,
-   * dropped). Differentiable w.r.t. the map.
-   */
+  /** RoI means of every image's boxes on the concat map [B,H,W,C] -> [sum K_b, C], images in order (the model's own). */
   roiMeans(concat: tf.Tensor4D, boxes: readonly Float32Array[]): tf.Tensor2D {
-    const [B, H, W, C] = concat.shape;
-    if (H !== W) throw new Error(`warm-up: the concat map must be square (one spatial scale), got ${H}x${W}`);
-    // Spatial scale: map size / aux image size, as ObjectFeatures.roiOptions.
-    const opts: RoiAlignOptions = { ...this.roi, spatialScale: H / this.visionAux.config.imageSize };
-    const weights = boxes.map((bx) => roiMeanWeights(bx, H, W, opts));
-    const counts = weights.map((w) => w.K);
-    const kMax = Math.max(...counts);
-    const outer = new Float32Array(B * kMax * H * W); // [B, Kmax, H*W]
-    weights.forEach((w, i) => roiMeanOuter(w, H, W, outer, H * W, i * kMax, 0));
-    const rows = counts.flatMap((k, i) => Array.from({ length: k }, (_, j) => i * kMax + j));
-    return tf.tidy(() => {
-      const all = tf.matMul(tf.tensor3d(outer, [B, kMax, H * W]), concat.reshape([B, H * W, C])).reshape([B * kMax, C]); // [B*Kmax, C]
-      return (rows.length === B * kMax ? all : tf.gather(all, tf.tensor1d(rows, 'int32'))) as tf.Tensor2D; // [sum K, C]
-    });
+    return batchRoiMeans([concat], [...boxes], { ...this.roi, imageSizeAux: this.visionAux.config.imageSize }).means;
   }
 
   /**
