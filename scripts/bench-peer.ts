@@ -7,9 +7,11 @@
  *   npx tsx scripts/bench-peer.ts [--runs 3] [--threads 1,2] [--json] [--backend wasm]
  *                                 [--python /usr/bin/python3] [--peer-dir ../shared/torch-reference]
  *
- * --threads: ours once per listed thread count in every round (MGLLAVA_WASM_THREADS; 1 = the stock
- * single-threaded wasm build; the peer always uses 2 threads). Default 1,2. Each round runs the
- * peer and every variant of ours in a rotating order.
+ * --threads: ours once per listed thread count in every round: the threads of the native matmul
+ * addon (MGLLAVA_NATIVE_THREADS; the rest of the step runs single-threaded in wasm), or, with
+ * MGLLAVA_NATIVE=off, of the threaded wasm build (MGLLAVA_WASM_THREADS; 1 = the stock build). The
+ * peer always uses 2 threads. Default 1,2. Each round runs the peer and every variant of ours in a
+ * rotating order.
  *
  * Without python3 or torch the peer is skipped with a message and only our numbers are printed.
  */
@@ -89,15 +91,19 @@ type PerMode = Record<Mode, number>;
 
 interface Round {
   /** ours[v]: the variant with a.threads[v] threads. */
-  ours: { ms: PerMode; rssMB: number; phases: unknown }[];
+  ours: { ms: PerMode; rssMB: number; phases: unknown; matmul: string }[];
   peer: { ms: PerMode; phases: unknown } | null;
 }
 
 function runOurs(a: Args, threads: number): Round['ours'][number] {
   const args = [path.join(ROOT, 'bin/mgllava.js'), 'bench', 'step', '--json'];
   if (a.backend) args.push('--backend', a.backend);
-  const r = runJson(`mgllava bench step --json (${threads} thread(s))`, process.execPath, args, ROOT, { ...process.env, MGLLAVA_WASM_THREADS: String(threads) });
-  return { ms: { pretrain: Number(r.pretrainMs), sft: Number(r.sftMs) }, rssMB: Number(r.rssMB), phases: r.phases };
+  const nativeOff = ['off', '0', 'false'].includes((process.env.MGLLAVA_NATIVE ?? '').trim().toLowerCase());
+  const env = nativeOff
+    ? { ...process.env, MGLLAVA_WASM_THREADS: String(threads) }
+    : { ...process.env, MGLLAVA_NATIVE_THREADS: String(threads), MGLLAVA_WASM_THREADS: '1' };
+  const r = runJson(`mgllava bench step --json (${threads} thread(s))`, process.execPath, args, ROOT, env);
+  return { ms: { pretrain: Number(r.pretrainMs), sft: Number(r.sftMs) }, rssMB: Number(r.rssMB), phases: r.phases, matmul: String(r.matmul) };
 }
 
 function runPeer(a: Args): NonNullable<Round['peer']> {
@@ -141,12 +147,14 @@ function main(): void {
   const peakRssMB = Math.max(...rounds.flatMap((r) => r.ours.map((o) => o.rssMB)));
   if (a.json) {
     const phases = rounds.map((r) => ({ ours: r.ours.map((o) => o.phases), peer: r.peer?.phases ?? null }));
-    process.stdout.write(`${JSON.stringify({ backend: a.backend ?? 'wasm', machine, runs: a.runs, peer: skip ? { skipped: skip } : 'timing_ref.py', peerMs, variants, peakRssMB, phases })}\n`);
+    const matmul = rounds[0]?.ours.map((o) => o.matmul) ?? [];
+    process.stdout.write(`${JSON.stringify({ backend: a.backend ?? 'wasm', matmul, machine, runs: a.runs, peer: skip ? { skipped: skip } : 'timing_ref.py', peerMs, variants, peakRssMB, phases })}\n`);
     return;
   }
   const label = (t: number) => `${t}t`;
+  const matmuls = [...new Set(rounds.flatMap((r) => r.ours.map((o) => o.matmul)))].join(', ');
   const out = [
-    `tiny-e2e training step: ours (${a.backend ?? 'wasm'}; ${a.threads.map((t) => `${t} thread${t === 1 ? '' : 's'}`).join(', ')}) vs PyTorch (timing_ref.py, 2 threads)`,
+    `tiny-e2e training step: ours (${a.backend ?? 'wasm'}, matmul ${matmuls}) vs PyTorch (timing_ref.py, 2 threads)`,
     `${a.runs} rounds in rotating order on ${machine}; ms per step (median of 10 steps after 3 warm-up); ratio = ours / PyTorch of the same round`,
   ];
   for (const m of MODES) {

@@ -11,7 +11,7 @@ import { loadTokenizer } from '../src/data/tokenizer.js';
 import { ByteTokenizer } from '../src/data/tokenizers/byte.js';
 import { getTemplate } from '../src/data/templates.js';
 import { findBoxEntry } from '../src/infer/box-entry.js';
-import { ChatSession } from '../src/infer/chat.js';
+import { ChatLengthError, ChatSession } from '../src/infer/chat.js';
 import { disposeVisual, loadImageInput, visualTokensFor } from '../src/infer/visual.js';
 import { MGLLaVA } from '../src/model/mgllava.js';
 import { Rng } from '../src/util/rng.js';
@@ -51,6 +51,25 @@ describe('ChatSession', () => {
     ac.abort();
     expect((await sys.ask('hi', { signal: ac.signal })).finish).toBe('aborted');
     expect(sys.turns).toEqual([]);
+    disposeVisual(visual!);
+  });
+
+  it('refuses a turn that would outgrow the trained context (image and object tokens counted), history kept', async () => {
+    const [visual] = visualTokensFor(model, [randomImage(3)]);
+    const template = getTemplate('vicuna');
+    const probe = new ChatSession({ model, tokenizer: tok, template, visual: visual!, maxNewTokens: 2 });
+    const ids = probe.promptIds('hi');
+    const extra = visual!.image.shape[0] + (visual!.objects?.shape[0] ?? 0) - 1;
+    expect(probe.positions(ids)).toBe(ids.length + extra);
+    const need = ids.length + extra + 2;
+    const fits = new ChatSession({ model, tokenizer: tok, template, visual: visual!, maxNewTokens: 2, maxLength: need });
+    expect((await fits.ask('hi')).ids.length).toBeGreaterThan(0);
+    // The second turn carries the first one: it no longer fits, and the refusal changes nothing.
+    await expect(fits.ask('hi')).rejects.toThrow(ChatLengthError);
+    await expect(fits.ask('hi')).rejects.toThrow(/data\.max_length/);
+    expect(fits.turns.length).toBe(1);
+    const tight = new ChatSession({ model, tokenizer: tok, template, visual: visual!, maxNewTokens: 2, maxLength: need - 1 });
+    await expect(tight.ask('hi')).rejects.toThrow(new RegExp(`needs ${ids.length + extra} prompt positions \\+ 2 new tokens, more than the ${need - 1}`));
     disposeVisual(visual!);
   });
 

@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PACK_KERNELS, wasmKernelPackRegistered } from '../src/backend/kernels/index.js';
 import { broadcastBatchIndex } from '../src/backend/kernels/matmul.js';
+import { nativeStatus, setNativeActive } from '../src/backend/native.js';
 import { expectSameOnCpu, rand } from './kernels-compare.js';
 
 const onWasm = process.env.MGLLAVA_BACKEND == null || process.env.MGLLAVA_BACKEND === 'wasm';
@@ -17,7 +18,18 @@ function operands(batchA: number[], batchB: number[], M: number, K: number, N: n
   return [rand([...batchA, ...(tA ? [K, M] : [M, K])], 11), rand([...batchB, ...(tB ? [N, K] : [K, N])], 23)];
 }
 
-describe.runIf(onWasm)('wasm kernel pack: BatchMatMul', () => {
+// Every case runs on both product paths: the native addon (when active; CI requires it) and XNNPACK.
+const PATHS = onWasm ? (nativeStatus().active ? ['native', 'xnnpack'] : ['xnnpack']) : [];
+
+describe.each(PATHS)('wasm kernel pack: BatchMatMul on %s', (path) => {
+  let wasNative = false;
+  beforeAll(() => {
+    wasNative = setNativeActive(path === 'native');
+  });
+  afterAll(() => {
+    setNativeActive(wasNative);
+  });
+
   it('is the registered wasm kernel', () => {
     expect(wasmKernelPackRegistered()).toBe(true);
     expect(tf.getKernel(tf.BatchMatMul, 'wasm')?.kernelFunc).toBe(PACK_KERNELS[tf.BatchMatMul]);

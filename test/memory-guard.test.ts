@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, describe, expect, it } from 'vitest';
+import { nativeStatus, setNativeActive } from '../src/backend/native.js';
 import {
   DEFAULT_CEILING_BYTES,
   MemoryCeilingError,
@@ -80,16 +81,30 @@ describe.runIf(onWasm)('wasm memory guard', () => {
     expect(tf.memory().numTensors).toBe(numTensors);
   });
 
-  it('names the kernel, and a refused kernel frees its temporaries', () => {
+  it('names the kernel, and a refused kernel frees its temporaries (both product paths)', () => {
     const a = tf.randomNormal([256, 256]);
     const b = tf.randomNormal([256, 256]);
     const start = wasmBytesInUse()!;
     const numTensors = tf.memory().numTensors;
-    setMemoryCeiling(start + 300 * 1024); // room for one 256 KiB temporary, not for two
-    expect(() => tf.matMul(a, b, true, true)).toThrow(/in kernel BatchMatMul/);
-    expect(wasmBytesInUse()).toBe(start);
+    const wasNative = nativeStatus().active;
+    try {
+      // XNNPACK: room for one 256 KiB transposed operand, not for the second one nor the output.
+      setNativeActive(false);
+      setMemoryCeiling(start + 300 * 1024);
+      expect(() => tf.matMul(a, b, true, true)).toThrow(/in kernel BatchMatMul/);
+      expect(wasmBytesInUse()).toBe(start);
+      if (wasNative) {
+        // Native: no temporaries on the heap; the 256 KiB output alone is refused.
+        setNativeActive(true);
+        setMemoryCeiling(start + 200 * 1024);
+        expect(() => tf.matMul(a, b, true, true)).toThrow(/in kernel BatchMatMul/);
+        expect(wasmBytesInUse()).toBe(start);
+      }
+    } finally {
+      setNativeActive(wasNative);
+      setMemoryCeiling(null);
+    }
     expect(tf.memory().numTensors).toBe(numTensors);
-    setMemoryCeiling(null);
     tf.dispose([a, b]);
   });
 
@@ -102,7 +117,13 @@ describe.runIf(onWasm)('wasm memory guard', () => {
     const a = tf.ones([8, 64]);
     const w = tf.ones([64, 128]);
     const start = wasmBytesInUse()!;
-    const y = tf.matMul(a, w);
+    const wasNative = setNativeActive(false); // the native path packs outside the heap, per call
+    let y: tf.Tensor;
+    try {
+      y = tf.matMul(a, w);
+    } finally {
+      setNativeActive(wasNative);
+    }
     const withPacked = wasmBytesInUse()! - start;
     expect(withPacked).toBeGreaterThan(8 * 128 * 4 + 64 * 128 * 4); // output + packed weights
     w.dispose();

@@ -31,6 +31,23 @@ function batch() {
 }
 
 describe('MGLLaVA composition', () => {
+  it('draws no random init for parts a pretrained directory will overwrite', () => {
+    const plain = new MGLLaVA(tinyConfig('full'), { rng: new Rng(3) });
+    const pre = new MGLLaVA(tinyConfig('full'), { rng: new Rng(3), pretrained: { llm: true } });
+    const a = plain.weightMap();
+    for (const [name, v] of pre.weightMap()) {
+      if (name.startsWith('llm.')) {
+        expect(tf.max(tf.abs(v)).dataSync()[0], name).toBe(0);
+      } else {
+        // The LLM is built last: the other parts see the same random stream as without the flag.
+        expect(Array.from(v.dataSync()), name).toEqual(Array.from(a.get(name)!.dataSync()));
+      }
+    }
+    expect([...a.keys()].filter((n) => n.startsWith('llm.')).some((n) => tf.max(tf.abs(a.get(n)!)).dataSync()[0]! > 0)).toBe(true);
+    plain.dispose();
+    pre.dispose();
+  });
+
   it('names weights as the reference checkpoint and picks the stage trainable sets', () => {
     const m = new MGLLaVA(tinyConfig('full'), { rng: new Rng(1) });
     const names = [...m.weightMap().keys()];

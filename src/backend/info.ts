@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { currentBackend, type BackendChoice } from './select.js';
 import { memoryCeilingBytes } from './memory.js';
 import { wasmKernelPackRegistered } from './kernels/index.js';
+import { nativeStatus, type NativeStatus } from './native.js';
 
 const require = createRequire(import.meta.url);
 
@@ -24,6 +25,8 @@ export interface RuntimeInfo {
   gpu: boolean;
   tfjsNodeGpu: { installed: boolean; version: string | null; cudaFound: boolean | null; note: string };
   wasm: { threads: number | null; kernelPack: boolean; simd: boolean | null };
+  /** The native matmul addon the wasm kernel pack uses for BatchMatMul (native.ts). */
+  native: NativeStatus;
   /** Bytes the memory guard allows live tensors to take on this backend (null: no ceiling enforced). */
   memoryCeilingBytes: number | null;
 }
@@ -73,6 +76,7 @@ export function runtimeInfo(): RuntimeInfo {
     gpu: cudaFound === true,
     tfjsNodeGpu: { installed: gpuVersion != null, version: gpuVersion, cudaFound, note },
     wasm: { threads, kernelPack: choice.name === 'wasm' && wasmKernelPackRegistered(), simd },
+    native: nativeStatus(),
     memoryCeilingBytes: memoryCeilingBytes(),
   };
 }

@@ -9,6 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { registerWasmKernelPack } from './kernels/index.js';
 import { registerThreadedWasm, wasmThreadsFromEnv } from './kernels/threads.js';
 import { installMemoryGuard } from './memory.js';
+import { configureNative, nativeStatus } from './native.js';
 
 export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
@@ -87,7 +88,7 @@ async function loadWasm(): Promise<{ ok: boolean; detail: string }> {
   }
 }
 
-async function activate(name: BackendName): Promise<{ ok: boolean; detail: string }> {
+async function activate(name: BackendName, env: NodeJS.ProcessEnv): Promise<{ ok: boolean; detail: string }> {
   const loaded =
     name === 'tensorflow' ? await loadTensorflow() : name === 'wasm' ? await loadWasm() : { ok: true, detail: '@tensorflow/tfjs' };
   if (!loaded.ok) return loaded;
@@ -107,6 +108,12 @@ async function activate(name: BackendName): Promise<{ ok: boolean; detail: strin
       installMemoryGuard();
     } catch (e) {
       throw new BackendError(`wasm memory guard: ${firstLine(e)}`); // e.g. a malformed MGLLAVA_WASM_CEILING_MB
+    }
+    try {
+      const native = configureNative(env);
+      return { ok: true, detail: `${loaded.detail}; ${native.detail}` };
+    } catch (e) {
+      throw new BackendError(firstLine(e)); // MGLLAVA_NATIVE=on without a usable addon, or a malformed variable
     }
   }
   return loaded;
@@ -143,7 +150,7 @@ async function doSelect(requested: string | null | undefined, env: NodeJS.Proces
   const attempts: BackendAttempt[] = [];
   const candidates: BackendName[] = explicit ? [explicit] : [...BACKEND_NAMES];
   for (const name of candidates) {
-    const r = await activate(name);
+    const r = await activate(name, env);
     attempts.push({ name, ok: r.ok, detail: r.detail });
     if (!r.ok) continue;
     const skipped = attempts.filter((a) => !a.ok).map((a) => `${a.name} unavailable (${a.detail})`);
@@ -176,4 +183,10 @@ async function doSelect(requested: string | null | undefined, env: NodeJS.Proces
 function firstLine(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
   return msg.split('\n')[0]!.slice(0, 300);
+}
+
+/** One line for run logs: the backend, why, and on wasm where matrix products run. */
+export function describeBackend(choice: BackendChoice): string {
+  const matmul = choice.name === 'wasm' ? `; matmul: ${nativeStatus().detail}` : '';
+  return `backend: ${choice.name} (${choice.reason})${matmul}`;
 }

@@ -15,6 +15,7 @@ import { AdamW, clipByGlobalNorm } from '../train/adamw.js';
 import { Rng } from '../util/rng.js';
 import { resizeBilinearHalfPixel } from '../nn/resize.js';
 import { medianProfile, profileKernels, type KernelProfile, type ProfileOptions } from './profile.js';
+import { nativeStatus } from '../backend/native.js';
 import { wasmThreads } from '../backend/kernels/threads.js';
 
 export const TINY_E2E: MGLLaVAConfig = {
@@ -160,6 +161,8 @@ export interface StepBenchResult {
   backend: string;
   /** Threads of the wasm backend (1: the stock single-threaded build; MGLLAVA_WASM_THREADS). */
   threads: number;
+  /** Where BatchMatMul ran: 'native avx512 x2' (native.ts) or 'xnnpack'. */
+  matmul: string;
   pretrainMs: number;
   sftMs: number;
   rssMB: number;
@@ -182,6 +185,7 @@ export function runStepBench(warmup = 3, steps = 10): StepBenchResult {
   return {
     backend: tf.getBackend(),
     threads: tf.getBackend() === 'wasm' ? Math.max(1, wasmThreads()) : 0,
+    matmul: matmulLabel(),
     pretrainMs: round(pretrain.medianMs),
     sftMs: round(sft.medianMs),
     rssMB: Math.round(process.resourceUsage().maxRSS / 1024),
@@ -189,6 +193,12 @@ export function runStepBench(warmup = 3, steps = 10): StepBenchResult {
     phases: { pretrain: roundPhases(pretrain.phases), sft: roundPhases(sft.phases) },
     detail: { pretrain, sft },
   };
+}
+
+function matmulLabel(): string {
+  if (tf.getBackend() !== 'wasm') return tf.getBackend();
+  const n = nativeStatus();
+  return n.active ? `native ${n.isa} x${n.threads}` : 'xnnpack';
 }
 
 const round = (x: number) => Math.round(x * 10) / 10;

@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { runKernelBench, type BenchResult } from '../backend/kernels/bench.js';
 import { profileStep, runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
 import { formatProfile } from '../bench/profile.js';
+import { nativeStatus } from '../backend/native.js';
 import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
 
 interface BenchArgs extends GlobalArgs {
@@ -58,7 +59,7 @@ async function benchStep(args: BenchArgs): Promise<void> {
 }
 
 function formatStep(r: StepBenchResult): string {
-  const threads = r.backend === 'wasm' ? `, ${r.threads} thread${r.threads === 1 ? '' : 's'}` : '';
+  const threads = r.backend === 'wasm' ? `, ${r.threads} wasm thread${r.threads === 1 ? '' : 's'}, matmul ${r.matmul}` : '';
   const lines = [`tiny-e2e training step on ${r.backend}${threads} (median of the timed steps; batch 4 x 128 positions)`, ''];
   lines.push(`${'mode'.padEnd(9)}${'ms/step'.padStart(9)}${'tokens/s'.padStart(10)}${'encoders'.padStart(10)}${'forward'.padStart(9)}${'backward'.padStart(10)}${'clip+adamw'.padStart(12)}`);
   for (const mode of ['pretrain', 'sft'] as const) {
@@ -88,7 +89,9 @@ const COLS: [string, number][] = [['op', 44], ['stock', 8], ['pack', 8], ['plain
 
 function header(): string {
   const h = COLS.map(([name, w], i) => (i === 0 ? name.padEnd(w) : name.padStart(w))).join(' ');
-  return `${h}\n${'GFLOP/s columns: stock = wasm kernel as shipped (- : absent), pack = kernel pack, plain = reference'}`;
+  const n = nativeStatus();
+  const products = n.active ? `products on the native addon, ${n.isa} x${n.threads}` : 'products on XNNPACK';
+  return `${h}\nGFLOP/s columns: stock = wasm kernel as shipped (- : absent), pack = kernel pack (${products}), plain = reference (plain 2-D XNNPACK matmul of the same FLOPs, or the stock forward conv)`;
 }
 
 function row(r: BenchResult): string {

@@ -12,7 +12,7 @@ import { WeightLoadError } from '../nn/module.js';
 import { ImageError } from '../data/image.js';
 import type { BoxEntry } from '../data/records.js';
 import { getTemplate } from '../data/templates.js';
-import { ChatSession } from '../infer/chat.js';
+import { ChatLengthError, ChatSession } from '../infer/chat.js';
 import { BoxEntryError, findBoxEntry } from '../infer/box-entry.js';
 import type { VisualTokens } from '../infer/generate.js';
 import { disposeVisual, loadImageInput, visualTokensFor } from '../infer/visual.js';
@@ -108,12 +108,18 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
         visual,
         system: args.system,
         maxNewTokens: args['max-new-tokens'],
+        maxLength: run.config.data.max_length,
         temperature: args.temperature,
         topP: args['top-p'],
         rng: new Rng(args.seed),
       });
       if (args.prompt !== undefined) {
-        await session.ask(args.prompt, { onToken: (d) => process.stdout.write(d) });
+        try {
+          await session.ask(args.prompt, { onToken: (d) => process.stdout.write(d) });
+        } catch (e) {
+          if (e instanceof ChatLengthError) throw new UserError(e.message);
+          throw e;
+        }
         process.stdout.write('\n');
       } else {
         process.stderr.write(
@@ -158,9 +164,15 @@ async function repl(session: ChatSession): Promise<void> {
       process.stderr.write(`unknown command ${line.split(/\s/)[0]} (/reset, /exit)\n`);
     } else if (line !== '') {
       answering = new AbortController();
-      const g = await session.ask(line, { onToken: (d) => process.stdout.write(d), signal: answering.signal });
-      answering = null;
-      process.stdout.write(g.finish === 'aborted' ? ' [stopped]\n' : '\n');
+      try {
+        const g = await session.ask(line, { onToken: (d) => process.stdout.write(d), signal: answering.signal });
+        process.stdout.write(g.finish === 'aborted' ? ' [stopped]\n' : '\n');
+      } catch (e) {
+        if (!(e instanceof ChatLengthError)) throw e;
+        process.stderr.write(`${e.message}\n`);
+      } finally {
+        answering = null;
+      }
     }
     prompt();
   }

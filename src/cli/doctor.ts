@@ -32,6 +32,7 @@ function formatInfo(i: RuntimeInfo): string {
   if (i.backend === 'wasm') {
     lines.push(
       `wasm             threads ${i.wasm.threads}, simd ${i.wasm.simd}, kernel pack ${i.wasm.kernelPack ? 'registered' : 'absent'}`,
+      `matmul           ${i.native.detail} (MGLLAVA_NATIVE=${i.native.mode})`,
     );
   }
   lines.push(

@@ -1,6 +1,7 @@
 /** `mgllava pretrain|finetune`: the two training stages (src/train/trainer.ts). */
 import type { Argv, CommandModule } from 'yargs';
 import { MemoryCeilingError } from '../backend/memory.js';
+import { describeBackend } from '../backend/select.js';
 import { ConfigError } from '../config/load.js';
 import { BadDatasetError } from '../data/dataset.js';
 import { WeightLoadError } from '../nn/module.js';
@@ -58,7 +59,7 @@ function trainCommand(stage: Stage, describe: string): CommandModule<GlobalArgs,
         .example(`$0 ${stage} --config configs/tiny-shapes/${stage}.yaml --resume auto`, 'continue after an interruption') as Argv<TrainArgs>,
     handler: async (args) => {
       const backend = await backendFromArgs(args);
-      process.stdout.write(`backend: ${backend.name} (${backend.reason})\n`);
+      process.stdout.write(`${describeBackend(backend)}\n`);
       try {
         await train({
           configFile: args.config,

@@ -1,5 +1,6 @@
 /** `mgllava warmup`: stage 0, the encoder warm-up that stands in for pretrained encoder weights (src/train/warmup.ts). */
 import type { Argv, CommandModule } from 'yargs';
+import { describeBackend } from '../backend/select.js';
 import { ImageError } from '../data/image.js';
 import { TrainError } from '../train/loop.js';
 import { AnnotationError } from '../train/warmup-data.js';
@@ -45,7 +46,7 @@ export const warmupCommand: CommandModule<GlobalArgs, WarmupArgs> = {
       .example('$0 warmup --config configs/tiny-shapes/warmup.yaml', 'warm up the tiny encoders; pretrain.yaml loads them with init.encoders_from') as Argv<WarmupArgs>,
   handler: async (args) => {
     const backend = await backendFromArgs(args);
-    process.stdout.write(`backend: ${backend.name} (${backend.reason})\n`);
+    process.stdout.write(`${describeBackend(backend)}\n`);
     try {
       await warmup({ configFile: args.config, sets: args.set, resume: args.resume ?? null, maxSteps: args['max-steps'] ?? null, progress: args.progress });
     } catch (e) {

@@ -23,6 +23,19 @@ export interface ChatOptions extends SamplingOptions {
   /** System text for the first turn (MG-LLaVA trains without one). */
   system?: string;
   maxNewTokens: number;
+  /**
+   * Positions the model was trained on (the run's data.max_length): a turn whose prompt (image and
+   * object tokens included) plus maxNewTokens would exceed it is refused with a ChatLengthError.
+   */
+  maxLength?: number;
+}
+
+/** A conversation grown past the trained context; the history is unchanged. */
+export class ChatLengthError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ChatLengthError';
+  }
 }
 
 export interface AskOptions {
@@ -53,8 +66,21 @@ export class ChatSession {
     return buildChatPrompt(this.o.template, history, user, { tokenizer: this.o.tokenizer, system: this.o.system });
   }
 
+  /** Sequence positions of a prompt: its ids with the image placeholder replaced by the image and object tokens. */
+  positions(ids: readonly number[]): number {
+    const v = this.o.visual;
+    return ids.length + (v ? v.image.shape[0] + (v.objects?.shape[0] ?? 0) - 1 : 0);
+  }
+
   async ask(userText: string, a: AskOptions = {}): Promise<Generation> {
     const ids = this.promptIds(userText);
+    const max = this.o.maxLength;
+    if (max !== undefined && this.positions(ids) + this.o.maxNewTokens > max) {
+      throw new ChatLengthError(
+        `the conversation needs ${this.positions(ids)} prompt positions + ${this.o.maxNewTokens} new tokens, ` +
+          `more than the ${max} the model was trained on (data.max_length): /reset the history or lower --max-new-tokens`,
+      );
+    }
     const [g] = await generate(this.o.model, [{ ids, visual: this.o.visual }], {
       tokenizer: this.o.tokenizer,
       maxNewTokens: this.o.maxNewTokens,

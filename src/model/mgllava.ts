@@ -89,6 +89,11 @@ export function disposeFrozen(f: FrozenFeatures): void {
   f.roiMeans?.dispose();
 }
 
+/** Init of the whole model; `pretrained` names the parts a pretrained directory will overwrite. */
+export interface MGLLaVAInitContext extends InitContext {
+  pretrained?: { vision?: boolean; visionAux?: boolean; llm?: boolean };
+}
+
 export class MGLLaVA extends Module<MGLLaVAConfig> {
   readonly vision: ClipVit;
   readonly visionAux: ConvNext | null;
@@ -97,7 +102,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
   readonly objects: ObjectFeatures | null;
   readonly llm: LlamaForCausalLM;
 
-  constructor(config: MGLLaVAConfig, ctx: InitContext) {
+  constructor(config: MGLLaVAConfig, ctx: MGLLaVAInitContext) {
     super(config);
     const c = config;
     if ((c.fusion || c.objects) && !c.visionAux) {
@@ -115,8 +120,10 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
         );
       }
     }
-    this.vision = this.addChild('visual_encoder', new ClipVit(c.vision, ctx));
-    this.visionAux = c.visionAux ? this.addChild('visual_encoder_aux', new ConvNext(c.visionAux, ctx)) : null;
+    // Parts about to be overwritten by pretrained weights draw no random numbers (minutes at 7B).
+    const part = (skip: boolean | undefined): InitContext => (skip ? { ...ctx, skipInit: true } : ctx);
+    this.vision = this.addChild('visual_encoder', new ClipVit(c.vision, part(ctx.pretrained?.vision)));
+    this.visionAux = c.visionAux ? this.addChild('visual_encoder_aux', new ConvNext(c.visionAux, part(ctx.pretrained?.visionAux))) : null;
     const d = c.vision.hiddenSize;
     const aux = c.visionAux;
     this.fusion =
@@ -147,7 +154,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     } else {
       this.objects = null;
     }
-    this.llm = this.addChild('llm', new LlamaForCausalLM(c.llm, ctx));
+    this.llm = this.addChild('llm', new LlamaForCausalLM(c.llm, part(ctx.pretrained?.llm)));
     this.vision.setTrainable(false);
     this.visionAux?.setTrainable(false);
   }

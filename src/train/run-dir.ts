@@ -210,7 +210,9 @@ export async function modelConfigOf(config: ExperimentConfig): Promise<MGLLaVACo
 
 /** The model skeleton of a config (random init from Rng(seed), or zeros with skipInit) + pretrained dirs. */
 async function modelWithPretrained(config: ExperimentConfig, skipInit: boolean, log?: (message: string) => void): Promise<MGLLaVA> {
-  const model = new MGLLaVA(await modelConfigOf(config), { rng: new Rng(config.seed), skipInit });
+  const m = config.model;
+  const pretrained = { vision: !!m.vision.pretrained, visionAux: !!m.vision_aux?.pretrained, llm: !!m.llm.pretrained };
+  const model = new MGLLaVA(await modelConfigOf(config), { rng: new Rng(config.seed), skipInit, pretrained });
   try {
     await loadPretrainedFor(model, config.model, log);
   } catch (e) {

@@ -6,7 +6,7 @@
  *
  * | kernel | stock wasm | pack (GFLOP/s from `mgllava bench kernels`, 1 thread) |
  * |---|---|---|
- * | BatchMatMul | XNNPACK (~46) only for plain 2-D; any transpose or batch: scalar loop, 0.6-3.8 | always XNNPACK: SIMD transposes of operand(s) or result, batch folding, per-batch heap views: 35-49 (matmul.ts) |
+ * | BatchMatMul | XNNPACK (~46) only for plain 2-D; any transpose or batch: scalar loop, 0.6-3.8 | the native addon when built (../native.ts; AVX-512 here: 145-260 on 1 thread, 210-350 on 2); else always XNNPACK: SIMD transposes of operand(s) or result, batch folding, per-batch heap views: 35-49 (matmul.ts) |
  * | UnsortedSegmentSum | missing (gather's gradient: embeddings) | SIMD row adds (segment-sum.ts) |
  * | Conv2DBackpropFilter | missing | im2col + XNNPACK matmul, 45 for 1x1 (conv2d-backprop.ts) |
  * | Conv2DBackpropInput | scalar C++ loop, ~4 | XNNPACK matmul + col2im, 40-46 (conv2d-backprop.ts) |

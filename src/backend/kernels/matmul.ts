@@ -1,5 +1,7 @@
 /**
- * BatchMatMul on wasm through XNNPACK only.
+ * BatchMatMul on wasm: on the native addon when it is active (native.ts: AVX-512/AVX2 GEMM reading
+ * the operands in place in the heap, any transpose and batch broadcast handled by its packing),
+ * otherwise through XNNPACK only, as follows.
  *
  * The stock kernel uses XNNPACK (SIMD GEMM) for a plain 2-D product and a scalar C++ loop for
  * everything else (any transpose flag, any batch > 1): 10-40x slower, and every backward pass of a
@@ -20,6 +22,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { BatchMatMulAttrs, KernelFunc, TensorInfo } from '@tensorflow/tfjs';
 import { accountExternal } from '../memory.js';
+import { activeNative, type NativeAddon } from '../native.js';
 import { alias, idOf, offsetOf, withScratch, type Scratch, type WasmBackend, type WasmModule } from './heap.js';
 import { transposeMatrix } from './simd.js';
 import { stockKernel } from './stock.js';
@@ -129,6 +132,8 @@ function product(
   const batchA = tf.util.sizeFromShape(outerA);
   const batchB = tf.util.sizeFromShape(outerB);
   const batchOut = tf.util.sizeFromShape(outerOut);
+  const native = activeNative();
+  if (native) return nativeProduct(s, native, a, b, tA, tB, outerA, outerB, outerOut, M, K, N);
   if ((tA || tB) && preferSwapped(tA, tB, batchA, batchB, batchOut, M, K, N)) {
     // Cᵀ = op(B)ᵀ·op(A)ᵀ: B's stored layout read with the opposite flag, and so for A.
     const ct = direct(s, b, a, !tB, !tA, outerB, outerA, N, K, M);
@@ -158,6 +163,25 @@ function direct(
   const ia = broadcastBatchIndex(outerOut, outerA);
   const ib = broadcastBatchIndex(outerOut, outerB);
   return loopBatches(s, a, b, tA, tB, ia, ib, M, K, N);
+}
+
+/**
+ * op(a)·op(b) on the native addon (native.ts), straight from and into the heap: it packs the
+ * operands itself, so transposes and batch broadcasting cost no extra pass.
+ */
+function nativeProduct(
+  s: Scratch, native: NativeAddon, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean,
+  outerA: number[], outerB: number[], outerOut: number[], M: number, K: number, N: number,
+): TensorInfo {
+  const batch = tf.util.sizeFromShape(outerOut);
+  const out = s.alloc(outerOut.length === 0 ? [M, N] : [batch, M, N]);
+  // Equal batch sizes mean equal batch shapes (a broadcast dim only grows): element i is element i.
+  const ia = tf.util.sizeFromShape(outerA) === batch ? null : broadcastBatchIndex(outerOut, outerA);
+  const ib = tf.util.sizeFromShape(outerB) === batch ? null : broadcastBatchIndex(outerOut, outerB);
+  const be = s.be;
+  // HEAPF32 taken after the allocation above: a heap growth replaces the array.
+  native.gemm(be.wasm.HEAPF32, offsetOf(be, a), offsetOf(be, b), offsetOf(be, out), M, K, N, tA, tB, batch, ia, ib);
+  return out;
 }
 
 /** For each flat index into the broadcast batch `outDims`, the flat index into `inDims` (right-aligned). */
@@ -252,7 +276,7 @@ export function packBatchMatMul(args: Parameters<KernelFunc>[0]): TensorInfo {
   const batchA = tf.util.sizeFromShape(outerA);
   const batchB = tf.util.sizeFromShape(outerB);
 
-  if (!tA && !tB && batchA === 1 && batchB === 1 && packableAs(b, K, N)) {
+  if (!tA && !tB && batchA === 1 && batchB === 1 && !activeNative() && packableAs(b, K, N)) {
     return stockKernel(tf.BatchMatMul)(args) as TensorInfo; // the plain XNNPACK case
   }
   return withScratch(backend, (s) => {
