@@ -20,7 +20,7 @@ import { disposeFrozen, MGLLaVA } from '../src/model/mgllava.js';
 import { readMetrics } from '../src/train/metrics.js';
 import { buildModel, listCheckpoints, loadRunModel, modelConfigOf } from '../src/train/run-dir.js';
 import { train } from '../src/train/trainer.js';
-import { boxesToAux, headSpec, readAnnotations } from '../src/train/warmup-data.js';
+import { boxesToAux, headSpec, presenceTargets, readAnnotations, type HeadSpec, type WarmupBatch } from '../src/train/warmup-data.js';
 import { WarmupModel } from '../src/train/warmup-heads.js';
 import { HEADS_FILE, warmup, type WarmupOptions } from '../src/train/warmup.js';
 import { Rng } from '../src/util/rng.js';
@@ -274,6 +274,28 @@ describe('encoder warm-up (stage 0)', () => {
       wm.dispose();
     }
     expect(tf.memory().numTensors).toBe(before);
+  });
+
+  it('presence targets: per cell the objects covering a quarter of it or centred in it; per image the same everywhere', () => {
+    const spec = (at: 'cell' | 'image'): HeadSpec => ({ box: [], presence: [{ attr: 'shape', classes: ['a', 'b', 'c'], offset: 0 }], presenceSize: 3, presenceAt: at });
+    // aux 128 px, grid 4: 32 px cells. Box 0 (class a): 4x4 px at (5,5) -> its own cell only. Box 1 (class c):
+    // (20,20)-(60,60), centre in cell (1,1); covers 28x12 = 336 >= 256 px of cells (1,0) and (0,1), 144 of (0,0).
+    const batch = {
+      size: 1, auxSize: 128,
+      boxes: [Float32Array.from([5, 5, 9, 9, 20, 20, 60, 60])],
+      presentPerBox: [Float32Array.from([1, 0, 0, 0, 0, 1])],
+      present: Float32Array.from([1, 0, 1]),
+    } as unknown as WarmupBatch;
+    const z = presenceTargets(batch, spec('cell'), 4);
+    const at = (gx: number, gy: number) => Array.from(z.subarray((gy * 4 + gx) * 3, (gy * 4 + gx + 1) * 3));
+    expect(at(0, 0)).toEqual([1, 0, 0]);
+    expect(at(1, 1)).toEqual([0, 0, 1]);
+    expect(at(1, 0)).toEqual([0, 0, 1]);
+    expect(at(0, 1)).toEqual([0, 0, 1]);
+    expect(at(2, 2)).toEqual([0, 0, 0]);
+    expect(z.reduce((a, v) => a + v, 0)).toBe(4);
+    const img = presenceTargets(batch, spec('image'), 4);
+    for (let m = 0; m < 16; m++) expect(Array.from(img.subarray(m * 3, m * 3 + 3))).toEqual([1, 0, 1]);
   });
 
   it('annotation boxes map into the aux frame like the box pipeline, and land on their objects', async () => {

@@ -172,8 +172,14 @@ export const warmupSchema = z
     eval_images: posInt.default(400),
     /** Attributes classified per box from its RoI mean of the ConvNeXt concat map. */
     box_heads: z.array(z.string().min(1)).default(['color', 'shape', 'size']),
-    /** Attributes classified as "present in the image" (multi-label) on every ConvNeXt last-map cell and every ViT token. */
+    /** Attributes classified as "present" (multi-label) on every ConvNeXt last-map cell and every ViT token. */
     presence_heads: z.array(z.string().min(1)).default(['color', 'shape']),
+    /**
+     * Where presence is judged: `image` = anywhere in the image (the same targets at every cell); `cell` =
+     * the objects in that cell's part of the image (covering >= 1/4 of the cell, or centred in it), so every
+     * token learns what is where (README "Ablation" has the measured trade-off).
+     */
+    presence_at: z.enum(['image', 'cell']).default('image'),
     box_weight: z.number().min(0).default(1),
     presence_weight: z.number().min(0).default(1),
   })

@@ -114,6 +114,8 @@ export interface HeadSpec {
   presence: { attr: string; classes: string[]; offset: number }[];
   /** Total presence labels. */
   presenceSize: number;
+  /** Presence targets per cell (the objects there) or per image (the same at every cell); warmup.presence_at. */
+  presenceAt: 'cell' | 'image';
 }
 
 export function headSpec(w: WarmupSection, a: Annotations): HeadSpec {
@@ -132,7 +134,7 @@ export function headSpec(w: WarmupSection, a: Annotations): HeadSpec {
     offset += classes.length;
     return h;
   });
-  return { box, presence, presenceSize: offset };
+  return { box, presence, presenceSize: offset, presenceAt: w.presence_at };
 }
 
 /**
@@ -158,6 +160,8 @@ export interface WarmupSample {
   boxLabels: Int32Array;
   /** [P] multi-hot over the presence classes. */
   present: Float32Array;
+  /** [K*P]: box k's object's presence classes, multi-hot at k*P. */
+  presentPerBox: Float32Array;
   /** Per box its `size` attribute (accuracy breakdown); empty when the annotations have none. */
   boxGroups: string[];
 }
@@ -178,6 +182,8 @@ export interface WarmupBatch {
   boxLabels: Int32Array[];
   /** [B, P] */
   present: Float32Array;
+  /** Per image [K_b*P] (WarmupSample.presentPerBox). */
+  presentPerBox: Float32Array[];
   /** sum K_b */
   numBoxes: number;
   /** [sum K_b] or [] (WarmupSample.boxGroups). */
@@ -215,10 +221,13 @@ export class WarmupImages implements SampleSource<WarmupSample> {
     const H = this.spec.box.length;
     const boxLabels = new Int32Array(kept.length * H);
     kept.forEach((obj, k) => this.spec.box.forEach((h, j) => (boxLabels[k * H + j] = h.classes.indexOf(a.values[obj]![h.attr]!))));
-    const present = new Float32Array(this.spec.presenceSize);
+    const P = this.spec.presenceSize;
+    const present = new Float32Array(P);
     for (const v of a.values) for (const h of this.spec.presence) present[h.offset + h.classes.indexOf(v[h.attr]!)] = 1;
+    const presentPerBox = new Float32Array(kept.length * P);
+    kept.forEach((obj, k) => this.spec.presence.forEach((h) => (presentPerBox[k * P + h.offset + h.classes.indexOf(a.values[obj]![h.attr]!)] = 1)));
     const boxGroups = GROUP_ATTR in this.annotationsAttributes ? kept.map((obj) => a.values[obj]![GROUP_ATTR]!) : [];
-    return { index, id: a.id, aux: img.aux, lowres: img.lowres, boxes: Float32Array.from(boxes.flat()), boxLabels, present, boxGroups };
+    return { index, id: a.id, aux: img.aux, lowres: img.lowres, boxes: Float32Array.from(boxes.flat()), boxLabels, present, presentPerBox, boxGroups };
   }
 }
 
@@ -242,7 +251,42 @@ export function collateWarmup(samples: readonly WarmupSample[], spec: HeadSpec, 
     for (let k = 0; k < K; k++, row++) for (let h = 0; h < H; h++) boxLabels[h]![row] = s.boxLabels[k * H + h]!;
   });
   const boxGroups = samples.flatMap((s) => s.boxGroups);
-  return { ids: samples.map((s) => s.id), size: B, auxSize, lowresSize, aux, lowres, boxes: samples.map((s) => s.boxes), boxLabels, present, numBoxes, boxGroups };
+  return { ids: samples.map((s) => s.id), size: B, auxSize, lowresSize, aux, lowres, boxes: samples.map((s) => s.boxes), boxLabels, present, presentPerBox: samples.map((s) => s.presentPerBox), numBoxes, boxGroups };
+}
+
+/**
+ * Presence targets of a batch on a square grid of `grid` x `grid` cells over the (square) image: [B, grid², P].
+ * `image`: the image's classes at every cell. `cell`: a cell holds the objects whose box covers at least a
+ * quarter of it or whose centre lies in it (a 2-3 px object counts in its own cell only).
+ */
+export function presenceTargets(b: WarmupBatch, spec: HeadSpec, grid: number): Float32Array {
+  const P = spec.presenceSize;
+  const M = grid * grid;
+  const out = new Float32Array(b.size * M * P);
+  const cell = b.auxSize / grid; // boxes are in aux pixels
+  for (let i = 0; i < b.size; i++) {
+    if (spec.presenceAt === 'image') {
+      for (let m = 0; m < M; m++) out.set(b.present.subarray(i * P, (i + 1) * P), (i * M + m) * P);
+      continue;
+    }
+    const boxes = b.boxes[i]!;
+    const classes = b.presentPerBox[i]!;
+    for (let k = 0; k < boxes.length / 4; k++) {
+      const [x0, y0, x1, y1] = [boxes[4 * k]!, boxes[4 * k + 1]!, boxes[4 * k + 2]!, boxes[4 * k + 3]!];
+      const cx = Math.min(grid - 1, Math.floor((x0 + x1) / 2 / cell));
+      const cy = Math.min(grid - 1, Math.floor((y0 + y1) / 2 / cell));
+      for (let gy = 0; gy < grid; gy++) {
+        for (let gx = 0; gx < grid; gx++) {
+          const w = Math.max(0, Math.min(x1, (gx + 1) * cell) - Math.max(x0, gx * cell));
+          const h = Math.max(0, Math.min(y1, (gy + 1) * cell) - Math.max(y0, gy * cell));
+          if (!((gx === cx && gy === cy) || w * h >= (cell * cell) / 4)) continue;
+          const at = (i * M + gy * grid + gx) * P;
+          for (let p = 0; p < P; p++) if (classes[k * P + p]! > 0) out[at + p] = 1;
+        }
+      }
+    }
+  }
+  return out;
 }
 
 export interface WarmupData {

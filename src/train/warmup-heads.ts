@@ -26,7 +26,7 @@ import { batchRoiMeans, DEFAULT_OBJECT_FEATURES } from '../model/objects.js';
 
 import type { MGLLaVAConfig } from '../model/mgllava.js';
 import { isEncoderWeight } from './run-dir.js';
-import type { HeadSpec, WarmupBatch } from './warmup-data.js';
+import { presenceTargets, type HeadSpec, type WarmupBatch } from './warmup-data.js';
 
 export const HEADS_PREFIX = 'warmup_heads.';
 
@@ -170,7 +170,7 @@ export class WarmupModel extends Module<MGLLaVAConfig> {
       for (const [name, logits] of [['present_aux', out.presenceAux], ['present_vit', out.presenceVit]] as const) {
         if (!logits) continue;
         const [, M, P] = logits.shape;
-        const targets = tf.tensor3d(b.present, [b.size, 1, P]); // [B,1,P], the same at every cell/token
+        const targets = tf.tensor3d(presenceTargets(b, this.spec, gridOf(M)), [b.size, M, P]); // [B,M,P]
         const part = bceWithLogitsSum(logits, targets).div(norm.images * M * P);
         parts.set(name, tf.keep(part as tf.Scalar));
         terms.push(tf.mul(part, w.presence));
@@ -229,29 +229,31 @@ export function tallyBatch(model: WarmupModel, b: WarmupBatch, into: Tally): voi
       if (!logits) continue;
       const [B, M, P] = logits.shape;
       const x = logits.dataSync();
+      const z = presenceTargets(b, model.spec, gridOf(M)); // [B,M,P]
       for (const h of model.spec.presence) {
-        let ok = 0;
-        for (let i = 0; i < B; i++) {
-          for (let m = 0; m < M; m++) {
-            for (let c = 0; c < h.classes.length; c++) {
-              const p = h.offset + c;
-              if (x[(i * M + m) * P + p]! > 0 === b.present[i * P + p]! > 0.5) ok++;
-            }
+        for (let c = 0; c < h.classes.length; c++) {
+          const p = h.offset + c;
+          let ok = 0;
+          let present = 0;
+          for (let i = 0; i < B * M; i++) {
+            const truth = z[i * P + p]! > 0.5;
+            if (x[i * P + p]! > 0 === truth) ok++;
+            if (truth) present++;
           }
+          count(into, `present_${path}_${h.attr}`, ok, B * M);
+          // What a head that ignores the image reaches: per class, the majority answer over these cells.
+          count(into, `present_rate_${path}_${h.attr}.${h.classes[c]}`, present, B * M);
         }
-        count(into, `present_${path}_${h.attr}`, ok, B * M * h.classes.length);
-      }
-    }
-    // What a head that ignores the image reaches: per class, the majority answer over these images.
-    for (const h of model.spec.presence) {
-      const P = model.spec.presenceSize;
-      for (let c = 0; c < h.classes.length; c++) {
-        let present = 0;
-        for (let i = 0; i < b.size; i++) present += b.present[i * P + h.offset + c]! > 0.5 ? 1 : 0;
-        count(into, `present_rate_${h.attr}.${h.classes[c]}`, present, b.size);
       }
     }
   } finally {
     tf.dispose([...out.box, ...(out.presenceAux ? [out.presenceAux] : []), ...(out.presenceVit ? [out.presenceVit] : [])]);
   }
+}
+
+/** The side of a square grid of M cells (presence heads run on square maps: ViT patches, ConvNeXt's last map). */
+function gridOf(M: number): number {
+  const g = Math.round(Math.sqrt(M));
+  if (g * g !== M) throw new Error(`warm-up presence: ${M} cells do not form a square grid`);
+  return g;
 }

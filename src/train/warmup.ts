@@ -135,13 +135,12 @@ export async function evaluateWarmup(model: WarmupModel, data: WarmupData): Prom
   }
   const accuracy: Record<string, number> = {};
   for (const [k, c] of tally) if (!k.startsWith('present_rate_')) accuracy[k] = c.correct / c.total;
-  // The presence baseline: always answering each class's majority (present / absent) over these images.
-  for (const h of data.spec.presence) {
-    const per = h.classes.map((c) => {
-      const r = tally.get(`present_rate_${h.attr}.${c}`)!;
-      return Math.max(r.correct, r.total - r.correct) / r.total;
-    });
-    accuracy[`present_baseline_${h.attr}`] = per.reduce((a, b) => a + b, 0) / per.length;
+  // The presence baseline: always answering each class's majority (present / absent) over these cells.
+  for (const path of ['aux', 'vit']) {
+    for (const h of data.spec.presence) {
+      const per = h.classes.map((c) => tally.get(`present_rate_${path}_${h.attr}.${c}`)).filter((r) => r !== undefined);
+      if (per.length) accuracy[`present_baseline_${path}_${h.attr}`] = per.reduce((a, r) => a + Math.max(r.correct, r.total - r.correct) / r.total, 0) / per.length;
+    }
   }
   return { accuracy, images: n, boxes, label: data.evaluation.label };
 }
@@ -158,9 +157,11 @@ export function formatWarmupEvaluation(e: WarmupEvaluation, data: Pick<WarmupDat
     for (const h of data.spec.box) lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(40)}${pct(a[`box_${h.attr}`])} ${groups.map((g) => pct(a[`box_${h.attr}@${g}`])).join(' ')}`);
   }
   if (data.spec.presence.length) {
-    lines.push('  present in the image (multi-label, per class):   ConvNeXt last-map cells   ViT tokens   majority baseline');
+    const where = data.spec.presenceAt === 'cell' ? 'in the cell' : 'in the image';
+    lines.push(`  present ${where} (multi-label, per class; majority baseline):   ConvNeXt last-map cells   ViT tokens`);
     for (const h of data.spec.presence) {
-      lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(42)}${pct(a[`present_aux_${h.attr}`])}             ${pct(a[`present_vit_${h.attr}`])}      ${pct(a[`present_baseline_${h.attr}`])}`);
+      const col = (path: string) => `${pct(a[`present_${path}_${h.attr}`])} (${pct(a[`present_baseline_${path}_${h.attr}`]).trim()})`;
+      lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(44)}${col('aux')}        ${col('vit')}`);
     }
   }
   return lines;
