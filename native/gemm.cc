@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,13 @@ const Isa*& current() {
 }
 
 const Isa& isa() { return *current(); }
+
+// One call at a time: the pool, the per-thread scratch and the kernel choice are process-wide, and the addon
+// may be loaded by several worker_threads (each its own JS context) of one process.
+std::mutex& callMutex() {
+  static std::mutex value;
+  return value;
+}
 
 Pool& pool() {
   static Pool value;
@@ -241,6 +249,7 @@ void block(const GemmArgs& g, int e, int i0, int i1, int j0, int j1, Scratch& s)
 const char* gemmIsa() { return isa().name; }
 
 bool gemmSetIsa(const char* name) {
+  std::lock_guard<std::mutex> lock(callMutex());
   const std::string n = name;
   const Isa* choice = n == "auto" ? best() : named(n);
   if (!choice || (choice != &NONE && !supports(*choice))) return false;
@@ -249,15 +258,20 @@ bool gemmSetIsa(const char* name) {
 }
 
 void gemmSetThreads(int n) {
+  std::lock_guard<std::mutex> lock(callMutex());
   n = std::max(1, n);
   pool().setThreads(n);
   scratch().resize(n);
 }
 
-int gemmThreads() { return pool().threads(); }
+int gemmThreads() {
+  std::lock_guard<std::mutex> lock(callMutex());
+  return pool().threads();
+}
 
 void gemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.m <= 0 || g.n <= 0) return;
+  std::lock_guard<std::mutex> lock(callMutex());
   if (g.k <= 0) {
     std::memset(g.c, 0, sizeof(float) * (size_t)g.batch * g.m * g.n);
     return;

@@ -534,6 +534,43 @@ describe.runIf(usable && onWasm)('native BatchMatMul: determinism across thread 
   });
 });
 
+describe.runIf(usable)('native addon: several worker threads of one process', () => {
+  it('concurrent calls from worker_threads (one JS context each) give correct products', async () => {
+    // Each worker multiplies its own matrices many times with 2 pool threads and checks every result
+    // against the first one and a float64 reference; a shared-scratch race would corrupt some of them.
+    const src = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const a = require(workerData.path);
+      a.setThreads(2);
+      const M = 97, K = 300, N = 130, seed = workerData.seed;
+      const h = new Float32Array(M * K + K * N + M * N);
+      let x = seed;
+      for (let i = 0; i < M * K + K * N; i++) { x = (x * 1103515245 + 12345) % 2147483648; h[i] = x / 2147483648 - 0.5; }
+      const ref = new Float64Array(M * N);
+      for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) { let s = 0; for (let p = 0; p < K; p++) s += h[i * K + p] * h[M * K + p * N + j]; ref[i * N + j] = s; }
+      let worst = 0, changed = 0, first = null;
+      for (let r = 0; r < 60; r++) {
+        a.gemm(h, 0, M * K * 4, (M * K + K * N) * 4, M, K, N, false, false, 1, null, null);
+        const c = h.subarray(M * K + K * N);
+        if (!first) first = Float32Array.from(c);
+        for (let i = 0; i < M * N; i++) { worst = Math.max(worst, Math.abs(c[i] - ref[i])); if (c[i] !== first[i]) changed++; }
+      }
+      parentPort.postMessage({ worst, changed });`;
+    const { Worker } = await import('node:worker_threads');
+    const run = (seed: number) =>
+      new Promise<{ worst: number; changed: number }>((resolve, reject) => {
+        const w = new Worker(src, { eval: true, workerData: { path: NATIVE_ADDON_PATH, seed } });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+    const results = await Promise.all([run(1), run(2), run(3)]);
+    for (const r of results) {
+      expect(r.changed).toBe(0);
+      expect(r.worst).toBeLessThan(1e-3);
+    }
+  }, 60_000);
+});
+
 describe.runIf(usable)('native addon: gemm argument validation (called directly)', () => {
   const gemm = (...args: unknown[]) => (probed.addon!.gemm as unknown as (...a: unknown[]) => void)(...args);
   /** A 2x2 product on a 12-float heap: A at 0, B at 16 bytes, C at 32 bytes. */

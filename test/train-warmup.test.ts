@@ -277,7 +277,7 @@ describe('encoder warm-up (stage 0)', () => {
   });
 
   it('presence targets: per cell the objects covering a quarter of it or centred in it; per image the same everywhere', () => {
-    const spec = (at: 'cell' | 'image'): HeadSpec => ({ box: [], presence: [{ attr: 'shape', classes: ['a', 'b', 'c'], offset: 0 }], presenceSize: 3, presenceAt: at });
+    const spec = (at: 'cell' | 'image'): HeadSpec => ({ box: [], presence: [{ attr: 'shape', classes: ['a', 'b', 'c'], offset: 0, at }], presenceSize: 3 });
     // aux 128 px, grid 4: 32 px cells. Box 0 (class a): 4x4 px at (5,5) -> its own cell only. Box 1 (class c):
     // (20,20)-(60,60), centre in cell (1,1); covers 28x12 = 336 >= 256 px of cells (1,0) and (0,1), 144 of (0,0).
     const batch = {
@@ -296,6 +296,17 @@ describe('encoder warm-up (stage 0)', () => {
     expect(z.reduce((a, v) => a + v, 0)).toBe(4);
     const img = presenceTargets(batch, spec('image'), 4);
     for (let m = 0; m < 16; m++) expect(Array.from(img.subarray(m * 3, m * 3 + 3))).toEqual([1, 0, 1]);
+    // Mixed: colour (2 classes, per image) then shape (3 classes, per cell) in one target vector.
+    const mixed: HeadSpec = {
+      box: [],
+      presence: [{ attr: 'color', classes: ['r', 'g'], offset: 0, at: 'image' }, { attr: 'shape', classes: ['a', 'b', 'c'], offset: 2, at: 'cell' }],
+      presenceSize: 5,
+    };
+    const both = presenceTargets({ ...batch, present: Float32Array.from([0, 1, 1, 0, 1]), presentPerBox: [Float32Array.from([0, 1, 1, 0, 0, 0, 1, 0, 0, 1])] } as WarmupBatch, mixed, 4);
+    const cellOf = (gx: number, gy: number) => Array.from(both.subarray((gy * 4 + gx) * 5, (gy * 4 + gx + 1) * 5));
+    expect(cellOf(0, 0)).toEqual([0, 1, 1, 0, 0]);
+    expect(cellOf(1, 1)).toEqual([0, 1, 0, 0, 1]);
+    expect(cellOf(3, 3)).toEqual([0, 1, 0, 0, 0]);
   });
 
   it('annotation boxes map into the aux frame like the box pipeline, and land on their objects', async () => {

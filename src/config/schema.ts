@@ -160,6 +160,8 @@ export const initSchema = z
  * optimizer and schedule are the `train` section's; `data.images` is the image folder; records, boxes and
  * the tokenizer of `data` are not used by this stage.
  */
+const presenceAt = z.enum(['image', 'cell']);
+
 export const warmupSchema = z
   .object({
     /** Annotations JSON (`data synth` writes annotations.json): per image, its objects' boxes and attributes. */
@@ -177,9 +179,10 @@ export const warmupSchema = z
     /**
      * Where presence is judged: `image` = anywhere in the image (the same targets at every cell); `cell` =
      * the objects in that cell's part of the image (covering >= 1/4 of the cell, or centred in it), so every
-     * token learns what is where (README "Ablation" has the measured trade-off).
+     * token learns what is where. One value for every presence head, or one per head ({shape: cell});
+     * heads not named are `image`. README "Ablation" has the measured trade-offs.
      */
-    presence_at: z.enum(['image', 'cell']).default('image'),
+    presence_at: z.union([presenceAt, z.record(z.string(), presenceAt)]).default('image'),
     box_weight: z.number().min(0).default(1),
     presence_weight: z.number().min(0).default(1),
   })

@@ -110,12 +110,13 @@ export async function readAnnotations(file: string): Promise<Annotations> {
 export interface HeadSpec {
   /** One classifier per attribute, on each box's RoI mean. */
   box: { attr: string; classes: string[] }[];
-  /** One multi-label classifier over these attributes' classes (concatenated), on every cell / token. */
-  presence: { attr: string; classes: string[]; offset: number }[];
+  /**
+   * One multi-label classifier over these attributes' classes (concatenated), on every cell / token; `at`:
+   * targets per cell (the objects there) or per image (the same at every cell), warmup.presence_at.
+   */
+  presence: { attr: string; classes: string[]; offset: number; at: 'cell' | 'image' }[];
   /** Total presence labels. */
   presenceSize: number;
-  /** Presence targets per cell (the objects there) or per image (the same at every cell); warmup.presence_at. */
-  presenceAt: 'cell' | 'image';
 }
 
 export function headSpec(w: WarmupSection, a: Annotations): HeadSpec {
@@ -128,13 +129,18 @@ export function headSpec(w: WarmupSection, a: Annotations): HeadSpec {
   if (w.box_heads.length === 0 && w.presence_heads.length === 0) throw new AnnotationError('warmup: box_heads and presence_heads are both empty: nothing to learn from');
   const box = w.box_heads.map((n) => ({ attr: n, classes: attr(n, 'box_heads') }));
   let offset = 0;
+  const at = w.presence_at;
+  if (typeof at !== 'string') {
+    const unknown = Object.keys(at).filter((k) => !w.presence_heads.includes(k));
+    if (unknown.length) throw new AnnotationError(`warmup.presence_at names ${unknown.join(', ')}, not in presence_heads (${w.presence_heads.join(', ')})`);
+  }
   const presence = w.presence_heads.map((n) => {
     const classes = attr(n, 'presence_heads');
-    const h = { attr: n, classes, offset };
+    const h = { attr: n, classes, offset, at: typeof at === 'string' ? at : (at[n] ?? 'image') };
     offset += classes.length;
     return h;
   });
-  return { box, presence, presenceSize: offset, presenceAt: w.presence_at };
+  return { box, presence, presenceSize: offset };
 }
 
 /**
@@ -256,19 +262,18 @@ export function collateWarmup(samples: readonly WarmupSample[], spec: HeadSpec, 
 
 /**
  * Presence targets of a batch on a square grid of `grid` x `grid` cells over the (square) image: [B, grid², P].
- * `image`: the image's classes at every cell. `cell`: a cell holds the objects whose box covers at least a
- * quarter of it or whose centre lies in it (a 2-3 px object counts in its own cell only).
+ * A head judged per `image` gets the image's classes at every cell; per `cell`, a cell holds the objects whose
+ * box covers at least a quarter of it or whose centre lies in it (a 2-3 px object counts in its own cell only).
  */
 export function presenceTargets(b: WarmupBatch, spec: HeadSpec, grid: number): Float32Array {
   const P = spec.presenceSize;
   const M = grid * grid;
   const out = new Float32Array(b.size * M * P);
   const cell = b.auxSize / grid; // boxes are in aux pixels
+  const perCell = new Uint8Array(P); // 1 where the class's head is judged per cell
+  for (const h of spec.presence) if (h.at === 'cell') perCell.fill(1, h.offset, h.offset + h.classes.length);
   for (let i = 0; i < b.size; i++) {
-    if (spec.presenceAt === 'image') {
-      for (let m = 0; m < M; m++) out.set(b.present.subarray(i * P, (i + 1) * P), (i * M + m) * P);
-      continue;
-    }
+    for (let m = 0; m < M; m++) for (let p = 0; p < P; p++) if (!perCell[p]) out[(i * M + m) * P + p] = b.present[i * P + p]!;
     const boxes = b.boxes[i]!;
     const classes = b.presentPerBox[i]!;
     for (let k = 0; k < boxes.length / 4; k++) {
@@ -281,7 +286,7 @@ export function presenceTargets(b: WarmupBatch, spec: HeadSpec, grid: number): F
           const h = Math.max(0, Math.min(y1, (gy + 1) * cell) - Math.max(y0, gy * cell));
           if (!((gx === cx && gy === cy) || w * h >= (cell * cell) / 4)) continue;
           const at = (i * M + gy * grid + gx) * P;
-          for (let p = 0; p < P; p++) if (classes[k * P + p]! > 0) out[at + p] = 1;
+          for (let p = 0; p < P; p++) if (perCell[p] && classes[k * P + p]! > 0) out[at + p] = 1;
         }
       }
     }

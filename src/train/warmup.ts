@@ -157,11 +157,10 @@ export function formatWarmupEvaluation(e: WarmupEvaluation, data: Pick<WarmupDat
     for (const h of data.spec.box) lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(40)}${pct(a[`box_${h.attr}`])} ${groups.map((g) => pct(a[`box_${h.attr}@${g}`])).join(' ')}`);
   }
   if (data.spec.presence.length) {
-    const where = data.spec.presenceAt === 'cell' ? 'in the cell' : 'in the image';
-    lines.push(`  present ${where} (multi-label, per class; majority baseline):   ConvNeXt last-map cells   ViT tokens`);
+    lines.push('  present (multi-label, per class; majority baseline):   ConvNeXt last-map cells   ViT tokens');
     for (const h of data.spec.presence) {
       const col = (path: string) => `${pct(a[`present_${path}_${h.attr}`])} (${pct(a[`present_baseline_${path}_${h.attr}`]).trim()})`;
-      lines.push(`    ${h.attr.padEnd(12)}${' '.repeat(44)}${col('aux')}        ${col('vit')}`);
+      lines.push(`    ${`${h.attr} (per ${h.at})`.padEnd(24)}${' '.repeat(32)}${col('aux')}        ${col('vit')}`);
     }
   }
   return lines;
