@@ -31,6 +31,8 @@ struct Isa {
 };
 
 #ifdef MGLLAVA_X86
+// The two micro-kernels are the same loop over different vector types; each needs its own definition because
+// the target attribute (which instructions the compiler may emit) belongs to a function, not to a template argument.
 template <int MR, int NV>
 __attribute__((target("avx512f"))) void kernelAvx512(int kc, const float* a, const float* b, float* c, int ldc, bool accumulate) {
   __m512 acc[MR][NV];

@@ -33,6 +33,7 @@ import {
   setNativeThreads,
   type NativeAddon,
 } from '../src/backend/native.js';
+import { rand as randHost } from './kernels-compare.js';
 
 // ---------------------------------------------------------------------------------------------
 // Environment: is the addon there, is the wasm backend (with the pack) the active one.
@@ -58,20 +59,8 @@ const onWasm = tf.getBackend() === 'wasm';
 // ---------------------------------------------------------------------------------------------
 // Helpers: deterministic data, a float64 reference, comparisons.
 
-/** Deterministic pseudo-random float32 values in [-1, 1) (xorshift32). */
-function rand(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+/** Deterministic pseudo-random float32 values in [-1, 1) (the kernel tests' generator). */
+const rand = (n: number, seed: number) => randHost([n], seed).data as Float32Array;
 
 const size = (shape: number[]) => shape.reduce((x, y) => x * y, 1);
 
