@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { collate, type Batch, type Sample } from '../src/data/collate.js';
 import { MGLLaVA, type MGLLaVAConfig } from '../src/model/mgllava.js';
-import { AdamW } from '../src/train/adamw.js';
+import { AdamW, clipByGlobalNorm } from '../src/train/adamw.js';
+import { applyGradients } from '../src/train/grad-step.js';
 import { accumulateGradients, supervisedTokens, trainStep } from '../src/train/step.js';
 import { Rng } from '../src/util/rng.js';
 
@@ -80,6 +81,29 @@ describe('train step', () => {
     for (const r of runs) tf.dispose([...r.acc.grads.values(), ...r.updated.values()]);
     tf.dispose([...start.values()]);
     model.dispose();
+  });
+
+  it('the clip folded into AdamW (applyGradients) equals clipping first: bit for bit, clipped or not', () => {
+    for (const maxNorm of [0.05, 100]) {
+      const make = () => new Map([['a', tf.variable(tf.randomNormal([7, 5], 0, 1, 'float32', 3))], ['b', tf.variable(tf.randomNormal([9], 0, 1, 'float32', 4))]]);
+      const grads = new Map([['a', tf.randomNormal([7, 5], 0, 2, 'float32', 5)], ['b', tf.randomNormal([9], 0, 2, 'float32', 6)]]);
+      const [p1, p2] = [make(), make()];
+      const [o1, o2] = [new AdamW(p1), new AdamW(p2)];
+      const before = tf.memory().numTensors;
+      for (let step = 0; step < 3; step++) {
+        const clipped = clipByGlobalNorm(grads, maxNorm);
+        o1.apply(clipped.grads, 1e-2);
+        tf.dispose([...clipped.grads.values()]);
+        const r = applyGradients(grads, 1, o2, 1e-2, maxNorm);
+        expect(r.applied).toBe(true);
+        expect(r.gradNorm).toBe(clipped.norm);
+      }
+      expect(tf.memory().numTensors).toBe(before);
+      for (const n of ['a', 'b']) expect(Array.from(p2.get(n)!.dataSync())).toEqual(Array.from(p1.get(n)!.dataSync()));
+      tf.dispose([...p1.values(), ...p2.values(), ...grads.values()]);
+      o1.dispose();
+      o2.dispose();
+    }
   });
 
   it('counts supervised tokens as the loss does', () => {

@@ -11,7 +11,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MGLLaVA, disposeFrozen, type MGLLaVAConfig, type Stage } from '../model/mgllava.js';
-import { AdamW, clipByGlobalNorm } from '../train/adamw.js';
+import { AdamW } from '../train/adamw.js';
+import { applyGradients } from '../train/grad-step.js';
 import { Rng } from '../util/rng.js';
 import { resizeBilinearHalfPixel } from '../nn/resize.js';
 import { medianProfile, profileKernels, type KernelProfile, type ProfileOptions } from './profile.js';
@@ -114,9 +115,8 @@ export function benchMode(model: MGLLaVA, batch: BenchBatch, mode: 'pretrain' | 
     const loss = value.dataSync()[0]!;
     const t2 = performance.now();
     const named = new Map([...vars.keys()].map((n) => [n, grads[vars.get(n)!.name]!]));
-    const clipped = clipByGlobalNorm(named, 1.0);
-    opt.apply(clipped.grads, lr);
-    tf.dispose([value, ...Object.values(grads), ...clipped.grads.values()]);
+    applyGradients(named, loss, opt, lr, 1.0);
+    tf.dispose([value, ...Object.values(grads)]);
     list[0]!.dataSync();
     const t3 = performance.now();
     // Forward alone (not part of the step): splits t2 - t1 into forward and backward.
@@ -248,9 +248,7 @@ export function profileStep(mode: 'pretrain' | 'sft', warmup = 3, opts: ProfileO
     const { value, grads } = fb.result;
     const upd = run(() => {
       const named = new Map([...vars.keys()].map((n) => [n, grads[vars.get(n)!.name]!]));
-      const clipped = clipByGlobalNorm(named, 1.0);
-      opt.apply(clipped.grads, lr);
-      tf.dispose([...clipped.grads.values()]);
+      applyGradients(named, value.dataSync()[0]!, opt, lr, 1.0);
       list[0]!.dataSync();
     });
     tf.dispose([value, ...Object.values(grads)]);

@@ -33,7 +33,8 @@ export class AdamW {
   }
 
   /** One update with learning rate `lr`. `grads` holds a gradient for every parameter (by name). */
-  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+  /** One step; every gradient is multiplied by `gradScale` first (the clip coefficient: no scaled copies). */
+  apply(grads: Map<string, tf.Tensor>, lr: number, gradScale = 1): void {
     this.step += 1;
     const [b1, b2] = this.config.betas;
     const bc1 = 1 - b1 ** this.step;
@@ -47,7 +48,7 @@ export class AdamW {
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
         // One fused kernel on wasm (the pack's MgllavaAdamW), the same float32 ops in the same order elsewhere.
-        const next = adamwUpdate(p, m, v, g, { beta1: b1, beta2: b2, bc2Sqrt, eps: this.config.eps, stepSize, decay });
+        const next = adamwUpdate(p, m, v, g, { beta1: b1, beta2: b2, bc2Sqrt, eps: this.config.eps, stepSize, decay, gradScale });
         m.assign(next.m);
         v.assign(next.v);
         p.assign(next.p);
@@ -99,18 +100,24 @@ export function globalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {
   });
 }
 
+/** clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)), with the pre-clip global norm. */
+export function clipCoefficient(grads: Map<string, tf.Tensor>, maxNorm: number): { coef: number; norm: number } {
+  const normT = globalNorm(grads.values());
+  const norm = normT.dataSync()[0]!;
+  normT.dispose();
+  return { coef: Math.min(1, maxNorm / (norm + 1e-6)), norm };
+}
+
 /**
  * clip_grad_norm_: scale every gradient by max_norm / (norm + 1e-6) when that is below 1.
- * Returns the clipped gradients (new tensors) and the pre-clip norm.
+ * Returns the clipped gradients (new tensors) and the pre-clip norm. (Training passes the
+ * coefficient to AdamW.apply instead: the same float32 products, without the copies.)
  */
 export function clipByGlobalNorm(
   grads: Map<string, tf.Tensor>,
   maxNorm: number,
 ): { grads: Map<string, tf.Tensor>; norm: number } {
-  const normT = globalNorm(grads.values());
-  const norm = normT.dataSync()[0]!;
-  normT.dispose();
-  const coef = Math.min(1, maxNorm / (norm + 1e-6));
+  const { coef, norm } = clipCoefficient(grads, maxNorm);
   const out = new Map<string, tf.Tensor>();
   for (const [name, g] of grads) out.set(name, coef < 1 ? tf.mul(g, coef) : g.clone());
   return { grads: out, norm };

@@ -4,7 +4,7 @@
  * not finite (nothing is updated, the caller reports it).
  */
 import * as tf from '@tensorflow/tfjs';
-import { clipByGlobalNorm, type AdamW } from './adamw.js';
+import { clipCoefficient, type AdamW } from './adamw.js';
 
 /**
  * Add `grads` (tf.variableGrads' result, keyed by variable name) into `acc` (keyed by checkpoint name).
@@ -27,12 +27,8 @@ export function addGradients(acc: Map<string, tf.Tensor>, trainable: Map<string,
 
 /** Clip the accumulated gradients and update, unless `loss` or their norm is not finite. Does not dispose `grads`. */
 export function applyGradients(grads: Map<string, tf.Tensor>, loss: number, optimizer: AdamW, lr: number, maxNorm: number): { gradNorm: number; applied: boolean } {
-  const clipped = clipByGlobalNorm(grads, maxNorm);
-  const applied = Number.isFinite(loss) && Number.isFinite(clipped.norm);
-  try {
-    if (applied) optimizer.apply(clipped.grads, lr);
-  } finally {
-    tf.dispose([...clipped.grads.values()]);
-  }
-  return { gradNorm: clipped.norm, applied };
+  const { coef, norm } = clipCoefficient(grads, maxNorm);
+  const applied = Number.isFinite(loss) && Number.isFinite(norm);
+  if (applied) optimizer.apply(grads, lr, coef); // the clip scaling happens inside the update
+  return { gradNorm: norm, applied };
 }
