@@ -276,7 +276,8 @@ export function packBatchMatMul(args: Parameters<KernelFunc>[0]): TensorInfo {
   const batchA = tf.util.sizeFromShape(outerA);
   const batchB = tf.util.sizeFromShape(outerB);
 
-  if (!tA && !tB && batchA === 1 && batchB === 1 && !activeNative() && packableAs(b, K, N)) {
+  const empty = M === 0 || K === 0 || N === 0; // XNNPACK refuses empty operands (it logs an error)
+  if (!tA && !tB && batchA === 1 && batchB === 1 && !empty && !activeNative() && packableAs(b, K, N)) {
     return stockKernel(tf.BatchMatMul)(args) as TensorInfo; // the plain XNNPACK case
   }
   return withScratch(backend, (s) => {
