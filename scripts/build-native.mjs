@@ -43,7 +43,10 @@ if (built) {
   console.log(`mgllava: native matmul addon built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   process.exit(0);
 }
-const why = r.error ? r.error.message : (r.stderr || r.stdout || '').trim().split('\n').slice(-15).join('\n');
+// The compiler's own error lines first (node-gyp's stack trace after them says little), then the tail.
+const lines = `${r.stdout ?? ''}\n${r.stderr ?? ''}`.trim().split('\n');
+const errors = lines.filter((l) => /\berror\b/i.test(l) && !l.startsWith('gyp ERR!')).slice(0, 10);
+const why = r.error ? r.error.message : [...errors, ...lines.slice(-8)].join('\n');
 const message =
   `mgllava: building the native matmul addon failed (node-gyp needs python3, make and a C++17 compiler).\n` +
   `${why}\n` +
