@@ -373,6 +373,19 @@ describe.runIf(usable && onWasm)('native BatchMatMul: every micro-kernel the CPU
     expect(() => probed.addon!.setIsa('sse9')).toThrow(/setIsa/);
     if (!ISAS.includes('avx512')) expect(() => setNativeIsa('avx512')).toThrow(/not available/);
   });
+  it.runIf(ISAS.length > 1)('every kernel gives the same bits (each element: the same FMA chain), so runs reproduce across CPUs', () => {
+    const a = rand(97 * 300, 71);
+    const b = rand(300 * 130, 72);
+    for (const [tA, tB] of FLAGS) {
+      const c: Case = { batchA: [], batchB: [], M: 97, K: 300, N: 130, tA, tB };
+      const outs = ISAS.map((isa) => {
+        setNativeIsa(isa);
+        return runMatMul(c, a, b).data;
+      });
+      for (const o of outs.slice(1)) expect(firstBitDiff(o, outs[0]!), `flags ${tA} ${tB}`).toBe(-1);
+    }
+  });
+
   for (const isa of ISAS) {
     it(`${isa}: edge shapes, all flags and a broadcast batch against float64 and XNNPACK`, () => {
       const shapes: [number[], number[], number, number, number][] = [
