@@ -19,6 +19,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { parseNativeMode } from '../src/backend/native.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const MODES = ['pretrain', 'sft'] as const;
@@ -98,7 +99,7 @@ interface Round {
 function runOurs(a: Args, threads: number): Round['ours'][number] {
   const args = [path.join(ROOT, 'bin/mgllava.js'), 'bench', 'step', '--json'];
   if (a.backend) args.push('--backend', a.backend);
-  const nativeOff = ['off', '0', 'false'].includes((process.env.MGLLAVA_NATIVE ?? '').trim().toLowerCase());
+  const nativeOff = parseNativeMode(process.env.MGLLAVA_NATIVE) === 'off';
   const env = nativeOff
     ? { ...process.env, MGLLAVA_WASM_THREADS: String(threads) }
     : { ...process.env, MGLLAVA_NATIVE_THREADS: String(threads), MGLLAVA_WASM_THREADS: '1' };

@@ -149,29 +149,27 @@ export function nativeStatus(): NativeStatus {
  */
 export function setNativeActive(on: boolean): boolean {
   const was = addon != null;
-  if (on && !addon) {
-    const loaded = load();
-    if (!loaded.addon) throw new Error(`native matmul unavailable: ${loaded.detail}`);
-    addon = loaded.addon;
-  } else if (!on) {
-    addon = null;
-  }
+  addon = on ? anyAddon() : null;
   status = addon ? activeStatus(status.mode, addon) : inactiveStatus(status.mode, 'native addon switched off at run time');
   return was;
 }
 
+/** The active addon, else a freshly loaded one (tests, benchmarks); throws when there is none. */
+function anyAddon(): NativeAddon {
+  if (addon) return addon;
+  const loaded = load();
+  if (!loaded.addon) throw new Error(`native matmul unavailable: ${loaded.detail}`);
+  return loaded.addon;
+}
+
 /** The addon's micro-kernel (tests run every kernel the CPU has). */
 export function setNativeIsa(name: NativeIsa): void {
-  const mod = addon ?? load().addon;
-  if (!mod) throw new Error('native matmul unavailable');
-  mod.setIsa(name);
+  anyAddon().setIsa(name);
   if (addon) status = activeStatus(status.mode, addon);
 }
 
 /** Threads of the addon's pool (benchmarks, tests). */
 export function setNativeThreads(n: number): void {
-  const mod = addon ?? load().addon;
-  if (!mod) throw new Error('native matmul unavailable');
-  mod.setThreads(n);
+  anyAddon().setThreads(n);
   if (addon) status = activeStatus(status.mode, addon);
 }

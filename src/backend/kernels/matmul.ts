@@ -120,6 +120,12 @@ export function matMul2D(s: Scratch, a: TensorInfo, b: TensorInfo, tA: boolean, 
   return product(s, a, b, tA, tB, [], [], M, K, N);
 }
 
+/** The broadcast batch dims of a product and the element counts of each side's batch. */
+function batchesOf(outerA: number[], outerB: number[]) {
+  const outerOut = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
+  return { outerOut, batchA: tf.util.sizeFromShape(outerA), batchB: tf.util.sizeFromShape(outerB), batchOut: tf.util.sizeFromShape(outerOut) };
+}
+
 /**
  * New [batchOut, M, N] tensor (owned by s; [M, N] when there is no batch) = op(a)·op(b) with tfjs's
  * batch broadcasting; `outerA`/`outerB` are the operands' batch dims.
@@ -128,12 +134,9 @@ function product(
   s: Scratch, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean, outerA: number[], outerB: number[],
   M: number, K: number, N: number,
 ): TensorInfo {
-  const outerOut = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
-  const batchA = tf.util.sizeFromShape(outerA);
-  const batchB = tf.util.sizeFromShape(outerB);
-  const batchOut = tf.util.sizeFromShape(outerOut);
+  const { batchA, batchB, batchOut } = batchesOf(outerA, outerB);
   const native = activeNative();
-  if (native) return nativeProduct(s, native, a, b, tA, tB, outerA, outerB, outerOut, M, K, N);
+  if (native) return nativeProduct(s, native, a, b, tA, tB, outerA, outerB, M, K, N);
   if ((tA || tB) && preferSwapped(tA, tB, batchA, batchB, batchOut, M, K, N)) {
     // Cᵀ = op(B)ᵀ·op(A)ᵀ: B's stored layout read with the opposite flag, and so for A.
     const ct = direct(s, b, a, !tB, !tA, outerB, outerA, N, K, M);
@@ -150,10 +153,7 @@ function direct(
   s: Scratch, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean, outerA: number[], outerB: number[],
   M: number, K: number, N: number,
 ): TensorInfo {
-  const outerOut = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
-  const batchA = tf.util.sizeFromShape(outerA);
-  const batchB = tf.util.sizeFromShape(outerB);
-  const batchOut = tf.util.sizeFromShape(outerOut);
+  const { outerOut, batchA, batchB, batchOut } = batchesOf(outerA, outerB);
   if (batchB === 1 && batchA === batchOut) {
     // A's batch folds into its rows: one [batch*M, K]·[K, N] product, already in output order.
     const a3 = tA ? transposeLast2(s, a, batchA, K, M) : a;
@@ -171,13 +171,13 @@ function direct(
  */
 function nativeProduct(
   s: Scratch, native: NativeAddon, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean,
-  outerA: number[], outerB: number[], outerOut: number[], M: number, K: number, N: number,
+  outerA: number[], outerB: number[], M: number, K: number, N: number,
 ): TensorInfo {
-  const batch = tf.util.sizeFromShape(outerOut);
+  const { outerOut, batchA, batchB, batchOut: batch } = batchesOf(outerA, outerB);
   const out = s.alloc(outerOut.length === 0 ? [M, N] : [batch, M, N]);
   // Equal batch sizes mean equal batch shapes (a broadcast dim only grows): element i is element i.
-  const ia = tf.util.sizeFromShape(outerA) === batch ? null : broadcastBatchIndex(outerOut, outerA);
-  const ib = tf.util.sizeFromShape(outerB) === batch ? null : broadcastBatchIndex(outerOut, outerB);
+  const ia = batchA === batch ? null : broadcastBatchIndex(outerOut, outerA);
+  const ib = batchB === batch ? null : broadcastBatchIndex(outerOut, outerB);
   const be = s.be;
   // HEAPF32 taken after the allocation above: a heap growth replaces the array.
   native.gemm(be.wasm.HEAPF32, offsetOf(be, a), offsetOf(be, b), offsetOf(be, out), M, K, N, tA, tB, batch, ia, ib);
