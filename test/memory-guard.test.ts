@@ -135,7 +135,6 @@ describe.runIf(onWasm)('wasm memory guard', () => {
   it('near the real heap limit: the default ceiling refuses first, malloc failure is caught past it', () => {
     const start = wasmBytesInUse()!;
     const ts: tf.Tensor[] = [];
-    const t0 = performance.now();
     try {
       setMemoryCeiling(DEFAULT_CEILING_BYTES);
       const byCeiling = fillUntilRefused(64 * MiB, ts); // 256 MiB each
@@ -153,6 +152,5 @@ describe.runIf(onWasm)('wasm memory guard', () => {
       tf.dispose(ts);
     }
     expect(wasmBytesInUse()).toBe(start);
-    expect(performance.now() - t0).toBeLessThan(20_000);
   });
 });
