@@ -1,6 +1,7 @@
 /** Shared pieces of the CLI: the global options every command takes, and error reporting. */
 import type { Argv } from 'yargs';
 import { selectBackend, type BackendChoice } from '../backend/select.js';
+import { UsageError } from '../errors.js';
 
 export interface GlobalArgs {
   backend?: string;
@@ -9,7 +10,7 @@ export interface GlobalArgs {
 export function withGlobalOptions<T>(y: Argv<T>): Argv<T & GlobalArgs> {
   return y.option('backend', {
     type: 'string',
-    describe: "TensorFlow.js backend: tensorflow | wasm | cpu | auto (default: MGLLAVA_BACKEND or auto)",
+    describe: "TensorFlow.js backend: tensorflow | webgpu | wasm | cpu | auto (default: MGLLAVA_BACKEND or auto)",
   }) as Argv<T & GlobalArgs>;
 }
 
@@ -18,17 +19,10 @@ export function backendFromArgs(args: GlobalArgs): Promise<BackendChoice> {
   return selectBackend(args.backend ?? null);
 }
 
-/** An error the CLI prints without a stack trace: the message says what to do. */
-export class UserError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode = 1,
-  ) {
+/** A bad command line or argument (exit 1). The older name of UsageError, kept for the commands that use it. */
+export class UserError extends UsageError {
+  constructor(message: string) {
     super(message);
     this.name = 'UserError';
   }
-}
-
-export function notBuiltYet(what: string, issue: number): never {
-  throw new UserError(`'${what}' is not implemented yet (tracked in issue ${issue})`, 2);
 }

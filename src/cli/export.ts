@@ -47,7 +47,7 @@ export const exportCommand: CommandModule<GlobalArgs, ExportArgs> = {
       .example('$0 export checkpoints/tiny-shapes-finetune --format hf --out exports/tiny-hf', 'newest step as an HF directory')
       .example('$0 export checkpoints/tiny-shapes-pretrain --step 100 --format xtuner --out exports/tiny-xtuner', 'for pretrained_pth'),
   handler: async (args) => {
-    if (!(args['max-shard-mb'] > 0)) throw new UserError(`--max-shard-mb must be > 0 (got ${args['max-shard-mb']})`, 2);
+    if (!(args['max-shard-mb'] > 0)) throw new UserError(`--max-shard-mb must be > 0 (got ${args['max-shard-mb']})`);
     let result;
     try {
       result = await exportRun(args.run, {

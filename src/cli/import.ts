@@ -53,7 +53,7 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
       .example('$0 import --kind llm --from models/vicuna-7b-v1.5 --list', 'show how the checkpoint maps')
       .example('$0 import --kind clip --from models/clip-vit-large-patch14-336 --out clip.safetensors', 'convert'),
   handler: async (args) => {
-    if (!args.list && !args.out) throw new UserError('mgllava import: give --out FILE.safetensors (or --list to only inspect)', 2);
+    if (!args.list && !args.out) throw new UserError('import: give --out FILE.safetensors (or --list to only inspect)');
     try {
       let llm: LlamaConfig | undefined;
       if (args.kind === 'llm') llm = fromHfConfig(readLlmConfig(args.from));
