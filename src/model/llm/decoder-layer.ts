@@ -31,7 +31,7 @@ export class LlamaDecoderLayer extends Module<LlamaDecoderLayerConfig> {
     return tf.tidy(() => {
       const attn = this.selfAttn.apply(this.inputLayernorm.apply(x) as tf.Tensor2D, ctx, layer, rows);
       const h = tf.add(rows ? tf.gather(x, rows.index) : x, attn) as tf.Tensor2D;
-      return tf.add(h, this.mlp.apply(this.postAttentionLayernorm.apply(h) as tf.Tensor2D)) as tf.Tensor2D;
+      return tf.add(h, this.mlp.apply(this.postAttentionLayernorm.apply(h) as tf.Tensor2D, ctx.adapters, layer)) as tf.Tensor2D;
     });
   }
 }

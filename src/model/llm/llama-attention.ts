@@ -10,6 +10,7 @@ import { Module, type InitContext } from '../../nn/module.js';
 import { Linear } from '../../nn/linear.js';
 import { applyRope, type RopeOperands } from './rope.js';
 import type { KvCache } from './kv-cache.js';
+import { ADAPTERS_ON, BlockLora, withDelta, type AdapterPass, type LoraConfig, type LoraTarget } from './lora.js';
 
 export interface LlamaAttentionConfig {
   hiddenSize: number;
@@ -49,6 +50,8 @@ export interface AttentionContext {
   /** Additive mask [B or 1, 1, T, S]. */
   bias: tf.Tensor4D;
   cache: KvCache | null;
+  /** LoRA adapters on/off and the pass's dropout seed (default: on, no dropout). */
+  adapters?: AdapterPass;
 }
 
 export class LlamaAttention extends Module<LlamaAttentionConfig> {
@@ -56,6 +59,8 @@ export class LlamaAttention extends Module<LlamaAttentionConfig> {
   readonly kProj: Linear;
   readonly vProj: Linear;
   readonly oProj: Linear;
+  /** LoRA adapters (attachLora), null without. */
+  private lora: BlockLora | null = null;
 
   constructor(config: LlamaAttentionConfig, ctx: InitContext) {
     super(config);
@@ -66,6 +71,17 @@ export class LlamaAttention extends Module<LlamaAttentionConfig> {
     this.kProj = this.addChild('k_proj', new Linear({ inFeatures: h, outFeatures: numKvHeads * headDim, bias }, ctx, init));
     this.vProj = this.addChild('v_proj', new Linear({ inFeatures: h, outFeatures: numKvHeads * headDim, bias }, ctx, init));
     this.oProj = this.addChild('o_proj', new Linear({ inFeatures: numHeads * headDim, outFeatures: h, bias }, ctx, init));
+  }
+
+  /** Add LoRA adapters to the modules of `modules` this block has (q/k/v/o_proj, or Phi-3's qkv_proj). */
+  attachLora(modules: readonly LoraTarget[], config: LoraConfig, ctx: InitContext): void {
+    if (this.lora) throw new Error('LlamaAttention: LoRA adapters are already attached');
+    const linears = { q_proj: this.qProj, k_proj: this.kProj, v_proj: this.vProj, o_proj: this.oProj };
+    this.lora = new BlockLora(linears, modules, config, ctx, (name, child) => this.addChild(name, child));
+  }
+
+  get loraAdapters(): BlockLora | null {
+    return this.lora;
   }
 
   /**
@@ -81,9 +97,11 @@ export class LlamaAttention extends Module<LlamaAttentionConfig> {
       const r = nh / nkv;
       const xq = rows ? tf.gather(x, rows.index) : x; // [B*t, H]
       const ropeQ = rows ? ropeRows(ctx.ropeQ, rows.index) : ctx.ropeQ;
-      const q = applyRope(this.qProj.apply(xq).reshape([b * t, nh, hd]) as tf.Tensor3D, ropeQ); // [B*t,nh,hd], pre-scaled
-      const kNew = applyRope(this.kProj.apply(x).reshape([n, nkv, hd]) as tf.Tensor3D, ctx.ropeK); // [N,nkv,hd]
-      const vNew = this.vProj.apply(x).reshape([b, ctx.seq, nkv, hd]);
+      const lp = this.lora?.begin(ctx.adapters ?? ADAPTERS_ON, layer) ?? null; // LoRA deltas (adapters share x)
+      const qx = withDelta(this.qProj.apply(xq), lp, 'q_proj', x, rows?.index); // [B*t, nh*hd]
+      const q = applyRope(qx.reshape([b * t, nh, hd]) as tf.Tensor3D, ropeQ); // [B*t,nh,hd], pre-scaled
+      const kNew = applyRope(withDelta(this.kProj.apply(x), lp, 'k_proj', x).reshape([n, nkv, hd]) as tf.Tensor3D, ctx.ropeK); // [N,nkv,hd]
+      const vNew = withDelta(this.vProj.apply(x), lp, 'v_proj', x).reshape([b, ctx.seq, nkv, hd]);
       let k = kNew.reshape([b, ctx.seq, nkv, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
       let v = vNew.transpose([0, 2, 1, 3]) as tf.Tensor4D; // [B,nkv,T,hd]
       if (ctx.cache) ({ k, v } = ctx.cache.append(layer, k, v)); // [B,nkv,S,hd]
@@ -94,8 +112,8 @@ export class LlamaAttention extends Module<LlamaAttentionConfig> {
       const masked = tf.add(scores.reshape([b, nh, t, s]), rows ? queryBias(ctx.bias, rows, b) : ctx.bias); // [B,nh,t,S]
       const probs = tf.softmax(masked, -1).reshape([b * nkv, r * t, s]);
       const out = tf.matMul(probs, v.reshape([b * nkv, s, hd])); // [B*nkv, r*T, hd]
-      const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([b * t, nh * hd]); // [B*t, nh*hd]
-      return this.oProj.apply(merged) as tf.Tensor2D;
+      const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([b * t, nh * hd]) as tf.Tensor2D; // [B*t, nh*hd]
+      return withDelta(this.oProj.apply(merged), lp, 'o_proj', merged);
     });
   }
 }

@@ -19,6 +19,8 @@ import { KvCache } from './kv-cache.js';
 import { attentionBias, defaultPositionIds } from './mask.js';
 import { RopeTable, ropeKernelTables, rotateHalfMatrix, type RopeOperands } from './rope.js';
 import { expectShape, filledIntMatrix, toIntMatrix, type IntMatrix, type IntMatrixLike } from './int-matrix.js';
+import { resolveLoraTargets, type BlockLora, type LoraConfig, type LoraTarget } from './lora.js';
+import { checkpointed } from '../../nn/checkpoint.js';
 
 export type { LlamaConfig } from './config.js';
 
@@ -62,6 +64,15 @@ export interface LlamaForwardOptions {
   cache?: KvCache;
   /** Also return [embeddings, output of layer 1..L, after the final norm], each [B,T,H]. */
   outputHiddenStates?: boolean;
+  /** LoRA adapters on (default) or off (the base model). */
+  adapters?: boolean;
+  /** A training pass's LoRA dropout seed; null/absent: no dropout (evaluation, generation). */
+  dropoutSeed?: number | null;
+  /**
+   * Activation checkpointing per decoder layer (default: `activationCheckpointing` of the model): each layer
+   * keeps only its input for the backward pass and recomputes itself there. Never with a cache.
+   */
+  checkpointLayers?: boolean;
   /**
    * Compute logits only for these rows of the flattened [B*T] positions (e.g. the supervised positions
    * of the loss, `shiftedTargets(labels).rows`): logits are then [M, V]. Default: all, [B,T,V].
@@ -82,6 +93,10 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
   readonly lmHead: Linear | null;
   readonly headDim: number;
   private readonly rope: RopeTable;
+  /** The adapters' config with the resolved module list, null without LoRA. */
+  private loraState: { config: LoraConfig; modules: LoraTarget[] } | null = null;
+  /** Default of `forward({ checkpointLayers })`: the trainer turns it on for `train.activation_checkpointing`. */
+  activationCheckpointing = false;
 
   constructor(config: LlamaConfig, ctx: InitContext) {
     validateLlamaConfig(config);
@@ -97,6 +112,56 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
           }),
         );
     this.rope = new RopeTable(this.headDim, config.ropeTheta);
+  }
+
+  /**
+   * Add LoRA adapters to the decoder layers' linears named by `config.targets` (never lm_head); A is drawn
+   * from `ctx` (zeros with skipInit), B is zero. Returns the adapted module names.
+   */
+  attachLora(config: LoraConfig, ctx: InitContext): LoraTarget[] {
+    if (this.loraState) throw new Error('LlamaForCausalLM: LoRA adapters are already attached');
+    const modules = resolveLoraTargets(config, this.config.weightFormat ?? 'llama');
+    for (const layer of this.model.layers) {
+      layer.selfAttn.attachLora(modules, config, ctx);
+      layer.mlp.attachLora(modules, config, ctx);
+    }
+    this.loraState = { config: { ...config, targets: modules }, modules };
+    return modules;
+  }
+
+  /** The LoRA config (targets resolved to module names), null without adapters. */
+  get lora(): LoraConfig | null {
+    return this.loraState ? { ...this.loraState.config } : null;
+  }
+
+  /** Whether a weight name (any prefix) is a LoRA adapter weight. */
+  static isLoraWeight(name: string): boolean {
+    return /\.lora_[AB]\.weight$/.test(name);
+  }
+
+  /**
+   * The adapted linears' weights with their adapters merged, W + scaling * B A, by checkpoint name
+   * (`model.layers.N.self_attn.q_proj.weight`, after `prefix`): what a merged export holds. The caller
+   * disposes the tensors. Empty without LoRA.
+   */
+  mergedWeights(prefix = ''): Map<string, tf.Tensor2D> {
+    const out = new Map<string, tf.Tensor2D>();
+    this.model.layers.forEach((layer, i) => {
+      const blocks: { name: string; lora: BlockLora | null; linears: Record<string, Linear> }[] = [
+        { name: 'self_attn', lora: layer.selfAttn.loraAdapters, linears: { q_proj: layer.selfAttn.qProj, k_proj: layer.selfAttn.kProj, v_proj: layer.selfAttn.vProj, o_proj: layer.selfAttn.oProj } },
+        { name: 'mlp', lora: layer.mlp.loraAdapters, linears: { gate_proj: layer.mlp.gateProj, up_proj: layer.mlp.upProj, down_proj: layer.mlp.downProj } },
+      ];
+      for (const blk of blocks) {
+        if (!blk.lora) continue;
+        const deltas = blk.lora.mergedDeltas();
+        for (const [member, d] of deltas) {
+          const w = blk.linears[member]!.weight;
+          out.set(`${prefix}model.layers.${i}.${blk.name}.${member}.weight`, tf.tidy(() => tf.add(w, d) as tf.Tensor2D));
+          d.dispose();
+        }
+      }
+    });
+    return out;
   }
 
   /** A fresh, empty KV cache sized for this model. */
@@ -155,7 +220,9 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
         ropeK: operands(cos, sin),
         bias: attentionBias(mask, cache),
         cache,
+        adapters: { enabled: opts.adapters ?? true, dropoutSeed: opts.dropoutSeed ?? null },
       };
+      const checkpoint = (opts.checkpointLayers ?? this.activationCheckpointing) && !cache;
       const h0 = opts.inputsEmbeds ?? this.embed(tf.tensor2d(ids!.data, ids!.shape, 'int32')); // [B,T,H]
       const hidden: tf.Tensor3D[] = [];
       const keepHidden = (x: tf.Tensor) => {
@@ -168,7 +235,8 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
         : undefined;
       const last = this.model.layers.length - 1;
       this.model.layers.forEach((layer, i) => {
-        h = layer.apply(h, ctx, i, i === last ? lastRows : undefined); // last: [B*Mq,H] with a plan
+        const rows = i === last ? lastRows : undefined;
+        h = checkpoint ? checkpointedLayer(layer, h, ctx, i, rows) : layer.apply(h, ctx, i, rows); // last: [B*Mq,H] with a plan
         keepHidden(h);
       });
       h = this.model.norm.apply(h) as tf.Tensor2D;
@@ -214,6 +282,35 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
     }
     return { ids, b, t };
   }
+}
+
+/**
+ * One decoder layer under activation checkpointing: the context's tensors (RoPE tables, mask, kept rows) go
+ * with the saved input, since the forward pass disposes its own handles before the backward pass runs.
+ */
+function checkpointedLayer(layer: LlamaDecoderLayer, x: tf.Tensor2D, ctx: AttentionContext, i: number, rows?: QueryRows): tf.Tensor2D {
+  const rope = (r: RopeOperands) => [r.cos, r.sin, r.rotate, ...(r.kernelTables ? [r.kernelTables.signed, r.kernelTables.swapped] : [])];
+  const consts: tf.Tensor[] = [...rope(ctx.ropeQ), ...rope(ctx.ropeK), ctx.bias, ...(rows ? [rows.index, rows.positions] : [])];
+  const rebuild = (c: tf.Tensor[]): [AttentionContext, QueryRows | undefined] => {
+    let k = 0;
+    const take = <T extends tf.Tensor>() => c[k++] as T;
+    const ropeFrom = (r: RopeOperands): RopeOperands => ({
+      cos: take(),
+      sin: take(),
+      rotate: take(),
+      ...(r.kernelTables ? { kernelTables: { signed: take(), swapped: take() } } : {}),
+    });
+    const ropeQ = ropeFrom(ctx.ropeQ);
+    const ropeK = ropeFrom(ctx.ropeK);
+    const bias = take<tf.Tensor4D>();
+    const r = rows ? { index: take<tf.Tensor1D>(), positions: take<tf.Tensor1D>(), perBatch: rows.perBatch } : undefined;
+    return [{ ...ctx, ropeQ, ropeK, bias }, r];
+  };
+  const params = [...layer.namedWeights()].map(([, v]) => v);
+  return checkpointed((input: tf.Tensor2D, c) => {
+    const [cx, r] = rebuild(c);
+    return layer.apply(input, cx, i, r);
+  }, x, params, consts) as tf.Tensor2D;
 }
 
 /** Which query rows the last layer keeps: `logitRows` grouped per batch element, padded to the same count. */
