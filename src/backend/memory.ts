@@ -81,6 +81,8 @@ interface Guard {
   backend: GuardedBackend;
   ceiling: number;
   inUse: number;
+  /** Most bytes in use since the guard was installed or `resetWasmPeak` (measured peak of a run). */
+  peak: number;
   /** Counted bytes per dataId: the tensor's own and those of XNNPACK's packed copy of it. */
   owned: WeakMap<object, number>;
 }
@@ -125,6 +127,7 @@ function reserve(g: Guard, bytes: number, what: string): void {
 function record(g: Guard, dataId: object, bytes: number): void {
   g.owned.set(dataId, (g.owned.get(dataId) ?? 0) + bytes);
   g.inUse += bytes;
+  if (g.inUse > g.peak) g.peak = g.inUse;
 }
 
 function release(g: Guard, dataId: object): void {
@@ -139,7 +142,7 @@ export function installMemoryGuard(): void {
   if (tf.getBackend() !== 'wasm') throw new Error(`installMemoryGuard: the active backend is '${tf.getBackend()}', not wasm`);
   const be = tf.backend() as unknown as GuardedBackend;
   if (guard?.backend === be) return;
-  const g: Guard = { backend: be, ceiling: ceilingOverride ?? ceilingFromEnv(), inUse: 0, owned: new WeakMap() };
+  const g: Guard = { backend: be, ceiling: ceilingOverride ?? ceilingFromEnv(), inUse: 0, peak: 0, owned: new WeakMap() };
   /** What `move` is allocating, for the malloc wrapper's message. */
   let pendingWhat: string | null = null;
 
@@ -225,6 +228,17 @@ export function memoryCeilingBytes(): number | null {
 /** Bytes the guard counts as in use on wasm (null on other backends). */
 export function wasmBytesInUse(): number | null {
   return activeGuard()?.inUse ?? null;
+}
+
+/** Most bytes the guard counted in use at once since install or `resetWasmPeak` (null on other backends). */
+export function wasmPeakBytes(): number | null {
+  return activeGuard()?.peak ?? null;
+}
+
+/** Start a new peak measurement from the bytes in use now. */
+export function resetWasmPeak(): void {
+  const g = activeGuard();
+  if (g) g.peak = g.inUse;
 }
 
 /**

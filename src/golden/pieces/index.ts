@@ -9,6 +9,7 @@ import { runConvNext } from './convnext.js';
 import { runProjector } from './projector.js';
 import { runLlama } from './llama.js';
 import { runSplice } from './splice.js';
+import { runLora } from './lora.js';
 
 export const RUNNERS: RunnerTable = {
   'boxes.json': runBoxes,
@@ -29,4 +30,6 @@ export const RUNNERS: RunnerTable = {
   llama_b: runLlama,
   splice: runSplice,
   splice_textonly: runSplice,
+  lora_llama_all: runLora,
+  lora_llama_qv_rs: runLora,
 };
