@@ -12,7 +12,7 @@ import { Linear } from '../../nn/linear.js';
 import { LayerNorm } from '../../nn/norm.js';
 import { Conv2d } from '../../nn/conv.js';
 import { quickGelu } from '../../nn/activations.js';
-import { mergeHeads, scaledDotProductAttention, splitHeads } from '../../nn/attention.js';
+import { blockedAttention, mergeHeads, splitHeads } from '../../nn/attention.js';
 
 export interface ClipVitConfig {
   /** Side of the square input image in pixels (336 for ViT-L/14-336). */
@@ -38,6 +38,17 @@ export interface ClipVitConfig {
   selectLayer: number;
   /** Drop the CLS token from the selected state (LLaVA `select_feature='patch'`, the default). */
   dropCls: boolean;
+}
+
+/** What one pre-LN CLIP encoder layer needs: the vision tower and a CLIP-style text tower (OWLv2) share the layer. */
+export type ClipLayerConfig = Pick<ClipVitConfig, 'hiddenSize' | 'intermediateSize' | 'numHeads' | 'layerNormEps'>;
+
+/** Per-call attention options of a CLIP encoder layer. */
+export interface ClipAttentionOptions {
+  /** Additive attention bias broadcastable to [B,H,T,T] (a text tower's causal + padding mask); none: full attention. */
+  bias?: tf.Tensor | null;
+  /** Largest score block [B,h,t,T] materialised at once (see blockedAttention); default: all heads at once. */
+  maxScores?: number;
 }
 
 export const CLIP_VIT_DEFAULTS = { layerNormEps: 1e-5, numChannels: 3, selectLayer: -2, dropCls: true } as const;
@@ -100,7 +111,7 @@ function selectedIndex(c: ClipVitConfig): number {
   return i;
 }
 
-class ClipEmbeddings extends Module<ClipVitConfig> {
+export class ClipEmbeddings extends Module<ClipVitConfig> {
   readonly classEmbedding: tf.Variable; // [D]
   readonly patchEmbedding: Conv2d; // [D, C, p, p], no bias
   readonly positionEmbedding: tf.Variable; // [1 + G*G, D]
@@ -134,13 +145,13 @@ class ClipEmbeddings extends Module<ClipVitConfig> {
   }
 }
 
-class ClipAttention extends Module<ClipVitConfig> {
+class ClipAttention extends Module<ClipLayerConfig> {
   readonly qProj: Linear;
   readonly kProj: Linear;
   readonly vProj: Linear;
   readonly outProj: Linear;
 
-  constructor(c: ClipVitConfig, ctx: InitContext) {
+  constructor(c: ClipLayerConfig, ctx: InitContext) {
     super(c);
     const lin = { inFeatures: c.hiddenSize, outFeatures: c.hiddenSize, bias: true };
     this.qProj = this.addChild('q_proj', new Linear(lin, ctx));
@@ -149,25 +160,25 @@ class ClipAttention extends Module<ClipVitConfig> {
     this.outProj = this.addChild('out_proj', new Linear(lin, ctx));
   }
 
-  /** x [B,N,D] -> [B,N,D]; no mask (every patch sees every patch). */
-  apply(x: tf.Tensor3D): tf.Tensor3D {
+  /** x [B,N,D] -> [B,N,D]; without a bias every token sees every token (the vision tower). */
+  apply(x: tf.Tensor3D, opts: ClipAttentionOptions = {}): tf.Tensor3D {
     return tf.tidy(() => {
       const h = this.config.numHeads;
       const hd = this.config.hiddenSize / h;
       const q = splitHeads(this.qProj.apply(x), h); // [B,H,N,hd]
       const k = splitHeads(this.kProj.apply(x), h);
       const v = splitHeads(this.vProj.apply(x), h);
-      const o = scaledDotProductAttention(q, k, v, null, hd ** -0.5); // [B,H,N,hd]
+      const o = blockedAttention(q, k, v, opts.bias ?? null, hd ** -0.5, opts.maxScores); // [B,H,N,hd]
       return this.outProj.apply(mergeHeads(o)) as tf.Tensor3D; // [B,N,D]
     });
   }
 }
 
-class ClipMlp extends Module<ClipVitConfig> {
+class ClipMlp extends Module<ClipLayerConfig> {
   readonly fc1: Linear;
   readonly fc2: Linear;
 
-  constructor(c: ClipVitConfig, ctx: InitContext) {
+  constructor(c: ClipLayerConfig, ctx: InitContext) {
     super(c);
     this.fc1 = this.addChild('fc1', new Linear({ inFeatures: c.hiddenSize, outFeatures: c.intermediateSize, bias: true }, ctx));
     this.fc2 = this.addChild('fc2', new Linear({ inFeatures: c.intermediateSize, outFeatures: c.hiddenSize, bias: true }, ctx));
@@ -179,13 +190,13 @@ class ClipMlp extends Module<ClipVitConfig> {
 }
 
 /** Pre-LN encoder layer: x += attn(ln1(x)); x += mlp(ln2(x)). */
-class ClipEncoderLayer extends Module<ClipVitConfig> {
+export class ClipEncoderLayer extends Module<ClipLayerConfig> {
   readonly selfAttn: ClipAttention;
   readonly layerNorm1: LayerNorm;
   readonly mlp: ClipMlp;
   readonly layerNorm2: LayerNorm;
 
-  constructor(c: ClipVitConfig, ctx: InitContext) {
+  constructor(c: ClipLayerConfig, ctx: InitContext) {
     super(c);
     const ln = { dim: c.hiddenSize, eps: c.layerNormEps };
     this.selfAttn = this.addChild('self_attn', new ClipAttention(c, ctx));
@@ -194,9 +205,9 @@ class ClipEncoderLayer extends Module<ClipVitConfig> {
     this.layerNorm2 = this.addChild('layer_norm2', new LayerNorm(ln, ctx));
   }
 
-  apply(x: tf.Tensor3D): tf.Tensor3D {
+  apply(x: tf.Tensor3D, opts: ClipAttentionOptions = {}): tf.Tensor3D {
     return tf.tidy(() => {
-      const h = tf.add(x, this.selfAttn.apply(this.layerNorm1.apply(x) as tf.Tensor3D)) as tf.Tensor3D;
+      const h = tf.add(x, this.selfAttn.apply(this.layerNorm1.apply(x) as tf.Tensor3D, opts)) as tf.Tensor3D;
       return tf.add(h, this.mlp.apply(this.layerNorm2.apply(h) as tf.Tensor3D)) as tf.Tensor3D;
     });
   }
