@@ -9,6 +9,9 @@ import { currentBackend, type BackendChoice } from './select.js';
 import { memoryCeilingBytes } from './memory.js';
 import { wasmKernelPackRegistered } from './kernels/index.js';
 import { nativeStatus, type NativeStatus } from './native.js';
+import type { AdapterFacts } from './webgpu/adapter.js';
+import { maxTensorBytes, webgpuAdapter, webgpuDeviceLimits } from './webgpu/backend.js';
+import { webgpuKernelPackRegistered } from './webgpu/pack.js';
 
 const require = createRequire(import.meta.url);
 
@@ -21,9 +24,20 @@ export interface RuntimeInfo {
   node: string;
   cpus: number;
   totalMemoryBytes: number;
-  /** True when computation runs on a CUDA device. */
+  /** True when computation runs on a GPU: CUDA, or webgpu on a hardware adapter. */
   gpu: boolean;
   tfjsNodeGpu: { installed: boolean; version: string | null; cudaFound: boolean | null; note: string };
+  webgpu: {
+    /** Versions of the optional packages (null: not installed). */
+    dawn: string | null;
+    tfjsBackendWebgpu: string | null;
+    /** The adapter in use (null unless the backend is webgpu). */
+    adapter: AdapterFacts | null;
+    /** Limits the device was granted (the adapter's maxima) and the largest tensor they allow. */
+    deviceLimits: Record<string, number> | null;
+    maxTensorBytes: number | null;
+    kernelPack: boolean;
+  };
   wasm: { threads: number | null; kernelPack: boolean; simd: boolean | null };
   /** The native matmul addon the wasm kernel pack uses for BatchMatMul (native.ts). */
   native: NativeStatus;
@@ -64,6 +78,9 @@ export function runtimeInfo(): RuntimeInfo {
     threads = wasm.wasm?._getThreadsCount?.() ?? 1;
     simd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
   }
+  const onWebgpu = choice.name === 'webgpu';
+  const adapter = onWebgpu ? webgpuAdapter() : null;
+  const limits = onWebgpu ? webgpuDeviceLimits() : null;
   return {
     backend: choice.name,
     reason: choice.reason,
@@ -73,8 +90,16 @@ export function runtimeInfo(): RuntimeInfo {
     node: process.version,
     cpus: os.cpus().length,
     totalMemoryBytes: os.totalmem(),
-    gpu: cudaFound === true,
+    gpu: cudaFound === true || (adapter != null && !adapter.software),
     tfjsNodeGpu: { installed: gpuVersion != null, version: gpuVersion, cudaFound, note },
+    webgpu: {
+      dawn: packageVersion('webgpu'),
+      tfjsBackendWebgpu: packageVersion('@tensorflow/tfjs-backend-webgpu'),
+      adapter,
+      deviceLimits: limits,
+      maxTensorBytes: limits ? maxTensorBytes(limits) : null,
+      kernelPack: onWebgpu && webgpuKernelPackRegistered(),
+    },
     wasm: { threads, kernelPack: choice.name === 'wasm' && wasmKernelPackRegistered(), simd },
     native: nativeStatus(),
     memoryCeilingBytes: memoryCeilingBytes(),

@@ -29,6 +29,8 @@ function formatInfo(i: RuntimeInfo): string {
     `gpu              ${i.gpu ? 'yes' : 'no'}`,
     `tfjs-node-gpu    ${i.tfjsNodeGpu.version ?? '-'}: ${i.tfjsNodeGpu.note}`,
   ];
+  lines.push(`webgpu           webgpu ${i.webgpu.dawn ?? '-'} (Dawn), tfjs-backend-webgpu ${i.webgpu.tfjsBackendWebgpu ?? '-'}`);
+  if (i.webgpu.adapter) lines.push(...webgpuLines(i.webgpu));
   if (i.backend === 'wasm') {
     lines.push(
       `wasm             threads ${i.wasm.threads}, simd ${i.wasm.simd}, kernel pack ${i.wasm.kernelPack ? 'registered' : 'absent'}`,
@@ -39,4 +41,17 @@ function formatInfo(i: RuntimeInfo): string {
     `memory ceiling   ${i.memoryCeilingBytes == null ? 'none enforced' : `${(i.memoryCeilingBytes / GiB).toFixed(2)} GiB of live tensors`}`,
   );
   return `${lines.join('\n')}\n`;
+}
+
+/** The adapter webgpu runs on: name, type, software or not, the limits the device was granted. */
+function webgpuLines(w: RuntimeInfo['webgpu']): string[] {
+  const a = w.adapter!;
+  const MiB = 1024 * 1024;
+  const limits = Object.entries(w.deviceLimits ?? a.limits).map(([k, v]) => `${k} ${/Size$/.test(k) && v >= MiB ? `${(v / MiB).toFixed(0)} MiB` : v}`);
+  return [
+    `  adapter        vendor '${a.vendor}', architecture '${a.architecture}', device '${a.device}', ${a.description}`,
+    `  type           ${a.type}${a.software ? ` (software: ${a.softwareReason})` : ' (hardware)'}`,
+    `  limits         ${limits.join(', ')}`,
+    `  largest tensor ${w.maxTensorBytes == null ? '-' : `${(w.maxTensorBytes / MiB).toFixed(0)} MiB`}; kernel pack ${w.kernelPack ? 'registered' : 'absent'}`,
+  ];
 }

@@ -1,4 +1,8 @@
-/** Numeric comparison of our outputs with golden tensors (numpy `allclose` semantics). */
+/**
+ * Numeric comparison of our outputs with golden tensors (numpy `allclose` semantics). Runners collect their
+ * comparisons in a `Checks` list, which reads the tensors asynchronously at the end: on webgpu a synchronous
+ * read (`dataSync`) is impossible in Node.
+ */
 import * as tf from '@tensorflow/tfjs';
 import type { HostTensor } from '../io/safetensors.js';
 
@@ -19,6 +23,7 @@ export interface CheckResult {
 type Values = tf.Tensor | Float32Array | Int32Array | number[] | number;
 
 function toArray(v: Values): { data: ArrayLike<number>; shape: number[] | null } {
+  // A tensor is read synchronously: wasm and cpu only. Runners pass tensors through `Checks`, which reads them with data().
   if (v instanceof tf.Tensor) return { data: v.dataSync(), shape: v.shape };
   if (typeof v === 'number') return { data: [v], shape: [] };
   return { data: v, shape: null };
@@ -51,4 +56,65 @@ export function compareTensor(name: string, actual: Values, expected: HostTensor
 /** Integer tensors (ids, labels, masks) must match exactly. */
 export function compareExact(name: string, actual: Values, expected: HostTensor): CheckResult {
   return compareTensor(name, actual, expected, { atol: 0, rtol: 0 });
+}
+
+interface PendingCheck {
+  name: string;
+  /** A clone kept alive until `results()` reads it (the original may be disposed or, for a variable, reassigned). */
+  actual: tf.Tensor;
+  expected: HostTensor;
+  tol: Tolerance;
+}
+
+/**
+ * The comparisons of one golden piece, in order. Tensors are cloned (no copy: the data is shared) and kept past
+ * the caller's `tf.tidy`; `results()` reads them all with `await data()` and disposes the clones.
+ */
+export class Checks {
+  private readonly items: (CheckResult | PendingCheck)[] = [];
+
+  /** Compare a tensor (read later) or host values (now) with a golden tensor. */
+  tensor(name: string, actual: Values, expected: HostTensor, tol: Tolerance): void {
+    if (actual instanceof tf.Tensor) this.items.push({ name, actual: tf.keep(actual.clone()), expected, tol });
+    else this.items.push(compareTensor(name, actual, expected, tol));
+  }
+
+  /** Integer tensors (ids, labels, masks): exact. */
+  exact(name: string, actual: Values, expected: HostTensor): void {
+    this.tensor(name, actual, expected, { atol: 0, rtol: 0 });
+  }
+
+  /** A result computed elsewhere (a structural check, a missing intermediate). */
+  push(result: CheckResult): void {
+    this.items.push(result);
+  }
+
+  /** Read every pending tensor, compare, and free the clones (also when a read fails). */
+  async results(): Promise<CheckResult[]> {
+    const out: CheckResult[] = [];
+    try {
+      for (const item of this.items) {
+        if (!('actual' in item)) {
+          out.push(item);
+          continue;
+        }
+        const data = (await item.actual.data()) as Float32Array | Int32Array;
+        const shapeOk = item.actual.shape.length === item.expected.shape.length && item.actual.shape.every((d, i) => d === item.expected.shape[i]);
+        out.push(
+          shapeOk
+            ? compareTensor(item.name, data, item.expected, item.tol)
+            : { name: item.name, ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: `shape [${item.actual.shape}] != golden [${item.expected.shape}]` },
+        );
+      }
+    } finally {
+      this.dispose();
+    }
+    return out;
+  }
+
+  /** Free the kept tensors without reading them (a runner that throws). */
+  dispose(): void {
+    for (const item of this.items) if ('actual' in item) item.actual.dispose();
+    this.items.length = 0;
+  }
 }

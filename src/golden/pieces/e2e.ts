@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareExact, compareTensor, type CheckResult } from '../compare.js';
+import { compareExact, Checks, type CheckResult } from '../compare.js';
 import { toTf } from '../../io/host-tensor.js';
 import { loadWeights } from '../../nn/module.js';
 import { nchwToNhwc, nhwcToNchw } from '../../nn/conv.js';
@@ -44,11 +44,11 @@ function boxesOf(piece: GoldenPiece, batch: number): Float32Array[] {
   return Array.from({ length: batch }, (_, i) => ioTensor(piece, `input.gt_boxes_${i}`).data as Float32Array);
 }
 
-export function runE2e(piece: GoldenPiece): CheckResult[] {
+export async function runE2e(piece: GoldenPiece): Promise<CheckResult[]> {
   const cfg = piece.config as unknown as E2eConfig;
   const model = new MGLLaVA(e2eModelConfig(cfg), { rng: new Rng(0), skipInit: true });
-  const checks: CheckResult[] = [];
-  const fwd = (name: string, t: tf.Tensor, key = name) => checks.push(compareTensor(name, t, ioTensor(piece, key), piece.forward));
+  const checks = new Checks();
+  const fwd = (name: string, t: tf.Tensor, key = name) => checks.tensor(name, t, ioTensor(piece, key), piece.forward);
   try {
     loadWeights(model, piece.params, { origin: `${piece.name}.params` });
     const [pixels, pixelsAux] = tf.tidy(() => [
@@ -86,7 +86,7 @@ export function runE2e(piece: GoldenPiece): CheckResult[] {
     // Gradients of every finetune-trainable weight (fusion/projector grads are the same in pretrain).
     const sftVars = model.trainableWeights('finetune');
     const grads = namedGrads(lossOf, sftVars);
-    for (const [name, g] of grads) checks.push(compareTensor(`grad.${name}`, g, ioTensor(piece, `grad.${name}`), piece.grads));
+    for (const [name, g] of grads) checks.tensor(`grad.${name}`, g, ioTensor(piece, `grad.${name}`), piece.grads);
     const pretrainNames = [...model.trainableWeights('pretrain').keys()];
     if (cfg.trainable_pretrain) {
       const same = JSON.stringify([...pretrainNames].sort()) === JSON.stringify([...cfg.trainable_pretrain].sort());
@@ -101,14 +101,14 @@ export function runE2e(piece: GoldenPiece): CheckResult[] {
       const vars = model.trainableWeights(stage);
       const modeGrads = new Map([...vars.keys()].map((n) => [n, toTf(ioTensor(piece, `grad.${n}`))]));
       const clipped = clipByGlobalNorm(modeGrads, cfg.adam.max_norm);
-      checks.push(compareTensor(`${mode}.grad_norm`, clipped.norm, ioTensor(piece, `${mode}.grad_norm`), piece.forward));
+      checks.tensor(`${mode}.grad_norm`, clipped.norm, ioTensor(piece, `${mode}.grad_norm`), piece.forward);
       const ours = clipByGlobalNorm(new Map([...vars.keys()].map((n) => [n, grads.get(n)!])), cfg.adam.max_norm);
-      checks.push(compareTensor(`${mode}.grad_norm (our grads)`, ours.norm, ioTensor(piece, `${mode}.grad_norm`), piece.grads));
+      checks.tensor(`${mode}.grad_norm (our grads)`, ours.norm, ioTensor(piece, `${mode}.grad_norm`), piece.grads);
       const before = new Map([...vars].map(([n, v]) => [n, v.clone()]));
       const opt = new AdamW(vars, { betas: cfg.adam.betas, eps: cfg.adam.eps, weightDecay: cfg.adam.weight_decay });
       opt.apply(clipped.grads, cfg.adam.lr);
       for (const [n, v] of vars) {
-        checks.push(compareTensor(`${mode}.updated.${n}`, v, ioTensor(piece, `${mode}.updated.${n}`), piece.forward));
+        checks.tensor(`${mode}.updated.${n}`, v, ioTensor(piece, `${mode}.updated.${n}`), piece.forward);
         v.assign(before.get(n)!); // restore for the next mode
       }
       opt.dispose();
@@ -121,5 +121,5 @@ export function runE2e(piece: GoldenPiece): CheckResult[] {
   } finally {
     model.dispose();
   }
-  return checks;
+  return await checks.results();
 }

@@ -6,7 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareTensor, type CheckResult } from '../compare.js';
+import { Checks, type CheckResult } from '../compare.js';
 import { toTf } from '../../io/host-tensor.js';
 import { loadWeights } from '../../nn/module.js';
 import { nchwToNhwc, nhwcToNchw } from '../../nn/conv.js';
@@ -22,7 +22,7 @@ function configInt(piece: GoldenPiece, key: string): number {
   return v;
 }
 
-export function runFusion(piece: GoldenPiece): CheckResult[] {
+export async function runFusion(piece: GoldenPiece): Promise<CheckResult[]> {
   const variant = configInt(piece, 'variant') as FusionVariant;
   const fusion = new ConvGateFusion(
     { lowDim: configInt(piece, 'low_dim'), highDim: configInt(piece, 'high_dim'), variant, zeroInit: true },
@@ -31,7 +31,7 @@ export function runFusion(piece: GoldenPiece): CheckResult[] {
   const low = tf.tidy(() => tf.variable(toTf(ioTensor(piece, 'input.low'))));
   const high = tf.tidy(() => tf.variable(nchwToNhwc(toTf(ioTensor(piece, 'input.high'))))); // [B,H,W,C]
   const lossWeight = toTf(ioTensor(piece, 'input.loss_weight'));
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   try {
     loadWeights(fusion, piece.params, { prefix: PREFIX, origin: `${piece.name}.params` });
     const grid = configInt(piece, 'grid');
@@ -39,15 +39,13 @@ export function runFusion(piece: GoldenPiece): CheckResult[] {
 
     tf.tidy(() => {
       const r = fusion.forward(low as tf.Tensor3D, high as tf.Tensor4D);
-      checks.push(compareTensor('output.out', r.out, ioTensor(piece, 'output.out'), piece.forward));
+      checks.tensor('output.out', r.out, ioTensor(piece, 'output.out'), piece.forward);
       const inter: [string, tf.Tensor | null][] = [['hi', r.hi], ['lo', r.lo], ['gate_tanh', r.gateTanh]];
       for (const [key, t] of inter) {
         const golden = piece.io.get(`intermediate.${key}`);
         if (!golden) continue;
-        checks.push(
-          t ? compareTensor(`intermediate.${key}`, t, golden, piece.forward)
-            : { name: `intermediate.${key}`, ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: `variant ${variant} has no ${key}` },
-        );
+        if (t) checks.tensor(`intermediate.${key}`, t, golden, piece.forward);
+        else checks.push({ name: `intermediate.${key}`, ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: `variant ${variant} has no ${key}` });
       }
     });
 
@@ -59,7 +57,7 @@ export function runFusion(piece: GoldenPiece): CheckResult[] {
       tf.tidy(() => {
         const key = name.startsWith('input.') ? `grad_input.${name.slice(6)}` : `grad.${name}`;
         const actual = name === 'input.high' ? nhwcToNchw(g) : g;
-        checks.push(compareTensor(key, actual, ioTensor(piece, key), piece.grads));
+        checks.tensor(key, actual, ioTensor(piece, key), piece.grads);
       });
       g.dispose();
     }
@@ -69,5 +67,5 @@ export function runFusion(piece: GoldenPiece): CheckResult[] {
     high.dispose();
     lossWeight.dispose();
   }
-  return checks;
+  return await checks.results();
 }

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareTensor, type CheckResult } from '../compare.js';
+import { Checks, type CheckResult } from '../compare.js';
 import { loadWeights } from '../../nn/module.js';
 import { Rng } from '../../util/rng.js';
 import { toTf } from '../../io/host-tensor.js';
@@ -15,10 +15,10 @@ import { fromHfConfig } from '../../model/llm/config.js';
 import { LlamaForCausalLM } from '../../model/llm/llama.js';
 import { causalLmLoss } from '../../model/loss.js';
 
-export function runLlama(piece: GoldenPiece): CheckResult[] {
+export async function runLlama(piece: GoldenPiece): Promise<CheckResult[]> {
   const config = fromHfConfig({ model_type: 'llama', ...piece.config });
   const model = new LlamaForCausalLM(config, { rng: new Rng(0), skipInit: true });
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   const has = (k: string) => piece.io.has(k);
   // inputs_embeds as a variable, so that tf.variableGrads also returns its gradient
   const embedsInput = has('input.inputs_embeds') ? tf.tidy(() => tf.variable(toTf(ioTensor(piece, 'input.inputs_embeds')), true)) : null;
@@ -34,15 +34,15 @@ export function runLlama(piece: GoldenPiece): CheckResult[] {
     // forward: logits, loss, hidden states, rope tables
     const out = model.forward({ ...inputs, outputHiddenStates: true });
     const { loss } = causalLmLoss(out.logits, labels);
-    checks.push(compareTensor('output.logits', out.logits, ioTensor(piece, 'output.logits'), piece.forward));
-    checks.push(compareTensor('output.loss', loss, ioTensor(piece, 'output.loss'), piece.forward));
+    checks.tensor('output.logits', out.logits, ioTensor(piece, 'output.logits'), piece.forward);
+    checks.tensor('output.loss', loss, ioTensor(piece, 'output.loss'), piece.forward);
     out.hiddenStates!.forEach((h, i) => {
-      if (has(`intermediate.hidden.${i}`)) checks.push(compareTensor(`intermediate.hidden.${i}`, h, ioTensor(piece, `intermediate.hidden.${i}`), piece.forward));
+      if (has(`intermediate.hidden.${i}`)) checks.tensor(`intermediate.hidden.${i}`, h, ioTensor(piece, `intermediate.hidden.${i}`), piece.forward);
     });
     if (has('intermediate.rope_cos')) {
       const { cos, sin } = model.ropeCosSin(inputs.positionIds);
-      checks.push(compareTensor('intermediate.rope_cos', cos, ioTensor(piece, 'intermediate.rope_cos'), piece.forward));
-      checks.push(compareTensor('intermediate.rope_sin', sin, ioTensor(piece, 'intermediate.rope_sin'), piece.forward));
+      checks.tensor('intermediate.rope_cos', cos, ioTensor(piece, 'intermediate.rope_cos'), piece.forward);
+      checks.tensor('intermediate.rope_sin', sin, ioTensor(piece, 'intermediate.rope_sin'), piece.forward);
     }
     tf.dispose([out.logits, ...out.hiddenStates!, loss]);
 
@@ -54,13 +54,13 @@ export function runLlama(piece: GoldenPiece): CheckResult[] {
       return causalLmLoss(logits, labels).loss;
     }, vars);
     for (const [name, v] of named) {
-      checks.push(compareTensor(`grad.${name}`, grads[v.name]!, ioTensor(piece, `grad.${name}`), piece.grads));
+      checks.tensor(`grad.${name}`, grads[v.name]!, ioTensor(piece, `grad.${name}`), piece.grads);
     }
     if (embedsInput && has('grad_input.inputs_embeds')) {
-      checks.push(compareTensor('grad_input.inputs_embeds', grads[embedsInput.name]!, ioTensor(piece, 'grad_input.inputs_embeds'), piece.grads));
+      checks.tensor('grad_input.inputs_embeds', grads[embedsInput.name]!, ioTensor(piece, 'grad_input.inputs_embeds'), piece.grads);
     }
     tf.dispose([value, ...Object.values(grads)]);
-    return checks;
+    return await checks.results();
   } finally {
     model.dispose();
     embedsInput?.dispose();

@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareTensor, type CheckResult } from '../compare.js';
+import { Checks, type CheckResult } from '../compare.js';
 import { toTf } from '../../io/host-tensor.js';
 import { loadWeights } from '../../nn/module.js';
 import { nchwToNhwc, nhwcToNchw } from '../../nn/conv.js';
@@ -35,14 +35,14 @@ function mapNhwc(piece: GoldenPiece, key: string): tf.Tensor4D {
   return tf.tidy(() => nchwToNhwc(toTf(ioTensor(piece, key))));
 }
 
-export function runRoiAlign(piece: GoldenPiece): CheckResult[] {
+export async function runRoiAlign(piece: GoldenPiece): Promise<CheckResult[]> {
   const featHost = ioTensor(piece, 'input.feat');
   if (featHost.shape.length !== 4 || featHost.shape[0] !== 1) throw new Error(`piece '${piece.name}': input.feat must be [1,C,H,W]`);
   const boxes = ioTensor(piece, 'input.boxes').data as Float32Array;
   const spatialScale = configNumber(piece, 'spatial_scale');
   const feat = tf.tidy(() => tf.variable(mapNhwc(piece, 'input.feat').squeeze([0]))) as tf.Variable<tf.Rank.R3>; // [H,W,C]
   const [H, W] = feat.shape;
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   try {
     const cases = [...piece.io.keys()].map((k) => /^output\.pooled_((\d+)(?:_sr(\d+))?)$/.exec(k)).filter((m) => m !== null);
     if (cases.length === 0) throw new Error(`piece '${piece.name}': no output.pooled_* tensors`);
@@ -50,12 +50,12 @@ export function runRoiAlign(piece: GoldenPiece): CheckResult[] {
       const tag = m[1]!;
       const opts: RoiAlignOptions = { outputSize: Number(m[2]), spatialScale, samplingRatio: m[3] ? Number(m[3]) : -1 };
       const mats = roiAlignMatrices(boxes, H, W, opts);
-      checks.push(compareTensor(`intermediate.Ay_${tag}`, mats.ay, ioTensor(piece, `intermediate.Ay_${tag}`), piece.forward));
-      checks.push(compareTensor(`intermediate.Ax_${tag}`, mats.ax, ioTensor(piece, `intermediate.Ax_${tag}`), piece.forward));
+      checks.tensor(`intermediate.Ay_${tag}`, mats.ay, ioTensor(piece, `intermediate.Ay_${tag}`), piece.forward);
+      checks.tensor(`intermediate.Ax_${tag}`, mats.ax, ioTensor(piece, `intermediate.Ax_${tag}`), piece.forward);
       tf.tidy(() => {
         const pooled = nhwcToNchw(roiAlign(feat, boxes, opts)); // [K,C,P,P]
-        checks.push(compareTensor(`output.pooled_${tag}`, pooled, ioTensor(piece, `output.pooled_${tag}`), piece.forward));
-        checks.push(compareTensor(`output.mean_${tag}`, roiMean(feat, boxes, opts), ioTensor(piece, `output.mean_${tag}`), piece.forward));
+        checks.tensor(`output.pooled_${tag}`, pooled, ioTensor(piece, `output.pooled_${tag}`), piece.forward);
+        checks.tensor(`output.mean_${tag}`, roiMean(feat, boxes, opts), ioTensor(piece, `output.mean_${tag}`), piece.forward);
       });
       const lwHost = piece.io.get(`input.loss_weight_${tag}`);
       if (!lwHost) continue;
@@ -65,14 +65,14 @@ export function runRoiAlign(piece: GoldenPiece): CheckResult[] {
       const g = grads.get('feat')!;
       tf.tidy(() => {
         const gNchw = g.expandDims(0).transpose([0, 3, 1, 2]); // [1,C,H,W]
-        checks.push(compareTensor(`grad_input.feat_${tag}`, gNchw, ioTensor(piece, `grad_input.feat_${tag}`), piece.grads));
+        checks.tensor(`grad_input.feat_${tag}`, gNchw, ioTensor(piece, `grad_input.feat_${tag}`), piece.grads);
       });
       g.dispose();
     }
   } finally {
     feat.dispose();
   }
-  return checks;
+  return await checks.results();
 }
 
 /** ObjectFeaturesConfig from the golden keys of object_features / object_features_multilevel. */
@@ -91,14 +91,14 @@ export function objectFeaturesConfigFrom(piece: GoldenPiece, concatChannels: num
   };
 }
 
-export function runObjectFeatures(piece: GoldenPiece): CheckResult[] {
+export async function runObjectFeatures(piece: GoldenPiece): Promise<CheckResult[]> {
   const concatHost = ioTensor(piece, 'input.concat');
   const B = concatHost.shape[0]!;
   const boxes = Array.from({ length: B }, (_, b) => ioTensor(piece, `input.boxes_${b}`).data as Float32Array);
   const model = new ObjectFeatures(objectFeaturesConfigFrom(piece, concatHost.shape[1]!), { rng: new Rng(0), skipInit: true });
   const concat = mapNhwc(piece, 'input.concat'); // [B,H,W,C]
   const lossWeight = tf.tidy(() => tf.concat(boxes.map((_, b) => toTf(ioTensor(piece, `input.loss_weight_${b}`))))); // [sum K, hidden]
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   try {
     loadWeights(model, piece.params, { origin: `${piece.name}.params` });
     if (piece.config.spatial_scale !== undefined) {
@@ -110,15 +110,15 @@ export function runObjectFeatures(piece: GoldenPiece): CheckResult[] {
       const rows = tf.split(means.means, means.counts, 0);
       rows.forEach((r, b) => {
         const golden = piece.io.get(`intermediate.roi_mean_${b}`);
-        if (golden) checks.push(compareTensor(`intermediate.roi_mean_${b}`, r, golden, piece.forward));
+        if (golden) checks.tensor(`intermediate.roi_mean_${b}`, r, golden, piece.forward);
       });
       model.apply(concat, boxes).forEach((obj, b) => {
-        checks.push(compareTensor(`output.obj_${b}`, obj, ioTensor(piece, `output.obj_${b}`), piece.forward));
+        checks.tensor(`output.obj_${b}`, obj, ioTensor(piece, `output.obj_${b}`), piece.forward);
       });
     });
     const grads = namedGrads(() => tf.tidy(() => tf.sum(tf.mul(model.applyFlat(concat, boxes).tokens, lossWeight))) as tf.Scalar, model.weightMap());
     for (const [name, g] of grads) {
-      checks.push(compareTensor(`grad.${name}`, g, ioTensor(piece, `grad.${name}`), piece.grads));
+      checks.tensor(`grad.${name}`, g, ioTensor(piece, `grad.${name}`), piece.grads);
       g.dispose();
     }
   } finally {
@@ -126,5 +126,5 @@ export function runObjectFeatures(piece: GoldenPiece): CheckResult[] {
     concat.dispose();
     lossWeight.dispose();
   }
-  return checks;
+  return await checks.results();
 }

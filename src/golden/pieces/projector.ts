@@ -1,6 +1,6 @@
 /** Golden runner for `projector`: forward + grads of params and input for loss sum(y * loss_weight). */
 import * as tf from '@tensorflow/tfjs';
-import { compareTensor, type CheckResult } from '../compare.js';
+import { Checks, type CheckResult } from '../compare.js';
 import { ioTensor, type GoldenPiece } from '../manifest.js';
 import { loadWeights } from '../../nn/module.js';
 import { toTf } from '../../io/host-tensor.js';
@@ -18,23 +18,23 @@ function projectorPrefix(piece: GoldenPiece): string {
   return [...prefixes][0]!;
 }
 
-export function runProjector(piece: GoldenPiece): CheckResult[] {
+export async function runProjector(piece: GoldenPiece): Promise<CheckResult[]> {
   const prefix = projectorPrefix(piece);
   const model = new Projector(projectorConfigFrom(piece.config), { rng: new Rng(0), skipInit: true });
   const x = tf.tidy(() => tf.variable(toTf(ioTensor(piece, 'input.x')))); // [..., in]
   const lossWeight = toTf(ioTensor(piece, 'input.loss_weight')); // [..., out]
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   try {
     loadWeights(model, piece.params, { prefix, origin: `golden '${piece.name}' params` });
     tf.tidy(() => {
-      checks.push(compareTensor('output.y', model.apply(x), ioTensor(piece, 'output.y'), piece.forward));
+      checks.tensor('output.y', model.apply(x), ioTensor(piece, 'output.y'), piece.forward);
     });
     const vars = new Map<string, tf.Variable>(model.weightMap(prefix));
     vars.set('input.x', x);
     const grads = namedGrads(() => tf.tidy(() => tf.sum(tf.mul(model.apply(x), lossWeight))) as tf.Scalar, vars);
     for (const [name, g] of grads) {
       const key = name.startsWith('input.') ? `grad_input.${name.slice('input.'.length)}` : `grad.${name}`;
-      checks.push(compareTensor(key, g, ioTensor(piece, key), piece.grads));
+      checks.tensor(key, g, ioTensor(piece, key), piece.grads);
       g.dispose();
     }
   } finally {
@@ -42,5 +42,5 @@ export function runProjector(piece: GoldenPiece): CheckResult[] {
     x.dispose();
     lossWeight.dispose();
   }
-  return checks;
+  return await checks.results();
 }

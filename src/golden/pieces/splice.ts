@@ -6,12 +6,12 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareExact, compareTensor, type CheckResult } from '../compare.js';
+import { compareExact, Checks, type CheckResult } from '../compare.js';
 import { toTf } from '../../io/host-tensor.js';
 import { spliceMultimodal, type SpliceOptions } from '../../model/splice.js';
 
-export function runSplice(piece: GoldenPiece): CheckResult[] {
-  const checks: CheckResult[] = [];
+export async function runSplice(piece: GoldenPiece): Promise<CheckResult[]> {
+  const checks = new Checks();
   const table = toTf(ioTensor(piece, 'input.embed_tokens'));
   const images = toTf(ioTensor(piece, 'input.image_embeds')) as tf.Tensor3D;
   const objects: tf.Tensor2D[] = [];
@@ -32,7 +32,7 @@ export function runSplice(piece: GoldenPiece): CheckResult[] {
         },
         options,
       );
-      checks.push(compareTensor(`${prefix}.inputs_embeds`, out.inputsEmbeds, ioTensor(piece, `${prefix}.inputs_embeds`), piece.forward));
+      checks.tensor(`${prefix}.inputs_embeds`, out.inputsEmbeds, ioTensor(piece, `${prefix}.inputs_embeds`), piece.forward);
       out.inputsEmbeds.dispose();
       for (const [key, m] of [['labels', out.labels], ['attention_mask', out.attentionMask], ['position_ids', out.positionIds]] as const) {
         const expected = ioTensor(piece, `${prefix}.${key}`);
@@ -44,7 +44,7 @@ export function runSplice(piece: GoldenPiece): CheckResult[] {
         );
       }
     }
-    return checks;
+    return await checks.results();
   } finally {
     tf.dispose([table, images, ...objects]);
   }
