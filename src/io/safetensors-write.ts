@@ -10,11 +10,13 @@
  *  - An AsyncIterable of [name, value] pairs: shapes are only known as tensors arrive, so the data is
  *    spooled to a temp file in arrival order and the final file is assembled (header + copy) at the
  *    end: one tensor in memory, but the data is written twice.
+ * A `RawTensor` is written in its own file dtype (F16, BF16, I64, ...) from its stored bytes, unconverted
+ * (`mgllava convert` keeps a checkpoint's saved dtypes).
  */
 import { randomBytes } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { SafetensorsError } from './safetensors-error.js';
-import { assertLittleEndianHost, elementCount, fileDTypeOf, type HostDType, type HostTensor } from './dtype.js';
+import { assertLittleEndianHost, elementCount, fileDTypeOf, FILE_DTYPES, isFileDType, type FileDType, type HostDType, type HostTensor } from './dtype.js';
 import { encodeHeader, type HeaderEntryOut } from './safetensors-header.js';
 import { readFully } from './safetensors-read.js';
 
@@ -25,7 +27,14 @@ export interface LazyTensor {
   load(): HostTensor | Promise<HostTensor>;
 }
 
-export type TensorValue = HostTensor | LazyTensor;
+/** A tensor written unconverted in a file dtype: `load()` returns its little-endian bytes, produced on demand. */
+export interface RawTensor {
+  fileDtype: FileDType;
+  shape: number[];
+  load(): Uint8Array | Promise<Uint8Array>;
+}
+
+export type TensorValue = HostTensor | LazyTensor | RawTensor;
 
 export type TensorSource =
   | Map<string, TensorValue>
@@ -36,7 +45,7 @@ export type TensorSource =
 /** Where a tensor goes in a file: known before its data is. */
 interface Layout {
   name: string;
-  dtype: HostDType;
+  dtype: FileDType;
   shape: number[];
   byteLength: number;
 }
@@ -101,27 +110,43 @@ function plan(dest: string, name: string, value: TensorValue): PlannedTensor {
   };
   if (typeof name !== 'string' || name === '') fail('tensor names must be non-empty strings');
   if (name === '__metadata__') fail("'__metadata__' is reserved by the format");
-  const { dtype, shape } = value;
-  if (dtype !== 'float32' && dtype !== 'int32') fail(`dtype '${dtype}' is not float32 or int32`);
+  const { shape } = value;
+  let dtype: FileDType;
+  if ('fileDtype' in value) {
+    if (!isFileDType(value.fileDtype)) fail(`file dtype '${value.fileDtype}' is not a safetensors dtype`);
+    dtype = value.fileDtype;
+  } else {
+    if (value.dtype !== 'float32' && value.dtype !== 'int32') fail(`dtype '${value.dtype}' is not float32 or int32`);
+    dtype = fileDTypeOf(value.dtype);
+  }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     fail(`shape ${JSON.stringify(shape)} is not an array of non-negative integers`);
   }
+  const size = FILE_DTYPES[dtype].size;
   const count = elementCount(shape);
-  if (count === null || count > Number.MAX_SAFE_INTEGER / 4) fail(`shape ${JSON.stringify(shape)} is absurdly large`);
-  return { name, dtype, shape: [...shape], byteLength: (count as number) * 4, value };
+  if (count === null || count > Number.MAX_SAFE_INTEGER / size) fail(`shape ${JSON.stringify(shape)} is absurdly large`);
+  return { name, dtype, shape: [...shape], byteLength: (count as number) * size, value };
 }
 
 /** Produce the data of a planned tensor and check it matches what the header announced. */
 async function load(dest: string, p: PlannedTensor): Promise<Uint8Array> {
-  const h = 'load' in p.value ? await p.value.load() : p.value;
   const fail = (reason: string): never => {
     throw new SafetensorsError(dest, reason, p.name);
   };
-  if (h.dtype !== p.dtype || h.shape.length !== p.shape.length || h.shape.some((d, i) => d !== p.shape[i])) {
-    fail(`loaded tensor is ${h.dtype} ${JSON.stringify(h.shape)}, announced ${p.dtype} ${JSON.stringify(p.shape)}`);
+  if ('fileDtype' in p.value) {
+    const bytes = await p.value.load();
+    if (!(bytes instanceof Uint8Array) || bytes.byteLength !== p.byteLength) {
+      fail(`loaded ${bytes?.byteLength} bytes, a ${p.dtype} tensor of shape ${JSON.stringify(p.shape)} has ${p.byteLength}`);
+    }
+    return bytes;
   }
-  const ArrayType = p.dtype === 'float32' ? Float32Array : Int32Array;
-  if (!(h.data instanceof ArrayType)) fail(`data of a ${p.dtype} tensor must be a ${ArrayType.name}`);
+  const h = 'load' in p.value ? await p.value.load() : p.value;
+  const want: HostDType = p.value.dtype;
+  if (h.dtype !== want || h.shape.length !== p.shape.length || h.shape.some((d, i) => d !== p.shape[i])) {
+    fail(`loaded tensor is ${h.dtype} ${JSON.stringify(h.shape)}, announced ${want} ${JSON.stringify(p.shape)}`);
+  }
+  const ArrayType = want === 'float32' ? Float32Array : Int32Array;
+  if (!(h.data instanceof ArrayType)) fail(`data of a ${want} tensor must be a ${ArrayType.name}`);
   if (h.data.byteLength !== p.byteLength) {
     fail(`data has ${h.data.length} elements, shape ${JSON.stringify(p.shape)} needs ${p.byteLength / 4}`);
   }
@@ -137,7 +162,7 @@ function checkMetadata(dest: string, metadata: Record<string, string> | undefine
 function headerEntries(tensors: readonly Layout[]): HeaderEntryOut[] {
   let pos = 0;
   return tensors.map((t) => {
-    const e = { name: t.name, dtype: fileDTypeOf(t.dtype), shape: t.shape, begin: pos, end: pos + t.byteLength };
+    const e = { name: t.name, dtype: t.dtype, shape: t.shape, begin: pos, end: pos + t.byteLength };
     pos = e.end;
     return e;
   });

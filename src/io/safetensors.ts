@@ -7,7 +7,7 @@ export { FILE_DTYPES } from './dtype.js';
 export { SafetensorsError } from './safetensors-error.js';
 export { MAX_HEADER_BYTES } from './safetensors-header.js';
 export { SafetensorsReader, readSafetensors, type TensorInfo, type TensorReader } from './safetensors-read.js';
-export { writeSafetensors, type LazyTensor, type TensorSource, type TensorValue } from './safetensors-write.js';
+export { writeSafetensors, type LazyTensor, type RawTensor, type TensorSource, type TensorValue } from './safetensors-write.js';
 export {
   ShardedReader,
   writeShardedSafetensors,

@@ -10,13 +10,14 @@
  *     archive/byteorder   'little'
  *     archive/data/<key>  raw little-endian storage bytes, 64-byte aligned in the file (as torch writes them)
  *     archive/version     '3'
- * Zip64 structures are written when a size or offset needs them (checkpoints over 4 GiB).
+ * Zip64 structures are written when a size or offset needs them (checkpoints over 4 GiB); the zip writer is
+ * src/io/zip.ts, shared with the checkpoint reader (src/io/torch-load.ts).
  * Tensors are written one at a time (lazy tensors are loaded when their record is written).
  */
-import { open, rename, type FileHandle } from 'node:fs/promises';
-import { crc32 } from 'node:zlib';
+import { open, rename } from 'node:fs/promises';
 import { elementCount, type HostTensor } from './dtype.js';
-import { removeQuietly, tempName, type TensorValue } from './safetensors-write.js';
+import { removeQuietly, tempName, type LazyTensor } from './safetensors-write.js';
+import { ZipWriter } from './zip.js';
 
 export type PickleScalar = string | number | boolean | null;
 
@@ -141,7 +142,7 @@ function contiguousStrides(shape: readonly number[]): number[] {
 interface PlannedStorage {
   name: string;
   key: string;
-  value: TensorValue;
+  value: HostTensor | LazyTensor;
   numel: number;
   byteLength: number;
 }
@@ -172,158 +173,6 @@ function statePickle(storages: readonly PlannedStorage[], meta: Record<string, P
   return p.op(OP.SETITEMS, OP.STOP).bytes();
 }
 
-// --- zip (stored) --------------------------------------------------------------------------------------
-
-const U32_MAX = 0xffffffff;
-const ALIGN = 64;
-/** DOS date 1980-01-01 00:00 (reproducible files). */
-const DOS_DATE = (1 << 5) | 1;
-
-interface ZipEntry {
-  name: Buffer;
-  offset: number;
-  size: number;
-  crc: number;
-  zip64: boolean;
-}
-
-/** Writes stored entries sequentially with positional writes, then the central directory. */
-class ZipWriter {
-  private pos = 0;
-  private readonly entries: ZipEntry[] = [];
-
-  constructor(
-    private readonly fh: FileHandle,
-    private readonly forceZip64: boolean,
-  ) {}
-
-  private async write(b: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < b.length) {
-      const { bytesWritten } = await this.fh.write(b, done, Math.min(b.length - done, 1 << 30), this.pos + done);
-      done += bytesWritten;
-    }
-    this.pos += b.length;
-  }
-
-  /**
-   * One stored entry of `size` bytes, produced as chunks by `produce` (their total must be `size`). The data
-   * starts on a 64-byte boundary (padding in the local header's extra field, as torch does).
-   */
-  async entry(nameStr: string, size: number, produce: () => AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<void> {
-    const name = Buffer.from(nameStr, 'utf8');
-    const offset = this.pos;
-    const zip64 = this.forceZip64 || size >= U32_MAX || offset >= U32_MAX;
-    const z64 = zip64 ? 20 : 0; // 0x0001 extra: id, len, uncompressed size, compressed size
-    const pad = (ALIGN - ((offset + 30 + name.length + z64 + 4) % ALIGN)) % ALIGN;
-    const extra = Buffer.alloc(z64 + 4 + pad);
-    if (zip64) {
-      extra.writeUInt16LE(0x0001, 0);
-      extra.writeUInt16LE(16, 2);
-      extra.writeBigUInt64LE(BigInt(size), 4);
-      extra.writeBigUInt64LE(BigInt(size), 12);
-    }
-    extra.writeUInt16LE(0x4246, z64); // 'FB': padding record
-    extra.writeUInt16LE(pad, z64 + 2);
-    const header = Buffer.alloc(30);
-    header.writeUInt32LE(0x04034b50, 0);
-    header.writeUInt16LE(zip64 ? 45 : 20, 4);
-    header.writeUInt16LE(0, 6); // flags
-    header.writeUInt16LE(0, 8); // stored
-    header.writeUInt16LE(0, 10); // time
-    header.writeUInt16LE(DOS_DATE, 12);
-    header.writeUInt32LE(0, 14); // crc, patched below
-    header.writeUInt32LE(zip64 ? U32_MAX : size, 18);
-    header.writeUInt32LE(zip64 ? U32_MAX : size, 22);
-    header.writeUInt16LE(name.length, 26);
-    header.writeUInt16LE(extra.length, 28);
-    await this.write(Buffer.concat([header, name, extra]));
-    let crc = 0;
-    let written = 0;
-    for await (const chunk of produce()) {
-      crc = crc32(chunk, crc);
-      written += chunk.length;
-      if (written > size) break;
-      await this.write(chunk);
-    }
-    if (written !== size) throw new Error(`zip entry ${nameStr}: produced ${written} bytes, announced ${size}`);
-    const crcBytes = Buffer.alloc(4);
-    crcBytes.writeUInt32LE(crc >>> 0);
-    await this.fh.write(crcBytes, 0, 4, offset + 14);
-    this.entries.push({ name, offset, size, crc: crc >>> 0, zip64 });
-  }
-
-  /** Central directory + end records. */
-  async finish(): Promise<void> {
-    const cdStart = this.pos;
-    const parts: Buffer[] = [];
-    for (const e of this.entries) {
-      const zip64 = e.zip64 || e.offset >= U32_MAX;
-      const extra = Buffer.alloc(zip64 ? 28 : 0);
-      if (zip64) {
-        extra.writeUInt16LE(0x0001, 0);
-        extra.writeUInt16LE(24, 2);
-        extra.writeBigUInt64LE(BigInt(e.size), 4);
-        extra.writeBigUInt64LE(BigInt(e.size), 12);
-        extra.writeBigUInt64LE(BigInt(e.offset), 20);
-      }
-      const h = Buffer.alloc(46);
-      h.writeUInt32LE(0x02014b50, 0);
-      h.writeUInt16LE(zip64 ? 45 : 20, 4); // made by
-      h.writeUInt16LE(zip64 ? 45 : 20, 6); // needed
-      h.writeUInt16LE(0, 8);
-      h.writeUInt16LE(0, 10);
-      h.writeUInt16LE(0, 12);
-      h.writeUInt16LE(DOS_DATE, 14);
-      h.writeUInt32LE(e.crc, 16);
-      h.writeUInt32LE(zip64 ? U32_MAX : e.size, 20);
-      h.writeUInt32LE(zip64 ? U32_MAX : e.size, 24);
-      h.writeUInt16LE(e.name.length, 28);
-      h.writeUInt16LE(extra.length, 30);
-      h.writeUInt16LE(0, 32); // comment
-      h.writeUInt16LE(0, 34); // disk
-      h.writeUInt16LE(0, 36); // internal attrs
-      h.writeUInt32LE(0, 38); // external attrs
-      h.writeUInt32LE(zip64 ? U32_MAX : e.offset, 42);
-      parts.push(h, e.name, extra);
-    }
-    const cd = Buffer.concat(parts);
-    await this.write(cd);
-    const n = this.entries.length;
-    const zip64End = this.forceZip64 || cdStart >= U32_MAX || cd.length >= U32_MAX || n >= 0xffff;
-    if (zip64End) {
-      const recStart = this.pos;
-      const rec = Buffer.alloc(56);
-      rec.writeUInt32LE(0x06064b50, 0);
-      rec.writeBigUInt64LE(44n, 4); // size of the rest of the record
-      rec.writeUInt16LE(45, 12);
-      rec.writeUInt16LE(45, 14);
-      rec.writeUInt32LE(0, 16);
-      rec.writeUInt32LE(0, 20);
-      rec.writeBigUInt64LE(BigInt(n), 24);
-      rec.writeBigUInt64LE(BigInt(n), 32);
-      rec.writeBigUInt64LE(BigInt(cd.length), 40);
-      rec.writeBigUInt64LE(BigInt(cdStart), 48);
-      const loc = Buffer.alloc(20);
-      loc.writeUInt32LE(0x07064b50, 0);
-      loc.writeUInt32LE(0, 4);
-      loc.writeBigUInt64LE(BigInt(recStart), 8);
-      loc.writeUInt32LE(1, 16);
-      await this.write(Buffer.concat([rec, loc]));
-    }
-    const end = Buffer.alloc(22);
-    end.writeUInt32LE(0x06054b50, 0);
-    end.writeUInt16LE(0, 4);
-    end.writeUInt16LE(0, 6);
-    end.writeUInt16LE(zip64End ? 0xffff : n, 8);
-    end.writeUInt16LE(zip64End ? 0xffff : n, 10);
-    end.writeUInt32LE(zip64End ? U32_MAX : cd.length, 12);
-    end.writeUInt32LE(zip64End ? U32_MAX : cdStart, 16);
-    end.writeUInt16LE(0, 20);
-    await this.write(end);
-  }
-}
-
 async function tensorBytes(name: string, s: PlannedStorage): Promise<Uint8Array> {
   const h: HostTensor = 'load' in s.value ? await s.value.load() : s.value;
   const Want = s.value.dtype === 'float32' ? Float32Array : Int32Array;
@@ -337,7 +186,7 @@ async function tensorBytes(name: string, s: PlannedStorage): Promise<Uint8Array>
  * Write `{'state_dict': OrderedDict(stateDict), 'meta': meta}` as a torch zip checkpoint, atomically
  * (temp file + fsync + rename). Tensors keep their float32 / int32 dtype.
  */
-export async function writeTorchPth(file: string, stateDict: Map<string, TensorValue>, o: PthOptions = {}): Promise<void> {
+export async function writeTorchPth(file: string, stateDict: Map<string, HostTensor | LazyTensor>, o: PthOptions = {}): Promise<void> {
   const storages: PlannedStorage[] = [...stateDict].map(([name, value], i) => {
     if (value.dtype !== 'float32' && value.dtype !== 'int32') throw new Error(`.pth writer: tensor '${name}' has dtype ${String(value.dtype)}`);
     const numel = elementCount(value.shape);

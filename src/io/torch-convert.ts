@@ -1,0 +1,67 @@
+/**
+ * PyTorch checkpoint -> safetensors (`mgllava convert`), without Python and without executing the pickle.
+ *
+ * Input: a checkpoint file, a DeepSpeed checkpoint directory or an HF directory of `.bin` shards (see
+ * resolveTorchInput). Every tensor of the state dict is written under its state-dict key in its saved dtype, bytes
+ * unchanged (views materialised contiguous). Tensors stream one at a time from the input's file offsets to the
+ * output (never all in memory); above `maxShardBytes` the output is HF-sharded with an index, by the same writer as
+ * every other safetensors file of the project (src/io/sharded.ts).
+ */
+import { existsSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { UsageError, WeightsError } from '../errors.js';
+import { writeShardedSafetensors, type RawTensor } from './safetensors.js';
+import { resolveTorchInput, TorchStateReader } from './torch-reader.js';
+
+export interface ConvertOptions {
+  /** Where the state dict is inside the saved object (default: found automatically). */
+  key?: string | null;
+  /** Largest shard (tensor bytes); a larger output is sharded with an index. */
+  maxShardBytes: number;
+  /** Replace an existing output. */
+  overwrite?: boolean;
+}
+
+export interface ConvertResult {
+  /** The checkpoint file (or index) read. */
+  source: string;
+  /** Where the state dict was in the saved object (null: the object itself). */
+  key: string | null;
+  tensors: number;
+  /** Tensor data bytes written. */
+  bytes: number;
+  /** Non-tensor entries of the state dict, not converted. */
+  skipped: { name: string; what: string }[];
+  /** The safetensors files written, and the index (null: one file). */
+  files: string[];
+  index: string | null;
+}
+
+const real = (p: string): string => (existsSync(p) ? realpathSync(p) : path.resolve(p));
+
+export async function convertTorchCheckpoint(input: string, out: string, o: ConvertOptions): Promise<ConvertResult> {
+  if (!out.endsWith('.safetensors')) throw new UsageError(`--out ${out}: the output must be a .safetensors file`);
+  const prefix = path.basename(out).slice(0, -'.safetensors'.length);
+  if (prefix === '') throw new UsageError(`--out ${out}: name the file (e.g. model.safetensors)`);
+  if (existsSync(out) && !o.overwrite) throw new UsageError(`--out ${out} exists`, { hint: 'pass --overwrite to replace it' });
+  const source = resolveTorchInput(input);
+  const reader = await TorchStateReader.open(source, { key: o.key });
+  try {
+    if (reader.files().some((f) => real(f) === real(out))) throw new UsageError(`--out ${out} is the input file`);
+    const names = reader.keys();
+    if (names.length === 0) throw new WeightsError(`${source}: the state dict${reader.stateKey ? ` under '${reader.stateKey}'` : ''} holds no tensors (${reader.skipped.length} other entries)`);
+    const tensors = new Map<string, RawTensor>();
+    for (const name of names) {
+      const t = reader.tensor(name);
+      tensors.set(name, { fileDtype: t.dtype, shape: [...t.shape], load: () => reader.readRaw(name) });
+    }
+    const written = await writeShardedSafetensors(path.dirname(out), tensors, {
+      maxShardBytes: o.maxShardBytes,
+      prefix,
+      metadata: { source: path.basename(source), ...(reader.stateKey ? { state_dict_key: reader.stateKey } : {}) },
+    });
+    return { source, key: reader.stateKey, tensors: names.length, bytes: written.totalSize, skipped: reader.skipped, files: written.files, index: written.index };
+  } finally {
+    await reader.close();
+  }
+}
