@@ -7,6 +7,7 @@
  * hidden state and never applies it. Layers after the selected hidden state are not computed.
  */
 import * as tf from '@tensorflow/tfjs';
+import { checkpointed } from '../../nn/checkpoint.js';
 import { Module, type InitContext } from '../../nn/module.js';
 import { Linear } from '../../nn/linear.js';
 import { LayerNorm } from '../../nn/norm.js';
@@ -231,6 +232,8 @@ export class ClipVit extends Module<ClipVitConfig> {
   readonly layers: ClipEncoderLayer[];
   /** Loaded for strict checkpoint compatibility; never used in the forward pass. */
   readonly postLayernorm: LayerNorm;
+  /** Recompute each encoder layer in the backward pass instead of keeping its activations (train.activation_checkpointing). */
+  activationCheckpointing = false;
 
   constructor(config: ClipVitConfig, ctx: InitContext) {
     super(validateClipVitConfig({ ...config }));
@@ -265,7 +268,9 @@ export class ClipVit extends Module<ClipVitConfig> {
       let h = this.preLayrnorm.apply(this.embeddings.apply(pixels)) as tf.Tensor3D; // [B,1+G*G,D]
       const states: tf.Tensor3D[] = [h];
       for (let i = 0; i < last; i++) {
-        h = this.layers[i]!.apply(h);
+        const layer = this.layers[i]!;
+        // Activation checkpointing (when the encoder trains): the layer keeps only its input for the backward pass.
+        h = this.activationCheckpointing ? (checkpointed((x: tf.Tensor3D) => layer.apply(x), h, [...layer.namedWeights()].map(([, v]) => v)) as tf.Tensor3D) : layer.apply(h);
         states.push(h);
       }
       const chosen = states[sel]!;

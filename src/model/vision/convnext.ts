@@ -7,6 +7,7 @@
  * 1: conv 2x2 s2}` for S >= 1, `stages.S.blocks.M.{conv_dw, norm, mlp.fc1, mlp.fc2, gamma}`.
  */
 import * as tf from '@tensorflow/tfjs';
+import { checkpointed } from '../../nn/checkpoint.js';
 import { Module, type InitContext } from '../../nn/module.js';
 import { Linear } from '../../nn/linear.js';
 import { LayerNorm } from '../../nn/norm.js';
@@ -164,11 +165,14 @@ class ConvNextStage extends Module<StageConfig> {
     for (let m = 0; m < c.depth; m++) this.blocks.push(this.addChild(`blocks.${m}`, new ConvNextBlock({ dim: c.dim, eps: c.eps }, ctx)));
   }
 
-  apply(x: tf.Tensor4D): tf.Tensor4D {
+  /** `checkpoint`: each block keeps only its input for the backward pass and recomputes itself there. */
+  apply(x: tf.Tensor4D, checkpoint = false): tf.Tensor4D {
     return tf.tidy(() => {
       let h = x;
       if (this.downNorm && this.downConv) h = this.downConv.apply(this.downNorm.apply(h) as tf.Tensor4D); // [B,H/2,W/2,dim]
-      for (const b of this.blocks) h = b.apply(h);
+      for (const b of this.blocks) {
+        h = checkpoint ? (checkpointed((y: tf.Tensor4D) => b.apply(y), h, [...b.namedWeights()].map(([, v]) => v)) as tf.Tensor4D) : b.apply(h);
+      }
       return h;
     });
   }
@@ -192,6 +196,8 @@ export class ConvNext extends Module<ConvNextConfig> {
   readonly stemConv: Conv2d;
   readonly stemNorm: LayerNorm;
   readonly stages: ConvNextStage[] = [];
+  /** Recompute each block in the backward pass instead of keeping its activations (train.activation_checkpointing). */
+  activationCheckpointing = false;
 
   constructor(config: ConvNextConfig, ctx: InitContext) {
     super(validateConvNextConfig({ ...config, dims: [...config.dims], depths: [...config.depths] }));
@@ -220,7 +226,7 @@ export class ConvNext extends Module<ConvNextConfig> {
       let h = this.stemNorm.apply(this.stemConv.apply(pixels)) as tf.Tensor4D; // [B,S/4,S/4,dims0]
       const stages: tf.Tensor4D[] = [];
       for (const st of this.stages) {
-        h = st.apply(h);
+        h = st.apply(h, this.activationCheckpointing);
         stages.push(h);
       }
       const last = stages[stages.length - 1]!;
