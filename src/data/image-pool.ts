@@ -8,6 +8,12 @@ import { Worker } from 'node:worker_threads';
 import type { ImageJob, ImageReply } from './image-worker.js';
 import { ImageError, type PreparedImage, type PrepareOptions } from './image.js';
 
+/**
+ * The worker's entry: built (dist/), the compiled worker itself; from source (tests, tsx), a boot file
+ * that registers tsx's loader in the worker first.
+ */
+const WORKER_ENTRY = import.meta.url.endsWith('.js') ? './image-worker.js' : './image-worker-boot.mjs';
+
 interface Pending {
   resolve: (p: PreparedImage) => void;
   reject: (e: Error) => void;
@@ -27,7 +33,7 @@ export class ImageWorkerPool {
   }
 
   private spawn(): void {
-    const w = new Worker(new URL('./image-worker-boot.mjs', import.meta.url));
+    const w = new Worker(new URL(WORKER_ENTRY, import.meta.url));
     w.unref(); // an idle pool never keeps the process alive; ref'd while jobs are pending
     w.on('message', (m: ImageReply) => this.settle(w, m));
     w.on('error', (e) => this.failWorker(w, e));

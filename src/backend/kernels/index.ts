@@ -1,6 +1,6 @@
 /**
- * The wasm kernel pack: kernels the stock wasm backend (tfjs 4.22) lacks or runs slowly for
- * training. Registered for backend 'wasm' only, before `tf.setBackend('wasm')` (select.ts), so the
+ * The wasm kernel pack: kernels the stock wasm backend (tfjs 4.22, and only that release:
+ * versions.ts) lacks or runs slowly for training. Registered for backend 'wasm' only, before `tf.setBackend('wasm')` (select.ts), so the
  * backend's setup functions run for them as usual; the stock kernel of each replaced name is
  * captured first (stock.ts) and still serves the cases the pack hands back to it.
  *
@@ -25,7 +25,7 @@
  * (`dataIdMap.get(dataId).id`). The pack reads and writes the heap from JavaScript, calls the
  * exported C `BatchMatMul` through `cwrap`, registers extra ids on sub-ranges of a tensor ("views",
  * heap.ts) so XNNPACK can work on one batch element without a copy, and runs its own small SIMD
- * loops (simd.ts: a WebAssembly module assembled at load time that imports the backend's memory).
+ * loops (simd.wat, compiled by wabt into a module that imports the backend's memory: simd.ts).
  * Every kernel frees its temporaries, also when it throws (heap.ts `withScratch`).
  *
  * Found on the way (tests in test/kernels-*.test.ts):
@@ -66,7 +66,9 @@ import { packBatchMatMul } from './matmul.js';
 import { packSum } from './reduce.js';
 import { ROPE_KERNEL, packRope } from './rope.js';
 import { packUnsortedSegmentSum } from './segment-sum.js';
+import { loadSimdModules } from './simd.js';
 import { captureStock } from './stock.js';
+import { assertPackVersions } from './versions.js';
 
 /** The pack's kernels by tfjs kernel name. */
 export const PACK_KERNELS: Readonly<Record<string, KernelFunc>> = {
@@ -96,21 +98,27 @@ let registered = false;
 
 /**
  * Register the pack for backend 'wasm' (idempotent). Must run after `@tensorflow/tfjs-backend-wasm`
- * is imported (it registers the stock kernels) and before the backend is initialised.
+ * is imported (it registers the stock kernels) and before the backend is initialised. Refuses a tfjs
+ * release other than the one the pack was written for (versions.ts). The kernels are registered
+ * before the first await; the returned promise settles when the SIMD loops are compiled, which must
+ * happen before any pack kernel runs.
  */
-export function registerWasmKernelPack(): void {
-  if (registered) return;
-  for (const name of STOCK_USED) {
-    if (!captureStock(name)) throw new Error(`wasm kernel pack: stock wasm kernel '${name}' not registered (import @tensorflow/tfjs-backend-wasm first)`);
+export async function registerWasmKernelPack(): Promise<void> {
+  if (!registered) {
+    assertPackVersions();
+    for (const name of STOCK_USED) {
+      if (!captureStock(name)) throw new Error(`wasm kernel pack: stock wasm kernel '${name}' not registered (import @tensorflow/tfjs-backend-wasm first)`);
+    }
+    for (const [kernelName, kernelFunc] of Object.entries(PACK_KERNELS)) {
+      const stock = captureStock(kernelName);
+      if (stock) tf.unregisterKernel(kernelName, 'wasm');
+      // Keep the stock setup function: the stock kernel may still be called for the plain case.
+      const config: KernelConfig = { kernelName, backendName: 'wasm', kernelFunc, setupFunc: stock?.setupFunc };
+      tf.registerKernel(config);
+    }
+    registered = true;
   }
-  for (const [kernelName, kernelFunc] of Object.entries(PACK_KERNELS)) {
-    const stock = captureStock(kernelName);
-    if (stock) tf.unregisterKernel(kernelName, 'wasm');
-    // Keep the stock setup function: the stock kernel may still be called for the plain case.
-    const config: KernelConfig = { kernelName, backendName: 'wasm', kernelFunc, setupFunc: stock?.setupFunc };
-    tf.registerKernel(config);
-  }
-  registered = true;
+  await loadSimdModules();
 }
 
 export function wasmKernelPackRegistered(): boolean {
