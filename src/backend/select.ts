@@ -1,17 +1,23 @@
 /**
- * Backend selection: the best TensorFlow.js backend that loads, `tensorflow` > `wasm` > `cpu`.
+ * Backend selection: the best TensorFlow.js backend that loads, `tensorflow` > `webgpu` > `wasm` > `cpu`.
+ * `webgpu` is taken automatically only on a hardware adapter: a software one (lavapipe, SwiftShader) emulates
+ * the GPU on the CPU, far slower than wasm; `--backend webgpu` uses any adapter.
  *
  * An explicitly requested backend (flag or MGLLAVA_BACKEND) that fails to load is an error, never a
  * silent fallback. `tf.setBackend` returns false instead of throwing when a backend fails to
  * initialise, so both its result and `tf.getBackend()` are checked.
  */
+import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
+import { MgllavaError } from '../errors.js';
 import { registerWasmKernelPack } from './kernels/index.js';
 import { registerThreadedWasm, wasmThreadsFromEnv } from './kernels/threads.js';
 import { installMemoryGuard } from './memory.js';
 import { configureNative, nativeStatus } from './native.js';
+import { adapterLine, probeAdapter } from './webgpu/adapter.js';
+import { loadWebgpu } from './webgpu/backend.js';
 
-export const BACKEND_NAMES = ['tensorflow', 'wasm', 'cpu'] as const;
+export const BACKEND_NAMES = ['tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
 
 export interface BackendAttempt {
@@ -32,9 +38,10 @@ export interface BackendChoice {
   tensorflowPackage: string | null;
 }
 
-export class BackendError extends Error {
+/** A backend that was asked for and cannot load, or none at all (exit code of category 'backend'). */
+export class BackendError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'backend');
     this.name = 'BackendError';
   }
 }
@@ -88,11 +95,45 @@ async function loadWasm(): Promise<{ ok: boolean; detail: string }> {
   }
 }
 
-async function activate(name: BackendName, env: NodeJS.ProcessEnv): Promise<{ ok: boolean; detail: string }> {
+const require = createRequire(import.meta.url);
+
+function installed(pkg: string): boolean {
+  try {
+    require.resolve(pkg);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * webgpu: by name, any adapter; automatically, only a hardware one. The automatic check asks a child process
+ * (webgpu/adapter.ts `probeAdapter`), so a software adapter that is not used leaves nothing behind here.
+ */
+async function loadWebgpuBackend(explicit: boolean): Promise<{ ok: boolean; detail: string }> {
+  const missing = ['webgpu', '@tensorflow/tfjs-backend-webgpu'].filter((p) => !installed(p));
+  if (missing.length) return { ok: false, detail: `optional dependencies not installed: ${missing.join(', ')}` };
+  if (!explicit) {
+    const probe = await probeAdapter();
+    if (!probe.ok) return probe;
+    if (probe.adapter.software) {
+      return { ok: false, detail: `adapter ${adapterLine(probe.adapter)} is a software adapter: never chosen automatically (--backend webgpu uses it)` };
+    }
+  }
+  return loadWebgpu(explicit);
+}
+
+async function activate(name: BackendName, env: NodeJS.ProcessEnv, explicit: boolean): Promise<{ ok: boolean; detail: string }> {
   const loaded =
-    name === 'tensorflow' ? await loadTensorflow() : name === 'wasm' ? await loadWasm() : { ok: true, detail: '@tensorflow/tfjs' };
+    name === 'tensorflow'
+      ? await loadTensorflow()
+      : name === 'webgpu'
+        ? await loadWebgpuBackend(explicit)
+        : name === 'wasm'
+          ? await loadWasm()
+          : { ok: true, detail: '@tensorflow/tfjs' };
   if (!loaded.ok) return loaded;
-  if (name === 'wasm') registerWasmKernelPack();
+  if (name === 'wasm') await registerWasmKernelPack(); // async: compiles the pack's SIMD loops
   let ok: boolean;
   try {
     ok = await tf.setBackend(name);
@@ -150,7 +191,7 @@ async function doSelect(requested: string | null | undefined, env: NodeJS.Proces
   const attempts: BackendAttempt[] = [];
   const candidates: BackendName[] = explicit ? [explicit] : [...BACKEND_NAMES];
   for (const name of candidates) {
-    const r = await activate(name, env);
+    const r = await activate(name, env, explicit != null);
     attempts.push({ name, ok: r.ok, detail: r.detail });
     if (!r.ok) continue;
     const skipped = attempts.filter((a) => !a.ok).map((a) => `${a.name} unavailable (${a.detail})`);
@@ -172,7 +213,9 @@ async function doSelect(requested: string | null | undefined, env: NodeJS.Proces
     const hint =
       explicit === 'tensorflow'
         ? '\nInstall @tensorflow/tfjs-node-gpu (CUDA 11.2 + cuDNN 8.1) or @tensorflow/tfjs-node, or choose --backend wasm.'
-        : '';
+        : explicit === 'webgpu'
+          ? '\nwebgpu needs the optional dependencies webgpu and @tensorflow/tfjs-backend-webgpu and a Vulkan (Linux), Metal or D3D12 driver; on an NVIDIA server the Vulkan ICD (README: Backends), for tests Mesa >= 25 lavapipe (scripts/install-lavapipe.sh).'
+          : '';
     throw new BackendError(
       `backend '${explicit}' was requested by ${fromFlag ? '--backend' : 'MGLLAVA_BACKEND'} but failed to load:\n  ${why}${hint}`,
     );
@@ -185,8 +228,13 @@ function firstLine(e: unknown): string {
   return msg.split('\n')[0]!.slice(0, 300);
 }
 
-/** One line for run logs: the backend, why, and on wasm where matrix products run. */
+/** One line for run logs: the backend, why, on wasm where matrix products run, on webgpu the adapter. */
 export function describeBackend(choice: BackendChoice): string {
-  const matmul = choice.name === 'wasm' ? `; matmul: ${nativeStatus().detail}` : '';
-  return `backend: ${choice.name} (${choice.reason})${matmul}`;
+  const extra =
+    choice.name === 'wasm'
+      ? `; matmul: ${nativeStatus().detail}`
+      : choice.name === 'webgpu'
+        ? `; ${choice.attempts.find((a) => a.name === 'webgpu' && a.ok)?.detail ?? ''}`
+        : '';
+  return `backend: ${choice.name} (${choice.reason})${extra}`;
 }
