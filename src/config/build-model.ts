@@ -7,6 +7,8 @@ import { clipVitConfigFromHf, validateClipVitConfig } from '../model/vision/clip
 import { convNextConfigFrom } from '../model/vision/convnext.js';
 import { fromHfConfig } from '../model/llm/config.js';
 import type { ModelSection } from './schema.js';
+import type { LoraConfig } from '../model/llm/lora.js';
+import { resolveLoraConfig } from '../io/peft.js';
 import { ConfigError } from './load.js';
 
 /** config.json contents of the pretrained directories named in the model section (when any). */
@@ -14,6 +16,8 @@ export interface PretrainedConfigs {
   vision?: Record<string, unknown>;
   visionAux?: Record<string, unknown>;
   llm?: Record<string, unknown>;
+  /** adapter_config.json of `model.llm.lora.from` (a PEFT adapter directory). */
+  loraAdapter?: LoraConfig;
 }
 
 function defined<T extends object>(o: T): Partial<T> {
@@ -80,5 +84,6 @@ export function modelConfigFrom(m: ModelSection, hf: PretrainedConfigs = {}): MG
       : null,
     projectorDepth: m.projector_depth,
     llm,
+    lora: l.lora ? resolveLoraConfig(l.lora, hf.loraAdapter ?? null) : null,
   };
 }

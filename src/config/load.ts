@@ -212,7 +212,7 @@ function editDistance(a: string, b: string): number {
  * be resumed with other values of these.
  */
 const OPERATIONAL_KEYS: Record<string, string[]> = {
-  train: ['log_steps', 'save_steps', 'save_total_limit', 'feature_cache', 'feature_cache_mb'],
+  train: ['log_steps', 'save_steps', 'save_total_limit', 'feature_cache', 'feature_cache_mb', 'activation_checkpointing'],
   data: ['prefetch', 'image_workers'],
 };
 

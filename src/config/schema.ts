@@ -57,6 +57,27 @@ export const objectsSchema = z
   })
   .strict();
 
+/**
+ * LoRA adapters on the LLM's decoder linears (src/model/llm/lora.ts): a finetune then trains the adapters, the
+ * projectors and the fusion, not the LLM. Unset keys come from `from`'s adapter_config.json, else PEFT's
+ * defaults (r 8, alpha 8, dropout 0, rslora false) and every linear (`all-linear`, as xtuner).
+ */
+export const loraSchema = z
+  .object({
+    r: posInt.optional(),
+    alpha: posNum.optional(),
+    dropout: z.number().min(0).lt(1).optional(),
+    /** Module names (Phi-3: qkv_proj, o_proj, gate_up_proj, down_proj), or all-linear; never lm_head. */
+    targets: z
+      .union([z.literal('all-linear'), z.array(z.enum(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'qkv_proj', 'gate_up_proj'])).min(1)])
+      .optional(),
+    /** scaling = alpha / sqrt(r) instead of alpha / r. */
+    rslora: z.boolean().optional(),
+    /** A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) whose weights start the adapters. */
+    from: path.nullable().optional(),
+  })
+  .strict();
+
 /** LLaMA-family LLM. With `pretrained` (an HF directory), architecture keys come from its config.json. */
 export const llmSchema = z
   .object({
@@ -72,6 +93,8 @@ export const llmSchema = z
     rope_theta: posNum.default(10000),
     tie_word_embeddings: z.boolean().default(false),
     attention_bias: z.boolean().default(false),
+    /** LoRA adapters (absent: none). */
+    lora: loraSchema.optional(),
   })
   .strict();
 
@@ -140,6 +163,11 @@ export const trainSchema = z
     feature_cache: z.enum(['auto', 'on', 'off']).default('auto'),
     /** Host memory for the feature cache, MB; images past it are recomputed each time (exact either way). */
     feature_cache_mb: posInt.default(2048),
+    /**
+     * Recompute each LLM decoder layer (and encoder block, when those train) in the backward pass instead of
+     * keeping its activations: much less memory, ~1/3 more compute, identical gradients (not in the config hash).
+     */
+    activation_checkpointing: z.boolean().default(false),
     /** Consecutive non-finite steps before the run aborts. */
     max_bad_steps: posInt.default(5),
   })

@@ -29,6 +29,7 @@ import {
   type PretrainedWeightMap,
 } from './weight-maps.js';
 import type { LlamaConfig } from '../model/llm/config.js';
+import { readAdapterConfig } from './peft.js';
 
 export class PretrainedError extends Error {
   constructor(message: string) {
@@ -120,6 +121,7 @@ export function readPretrainedConfigs(model: ModelSection): PretrainedConfigs {
   if (model.vision.pretrained) out.vision = readClipConfig(model.vision.pretrained);
   if (model.vision_aux?.pretrained) out.visionAux = readConvNextConfig(model.vision_aux.pretrained);
   if (model.llm.pretrained) out.llm = readLlmConfig(model.llm.pretrained);
+  if (model.llm.lora?.from) out.loraAdapter = readAdapterConfig(model.llm.lora.from);
   return out;
 }
 

@@ -23,6 +23,7 @@ import { ObjectFeatures } from './objects.js';
 import { Projector } from './projector.js';
 import { LlamaForCausalLM } from './llm/llama.js';
 import type { LlamaConfig } from './llm/config.js';
+import type { LoraConfig } from './llm/lora.js';
 import { spliceMultimodal, type SpliceResult } from './splice.js';
 import { causalLmLossOnRows, shiftedTargets } from './loss.js';
 import type { IntMatrixLike } from './llm/int-matrix.js';
@@ -48,9 +49,19 @@ export interface MGLLaVAConfig {
   /** Image-token projector depth (`projector.model.*`, 2). */
   projectorDepth: number;
   llm: LlamaConfig;
+  /** LoRA adapters on the LLM's decoder linears (`llm.model.layers.N.*.lora_{A,B}.weight`); absent/null = none. */
+  lora?: LoraConfig | null;
 }
 
-/** Which weights learn. `pretrain`: fusion + projectors. `finetune`: + the whole LLM. */
+/**
+ * The image sides a model takes: the aux (ConvNeXt) image and the low-res (ViT) image. A low-res-only model
+ * has no aux encoder; its aux image (which still carries the box coordinates) is made at the low-res size.
+ */
+export function imageSizesOf(c: MGLLaVAConfig): { auxSize: number; lowresSize: number } {
+  return { auxSize: c.visionAux?.imageSize ?? c.vision.imageSize, lowresSize: c.vision.imageSize };
+}
+
+/** Which weights learn. `pretrain`: fusion + projectors. `finetune`: + the whole LLM, or only its LoRA adapters. */
 export type Stage = 'pretrain' | 'finetune';
 
 /** Frozen-path outputs for a batch of B images (pure functions of image + boxes when encoders are frozen). */
@@ -155,6 +166,9 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
       this.objects = null;
     }
     this.llm = this.addChild('llm', new LlamaForCausalLM(c.llm, part(ctx.pretrained?.llm)));
+    // Adapters draw after every base weight (the base init is the same with or without LoRA), and are drawn
+    // even when the LLM comes from a pretrained directory.
+    if (c.lora) this.llm.attachLora(c.lora, ctx);
     this.vision.setTrainable(false);
     this.visionAux?.setTrainable(false);
   }
@@ -168,7 +182,10 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     const out = new Map<string, tf.Variable>();
     for (const [prefix, m] of parts) if (m) for (const [n, v] of m.namedWeights(prefix)) out.set(n, v);
     if (this.objects) for (const [n, v] of this.objects.namedWeights()) out.set(n, v);
-    if (stage === 'finetune') for (const [n, v] of this.llm.namedWeights('llm.')) out.set(n, v);
+    if (stage === 'finetune') {
+      const lora = this.config.lora != null;
+      for (const [n, v] of this.llm.namedWeights('llm.')) if (!lora || LlamaForCausalLM.isLoraWeight(n)) out.set(n, v);
+    }
     if (opts.unfreezeEncoders) {
       for (const [n, v] of this.vision.namedWeights('visual_encoder.')) out.set(n, v);
       if (this.visionAux) for (const [n, v] of this.visionAux.namedWeights('visual_encoder_aux.')) out.set(n, v);
@@ -233,8 +250,21 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     });
   }
 
-  /** Trainable forward + loss from frozen features: call inside `tf.variableGrads`. */
-  loss(f: FrozenFeatures, text: TextBatch): MGLLaVALoss {
+  /**
+   * Recompute blocks in the backward pass instead of keeping their activations (`train.activation_checkpointing`):
+   * every LLM decoder layer, and the encoders' blocks (they only see a tape when they train).
+   */
+  setActivationCheckpointing(on: boolean): void {
+    this.llm.activationCheckpointing = on;
+    this.vision.activationCheckpointing = on;
+    if (this.visionAux) this.visionAux.activationCheckpointing = on;
+  }
+
+  /**
+   * Trainable forward + loss from frozen features: call inside `tf.variableGrads`. `dropoutSeed`: this pass's
+   * LoRA dropout seed (training; each micro-batch its own), null/absent = no dropout.
+   */
+  loss(f: FrozenFeatures, text: TextBatch, opts: { dropoutSeed?: number | null } = {}): MGLLaVALoss {
     let supervisedTokens = 0;
     let positions = 0;
     const loss = tf.tidy(() => {
@@ -248,6 +278,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
         attentionMask: s.attentionMask,
         positionIds: s.positionIds,
         logitRows: plan.rows,
+        dropoutSeed: opts.dropoutSeed ?? null,
       }); // [M,V]
       return causalLmLossOnRows(logits, plan).loss;
     });

@@ -9,7 +9,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { GoldenPiece } from '../manifest.js';
 import { ioTensor } from '../manifest.js';
-import { compareTensor, type CheckResult } from '../compare.js';
+import { Checks, type CheckResult } from '../compare.js';
 import { loadWeights } from '../../nn/module.js';
 import { Rng } from '../../util/rng.js';
 import { toTf } from '../../io/host-tensor.js';
@@ -29,10 +29,10 @@ function loraOf(piece: GoldenPiece): LoraConfig {
   return config;
 }
 
-export function runLora(piece: GoldenPiece): CheckResult[] {
+export async function runLora(piece: GoldenPiece): Promise<CheckResult[]> {
   const { lora: _lora, ...hf } = piece.config;
   const model = new LlamaForCausalLM(fromHfConfig({ model_type: 'llama', ...hf }), { rng: new Rng(0), skipInit: true });
-  const checks: CheckResult[] = [];
+  const checks = new Checks();
   const has = (k: string) => piece.io.has(k);
   const embedsInput = has('input.inputs_embeds') ? tf.tidy(() => tf.variable(toTf(ioTensor(piece, 'input.inputs_embeds')), true)) : null;
   try {
@@ -49,12 +49,12 @@ export function runLora(piece: GoldenPiece): CheckResult[] {
 
     const out = model.forward(inputs);
     const { loss } = causalLmLoss(out.logits, labels);
-    checks.push(compareTensor('output.logits', out.logits, ioTensor(piece, 'output.logits'), piece.forward));
-    checks.push(compareTensor('output.loss', loss, ioTensor(piece, 'output.loss'), piece.forward));
+    checks.tensor('output.logits', out.logits, ioTensor(piece, 'output.logits'), piece.forward);
+    checks.tensor('output.loss', loss, ioTensor(piece, 'output.loss'), piece.forward);
     tf.dispose([out.logits, loss]);
 
     const base = model.forward({ ...inputs, adapters: false });
-    checks.push(compareTensor('output.base_logits', base.logits, ioTensor(piece, 'output.base_logits'), piece.forward));
+    checks.tensor('output.base_logits', base.logits, ioTensor(piece, 'output.base_logits'), piece.forward);
     base.logits.dispose();
 
     const merged = model.mergedWeights();
@@ -62,7 +62,8 @@ export function runLora(piece: GoldenPiece): CheckResult[] {
     for (const key of expected) {
       const name = key.slice('output.merged.'.length);
       const w = merged.get(name);
-      checks.push(w ? compareTensor(key, w, ioTensor(piece, key), piece.forward) : { name: key, ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: 'not an adapted weight here' });
+      if (w) checks.tensor(key, w, ioTensor(piece, key), piece.forward);
+      else checks.push({ name: key, ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: 'not an adapted weight here' });
     }
     const extra = [...merged.keys()].filter((n) => !piece.io.has(`output.merged.${n}`));
     if (extra.length) checks.push({ name: 'merged weights', ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: `adapted here but not in the piece: ${extra.join(', ')}` });
@@ -72,14 +73,17 @@ export function runLora(piece: GoldenPiece): CheckResult[] {
     const adapters = [...model.namedWeights()].filter(([, v]) => v.trainable);
     const vars = [...adapters.map(([, v]) => v), ...(embedsInput ? [embedsInput] : [])];
     const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(inputs).logits, labels).loss, vars);
-    for (const [name, v] of adapters) checks.push(compareTensor(`grad.${name}`, grads[v.name]!, ioTensor(piece, `grad.${name}`), piece.grads));
+    for (const [name, v] of adapters) checks.tensor(`grad.${name}`, grads[v.name]!, ioTensor(piece, `grad.${name}`), piece.grads);
     const unchecked = [...piece.io.keys()].filter((k) => k.startsWith('grad.') && !adapters.some(([n]) => `grad.${n}` === k));
     if (unchecked.length) checks.push({ name: 'gradients', ok: false, maxAbsErr: Infinity, maxRelErr: Infinity, note: `piece has gradients for non-adapter weights: ${unchecked.join(', ')}` });
     if (embedsInput && has('grad_input.inputs_embeds')) {
-      checks.push(compareTensor('grad_input.inputs_embeds', grads[embedsInput.name]!, ioTensor(piece, 'grad_input.inputs_embeds'), piece.grads));
+      checks.tensor('grad_input.inputs_embeds', grads[embedsInput.name]!, ioTensor(piece, 'grad_input.inputs_embeds'), piece.grads);
     }
     tf.dispose([value, ...Object.values(grads)]);
-    return checks;
+    return await checks.results();
+  } catch (e) {
+    checks.dispose();
+    throw e;
   } finally {
     model.dispose();
     embedsInput?.dispose();

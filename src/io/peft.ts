@@ -1,0 +1,293 @@
+/**
+ * LoRA adapters in and out, in Hugging Face PEFT's directory format, and merged weights:
+ *
+ *   adapter_config.json        {peft_type: "LORA", r, lora_alpha, lora_dropout, target_modules, use_rslora,
+ *                               base_model_name_or_path, task_type: "CAUSAL_LM", bias: "none", ...}
+ *   adapter_model.safetensors  base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight [r, in]
+ *                              base_model.model.model.layers.N.self_attn.q_proj.lora_B.weight [out, r] ...
+ *
+ * PEFT's key of an adapter weight is 'base_model.model.' + its name in the causal LM (ours are the same
+ * names under `llm.`), without the adapter name ('default'), which PEFT drops when saving and which is
+ * accepted here on reading. Phi-3's fused modules are adapted as one linear each (qkv_proj, gate_up_proj).
+ *
+ * Merging (`mergeLora`): W' = W + scaling * B A per adapted linear, what `merge_and_unload()` gives, so a
+ * merged checkpoint loads in PyTorch without PEFT. Computed with tfjs one linear at a time.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { WeightsError } from '../errors.js';
+import type { LlamaWeightFormat } from '../model/llm/config.js';
+import { LlamaForCausalLM } from '../model/llm/llama.js';
+import { loraMembers, loraScaling, resolveLoraTargets, LLAMA_LORA_TARGETS, PHI3_LORA_TARGETS, type LoraConfig, type LoraTarget } from '../model/llm/lora.js';
+import { SafetensorsReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
+
+export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
+/** PEFT's prefix of a causal LM's weight names (PeftModelForCausalLM.base_model.model). */
+export const PEFT_PREFIX = 'base_model.model.';
+/** Our prefix of the LLM's weights inside MG-LLaVA. */
+const LLM_PREFIX = 'llm.';
+
+/** Defaults of unset `model.llm.lora` keys: PEFT's LoraConfig (r 8, alpha 8, dropout 0), every linear (xtuner). */
+export const LORA_DEFAULTS: LoraConfig = { r: 8, alpha: 8, dropout: 0, targets: 'all-linear', rslora: false };
+
+/** `model.llm.lora` as the YAML gives it (every key optional). */
+export interface LoraSection {
+  r?: number;
+  alpha?: number;
+  dropout?: number;
+  targets?: LoraConfig['targets'];
+  rslora?: boolean;
+  from?: string | null;
+}
+
+/** Our checkpoint name (`llm.model.layers...lora_A.weight`) -> PEFT's key. */
+export function peftKey(ours: string): string {
+  if (!ours.startsWith(LLM_PREFIX) || !LlamaForCausalLM.isLoraWeight(ours)) throw new Error(`'${ours}' is not a LoRA weight of the LLM`);
+  return PEFT_PREFIX + ours.slice(LLM_PREFIX.length);
+}
+
+/** A PEFT key -> our checkpoint name, or null when it is not a LoRA weight of a decoder linear. */
+export function oursFromPeftKey(key: string): string | null {
+  if (!key.startsWith(PEFT_PREFIX)) return null;
+  const name = key.slice(PEFT_PREFIX.length).replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
+  return /^model\.layers\.\d+\.(self_attn|mlp)\.[a-z_]+\.lora_[AB]\.weight$/.test(name) ? LLM_PREFIX + name : null;
+}
+
+/** The adapter_config.json of an adapter (the fields PEFT's LoraConfig reads; targets resolved to module names). */
+export function adapterConfigJson(c: LoraConfig, baseModel: string | null): Record<string, unknown> {
+  if (c.targets === 'all-linear') throw new Error('adapterConfigJson: resolve the targets to module names first');
+  return {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    base_model_name_or_path: baseModel,
+    r: c.r,
+    lora_alpha: c.alpha,
+    lora_dropout: c.dropout,
+    target_modules: [...c.targets],
+    use_rslora: c.rslora,
+    bias: 'none',
+    fan_in_fan_out: false,
+    inference_mode: true,
+    init_lora_weights: true,
+    modules_to_save: null,
+    layers_to_transform: null,
+    layers_pattern: null,
+    rank_pattern: {},
+    alpha_pattern: {},
+    use_dora: false,
+    revision: null,
+  };
+}
+
+type Json = Record<string, unknown>;
+
+/** What an adapter_config.json says, checked: a plain LoRA this decoder computes the same way. */
+export function parseAdapterConfig(json: unknown, file: string): LoraConfig {
+  const bad = (why: string, hint?: string) => new WeightsError(`${file}: ${why}`, hint ? { hint } : {});
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw bad('expected a JSON object');
+  const j = json as Json;
+  if (j.peft_type !== 'LORA') throw bad(`peft_type ${JSON.stringify(j.peft_type)} is not "LORA"`);
+  if (j.task_type != null && j.task_type !== 'CAUSAL_LM') throw bad(`task_type ${JSON.stringify(j.task_type)} is not "CAUSAL_LM"`);
+  const num = (k: string, ok: (v: number) => boolean, fallback?: number): number => {
+    const v = j[k] ?? fallback;
+    if (typeof v !== 'number' || !ok(v)) throw bad(`'${k}' = ${JSON.stringify(j[k])} is not valid`);
+    return v;
+  };
+  const r = num('r', (v) => Number.isInteger(v) && v > 0);
+  const alpha = num('lora_alpha', (v) => v > 0, 8);
+  const dropout = num('lora_dropout', (v) => v >= 0 && v < 1, 0);
+  // Variants computed differently are refused, never ignored.
+  const unsupported: [string, boolean][] = [
+    ['use_dora', j.use_dora === true],
+    ['fan_in_fan_out', j.fan_in_fan_out === true],
+    [`bias ${JSON.stringify(j.bias)}`, j.bias != null && j.bias !== 'none'],
+    ['rank_pattern', typeof j.rank_pattern === 'object' && j.rank_pattern !== null && Object.keys(j.rank_pattern).length > 0],
+    ['alpha_pattern', typeof j.alpha_pattern === 'object' && j.alpha_pattern !== null && Object.keys(j.alpha_pattern).length > 0],
+    ['layers_to_transform', j.layers_to_transform != null],
+    ['modules_to_save', Array.isArray(j.modules_to_save) && j.modules_to_save.length > 0],
+    ['use_qalora', j.use_qalora === true],
+  ];
+  const used = unsupported.filter(([, on]) => on).map(([k]) => k);
+  if (used.length) throw bad(`uses ${used.join(', ')}, which mgllava does not implement (plain LoRA on the decoder linears only)`);
+  const known = new Set<string>([...LLAMA_LORA_TARGETS, ...PHI3_LORA_TARGETS]);
+  let targets: LoraConfig['targets'];
+  const t = j.target_modules;
+  if (t === 'all-linear') targets = 'all-linear';
+  else if (Array.isArray(t) && t.length > 0 && t.every((x) => typeof x === 'string')) {
+    const unknown = t.filter((x) => !known.has(x));
+    if (unknown.length) throw bad(`target_modules ${JSON.stringify(unknown)} are not LLaMA/Phi-3 decoder linears (${[...known].join(', ')})`);
+    targets = t as LoraTarget[];
+  } else throw bad(`target_modules ${JSON.stringify(t)}: expected a list of module names or "all-linear" (regular expressions are not supported)`);
+  const rslora = j.use_rslora ?? false;
+  if (typeof rslora !== 'boolean') throw bad(`'use_rslora' = ${JSON.stringify(rslora)} is not a boolean`);
+  return { r, alpha, dropout, targets, rslora };
+}
+
+/** Read and check `DIR/adapter_config.json`. */
+export function readAdapterConfig(dir: string): LoraConfig {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    throw new WeightsError(`model.llm.lora.from ${dir}: not a directory`, { hint: 'name a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)' });
+  }
+  const file = path.join(dir, ADAPTER_CONFIG_FILE);
+  if (!existsSync(file)) throw new WeightsError(`model.llm.lora.from ${dir}: no ${ADAPTER_CONFIG_FILE} (not a PEFT adapter directory)`);
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new WeightsError(`${file}: ${(e as Error).message}`);
+  }
+  return parseAdapterConfig(json, file);
+}
+
+/**
+ * The LoRA config of a `model.llm.lora` section: its keys, else the adapter's (`from`), else the defaults.
+ * A key that disagrees with the adapter's weights' shape-determining config (r, targets) or its scaling
+ * (alpha, rslora) is an error; dropout may differ (it is not in the weights).
+ */
+export function resolveLoraConfig(section: LoraSection, adapter: LoraConfig | null): LoraConfig {
+  const out: LoraConfig = {
+    r: section.r ?? adapter?.r ?? LORA_DEFAULTS.r,
+    alpha: section.alpha ?? adapter?.alpha ?? LORA_DEFAULTS.alpha,
+    dropout: section.dropout ?? adapter?.dropout ?? LORA_DEFAULTS.dropout,
+    targets: section.targets ?? adapter?.targets ?? LORA_DEFAULTS.targets,
+    rslora: section.rslora ?? adapter?.rslora ?? LORA_DEFAULTS.rslora,
+  };
+  if (adapter) {
+    const clash: string[] = [];
+    if (out.r !== adapter.r) clash.push(`r ${out.r} (adapter: ${adapter.r})`);
+    if (loraScaling(out) !== loraScaling(adapter)) clash.push(`scaling ${loraScaling(out)} from alpha ${out.alpha}, rslora ${out.rslora} (adapter: alpha ${adapter.alpha}, rslora ${adapter.rslora})`);
+    const norm = (t: LoraConfig['targets']) => (t === 'all-linear' ? t : [...t].sort().join(','));
+    if (section.targets !== undefined && norm(out.targets) !== norm(adapter.targets)) clash.push(`targets ${JSON.stringify(out.targets)} (adapter: ${JSON.stringify(adapter.targets)})`);
+    if (clash.length) {
+      throw new WeightsError(`model.llm.lora disagrees with the adapter in model.llm.lora.from (${section.from}): ${clash.join('; ')}`, {
+        hint: 'leave those keys out to take the adapter\'s',
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * The adapter weights of a PEFT directory under our names (`llm.model.layers...lora_A.weight`). Keys that are
+ * not LoRA weights of decoder linears are an error listing them.
+ */
+export async function readAdapterWeights(dir: string): Promise<Map<string, HostTensor>> {
+  const file = path.join(dir, ADAPTER_WEIGHTS_FILE);
+  if (!existsSync(file)) {
+    const bin = existsSync(path.join(dir, 'adapter_model.bin'));
+    throw new WeightsError(`model.llm.lora.from ${dir}: no ${ADAPTER_WEIGHTS_FILE}${bin ? ' (only adapter_model.bin, a pickle)' : ''}`, {
+      hint: bin ? 'convert it: mgllava convert, or in Python save_file(torch.load(...), "adapter_model.safetensors")' : undefined,
+    });
+  }
+  const reader = await SafetensorsReader.open(file);
+  try {
+    const out = new Map<string, HostTensor>();
+    const other: string[] = [];
+    for (const key of reader.keys()) {
+      const ours = oursFromPeftKey(key);
+      if (!ours) {
+        other.push(key);
+        continue;
+      }
+      if (out.has(ours)) throw new WeightsError(`${file}: ${key} and another key both give ${ours}`);
+      out.set(ours, await reader.read(key));
+    }
+    if (other.length) {
+      throw new WeightsError(`${file}: ${other.length} tensors are not LoRA weights of decoder linears: ${other.slice(0, 6).join(', ')}${other.length > 6 ? ', ...' : ''}`);
+    }
+    return out;
+  } finally {
+    await reader.close();
+  }
+}
+
+/** Assign a PEFT adapter's weights to `llm`'s adapters (every one, shape for shape); returns how many. */
+export async function loadAdapterWeights(llm: LlamaForCausalLM, dir: string): Promise<number> {
+  const source = await readAdapterWeights(dir);
+  const target = new Map([...llm.namedWeights(LLM_PREFIX)].filter(([n]) => LlamaForCausalLM.isLoraWeight(n)));
+  const missing = [...target.keys()].filter((n) => !source.has(n));
+  const unexpected = [...source.keys()].filter((n) => !target.has(n));
+  const shape = [...target].filter(([n, v]) => source.has(n) && source.get(n)!.shape.join() !== v.shape.join()).map(([n, v]) => `${n}: adapter [${source.get(n)!.shape}], model [${v.shape}]`);
+  const problems = [
+    missing.length ? `missing ${missing.length}: ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ', ...' : ''}` : '',
+    unexpected.length ? `unexpected ${unexpected.length}: ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ', ...' : ''}` : '',
+    shape.length ? `shape mismatch: ${shape.slice(0, 4).join('; ')}` : '',
+  ].filter(Boolean);
+  if (problems.length) throw new WeightsError(`cannot load the adapter ${dir} into this LLM: ${problems.join('; ')}`);
+  for (const [n, v] of target) {
+    const h = source.get(n)!;
+    tf.tidy(() => v.assign(tf.tensor(h.data, h.shape, 'float32')));
+  }
+  return target.size;
+}
+
+/** Write a PEFT adapter directory (plus any further files, e.g. the projectors): the files written, relative to `out`. */
+export async function writePeftAdapter(
+  out: string,
+  o: { config: LoraConfig; baseModel: string | null; adapters: Map<string, LazyTensor | HostTensor>; metadata?: Record<string, string> },
+): Promise<string[]> {
+  const keyed = new Map([...o.adapters].map(([n, t]) => [peftKey(n), t] as const));
+  await writeSafetensors(path.join(out, ADAPTER_WEIGHTS_FILE), keyed, { format: 'pt', ...o.metadata });
+  await writeFile(path.join(out, ADAPTER_CONFIG_FILE), `${JSON.stringify(adapterConfigJson(o.config, o.baseModel), null, 2)}\n`);
+  return [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE];
+}
+
+/**
+ * Merge the adapters into `weights` (our names; lazily loaded): every adapted linear's `weight` becomes
+ * W + scaling * B_member A, the lora_A / lora_B tensors are dropped. Each merged tensor is computed when loaded.
+ */
+export function mergeLora(weights: Map<string, LazyTensor>, config: LoraConfig): Map<string, LazyTensor> {
+  const scaling = loraScaling(config);
+  const out = new Map<string, LazyTensor>();
+  const merges = new Map<string, { a: string; b: string; row: number; rows: number }>();
+  for (const name of weights.keys()) {
+    const m = /^(.*\.)([a-z_]+)\.lora_A\.weight$/.exec(name);
+    if (!m) continue;
+    const [, block, module] = m as unknown as [string, string, LoraTarget];
+    const b = `${block}${module}.lora_B.weight`;
+    if (!weights.has(b)) throw new Error(`merge: ${name} has no ${b}`);
+    let row = 0;
+    const members = loraMembers(module);
+    const rowsTotal = weights.get(b)!.shape[0]!;
+    for (const member of members) {
+      const w = `${block}${member}.weight`;
+      const base = weights.get(w);
+      if (!base) throw new Error(`merge: the adapter ${block}${module} has no base weight ${w}`);
+      merges.set(w, { a: name, b, row, rows: base.shape[0]! });
+      row += base.shape[0]!;
+    }
+    if (row !== rowsTotal) throw new Error(`merge: ${b} has ${rowsTotal} rows, its base weights ${members.join(' + ')} have ${row}`);
+  }
+  for (const [name, t] of weights) {
+    if (LlamaForCausalLM.isLoraWeight(name)) continue;
+    const m = merges.get(name);
+    if (!m) {
+      out.set(name, t);
+      continue;
+    }
+    out.set(name, {
+      dtype: 'float32',
+      shape: t.shape,
+      load: async () => {
+        const [w, a, b] = await Promise.all([t.load(), weights.get(m.a)!.load(), weights.get(m.b)!.load()]);
+        const merged = tf.tidy(() => {
+          const bm = tf.tensor2d(b.data as Float32Array, b.shape as [number, number]).slice([m.row, 0], [m.rows, -1]); // [out, r]
+          const delta = tf.mul(tf.matMul(bm, tf.tensor2d(a.data as Float32Array, a.shape as [number, number])), scaling); // [out, in]
+          return tf.add(tf.tensor2d(w.data as Float32Array, w.shape as [number, number]), delta);
+        });
+        const data = (await merged.data()) as Float32Array;
+        merged.dispose();
+        return { dtype: 'float32', shape: [...t.shape], data };
+      },
+    });
+  }
+  return out;
+}
+
+/** The target module names a LoRA config resolves to for a checkpoint layout (PEFT's `target_modules`). */
+export function targetModules(config: LoraConfig, format: LlamaWeightFormat | undefined): LoraTarget[] {
+  return resolveLoraTargets(config, format ?? 'llama');
+}
