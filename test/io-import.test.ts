@@ -162,12 +162,13 @@ describe('pretrained directories built from the e2e golden', () => {
     );
   });
 
-  it('pickle-only directories are refused with a conversion recipe', async () => {
+  it('a pytorch_model.bin that is not a checkpoint is refused in one line naming it (pickles load: io-torch-pretrained)', async () => {
     const d = await writeE2eDirs(await fresh('pickle'));
     await unlink(path.join(d.llm, 'model.safetensors'));
     await writeFile(path.join(d.llm, 'pytorch_model.bin'), 'not really a pickle');
     const section = modelSchema.parse(e2eModelSection(d));
-    await expectLoadError(section, 'pytorch_model.bin', 'not supported', 'save_pretrained', 'safe_serialization=True');
+    const msg = await expectLoadError(section, path.join(d.llm, 'pytorch_model.bin'), 'not a PyTorch checkpoint');
+    expect(msg).not.toContain('\n');
   });
 
   it('a non-CLIP config and a dir without config.json are config errors', async () => {

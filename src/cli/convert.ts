@@ -4,8 +4,7 @@
  */
 import type { CommandModule } from 'yargs';
 import { UsageError } from '../errors.js';
-import { DEFAULT_MAX_SHARD_BYTES } from '../io/export.js';
-import { convertTorchCheckpoint } from '../io/torch-convert.js';
+import { CONVERT_MAX_SHARD_BYTES, convertTorchCheckpoint } from '../io/torch-convert.js';
 import type { GlobalArgs } from './command.js';
 
 interface ConvertArgs extends GlobalArgs {
@@ -26,7 +25,7 @@ export const convertCommand: CommandModule<GlobalArgs, ConvertArgs> = {
       .option('out', { type: 'string', demandOption: true, describe: 'output .safetensors file (sharded as OUT-0000i-of-0000n.safetensors + OUT.safetensors.index.json when large)' })
       .option('key', { type: 'string', describe: 'where the state dict is in the saved object (default: the object itself, else state_dict, module, model)' })
       .option('json', { type: 'boolean', default: false, describe: 'print one JSON line {"tensors","bytes","key","skipped"}' })
-      .option('max-shard-mb', { type: 'number', default: DEFAULT_MAX_SHARD_BYTES / 1e6, describe: 'largest output shard in MB (1e6 bytes); a single larger tensor gets a shard of its own' })
+      .option('max-shard-mb', { type: 'number', default: CONVERT_MAX_SHARD_BYTES / 1e6, describe: 'largest output shard in MB (1e6 bytes); a single larger tensor gets a shard of its own' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace an existing output' })
       .example('$0 convert iter_10805.pth --out mgllava-vicuna7b.safetensors', 'an xtuner/mmengine release (state dict under state_dict)')
       .example('$0 convert models/vicuna-7b-v1.5 --out models/vicuna-7b-v1.5/model.safetensors', 'an HF directory of .bin shards'),

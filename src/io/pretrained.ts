@@ -6,11 +6,13 @@
  *   ConvNeXt   open_clip dir: open_clip_config.json (model_cfg.vision_cfg) + open_clip_model.safetensors
  *              (or open_clip_pytorch_model.safetensors); or a timm dir: config.json with `architecture`
  *   LLM        HF dir: config.json (model_type llama | phi3) + model.safetensors or sharded *.index.json
+ * Without safetensors, the PyTorch pickles of the same layouts load the same way (read without executing them,
+ * src/io/torch-reader.ts): pytorch_model.bin, sharded pytorch_model-*.bin + pytorch_model.bin.index.json,
+ * open_clip_pytorch_model.bin. Safetensors win when a directory has both.
  *
  * Weights are read tensor by tensor (one shard open at a time, never a whole shard in memory), widened to
  * float32 by the reader, renamed by src/io/weight-maps.ts and assigned. Names and shapes are checked from
  * the headers before any data is read: missing, unexpected or mis-shaped weights are one error listing them.
- * Pickle checkpoints (.bin/.pth) are refused with a conversion recipe.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -19,7 +21,8 @@ import type { PretrainedConfigs } from '../config/build-model.js';
 import type { ModelSection } from '../config/schema.js';
 import type { MGLLaVA } from '../model/mgllava.js';
 import { WeightLoadError } from '../nn/module.js';
-import { ShardedReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
+import { ShardedReader, writeSafetensors, type HostTensor, type LazyTensor, type TensorReader } from './safetensors.js';
+import { HF_BIN_INDEX, PICKLE_EXT, TorchStateReader } from './torch-reader.js';
 import {
   PART_PREFIX,
   pretrainedWeightMap,
@@ -30,10 +33,11 @@ import {
 } from './weight-maps.js';
 import type { LlamaConfig } from '../model/llm/config.js';
 import { readAdapterConfig } from './peft.js';
+import { MgllavaError } from '../errors.js';
 
-export class PretrainedError extends Error {
+export class PretrainedError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'weights');
     this.name = 'PretrainedError';
   }
 }
@@ -128,8 +132,6 @@ export function readPretrainedConfigs(model: ModelSection): PretrainedConfigs {
 // ---------------------------------------------------------------------------------------------------------
 // Weights.
 
-const PICKLE_EXT = /\.(bin|pth|pt|ckpt)$/;
-
 /** Weight files each kind looks for first, in the layouts' own names. */
 const PREFERRED: Record<PretrainedKind | 'open_clip', string[]> = {
   clip: ['model.safetensors.index.json', 'model.safetensors'],
@@ -138,14 +140,27 @@ const PREFERRED: Record<PretrainedKind | 'open_clip', string[]> = {
   llm: ['model.safetensors.index.json', 'model.safetensors'],
 };
 
+/** The PyTorch pickle names of the same layouts, used when a directory has no safetensors. */
+const PICKLE_PREFERRED: Record<PretrainedKind | 'open_clip', string[]> = {
+  clip: [HF_BIN_INDEX, 'pytorch_model.bin'],
+  convnext: [HF_BIN_INDEX, 'pytorch_model.bin'],
+  open_clip: ['open_clip_pytorch_model.bin'],
+  llm: [HF_BIN_INDEX, 'pytorch_model.bin'],
+};
+
+/** A weights file that is a PyTorch pickle (or an index of pickle shards), read by TorchStateReader. */
+const isPickleWeights = (file: string): boolean => PICKLE_EXT.test(file) || file.endsWith('.bin.index.json');
+
 /**
- * The safetensors file (single or index) holding a directory's weights: the layout's usual name, else the
- * only `*.safetensors.index.json`, else the only `*.safetensors`. Ambiguity and pickle-only dirs are errors.
+ * The file (single or index) holding a directory's weights: the layout's usual safetensors name, else the only
+ * `*.safetensors.index.json`, else the only `*.safetensors`; without safetensors the same for PyTorch pickles
+ * (the layout's `.bin` names, the only `*.bin.index.json`, the only .bin/.pth/.pt). Ambiguity is an error.
  */
 export function findWeightsFile(dir: string, kind: PretrainedKind): string {
   checkDir(dir, 'pretrained');
   const files = readdirSync(dir).filter((f) => statSync(path.join(dir, f)).isFile());
-  const preferred = PREFERRED[kind === 'convnext' && convNextLayoutOf(dir) === 'open_clip' ? 'open_clip' : kind].filter((f) => files.includes(f));
+  const layout = kind === 'convnext' && convNextLayoutOf(dir) === 'open_clip' ? 'open_clip' : kind;
+  const preferred = PREFERRED[layout].filter((f) => files.includes(f));
   const pick = (candidates: string[], what: string): string | null => {
     if (candidates.length > 1) throw new PretrainedError(`${dir}: several ${what} (${candidates.join(', ')}); keep one`);
     return candidates.length === 1 ? path.join(dir, candidates[0]!) : null;
@@ -155,18 +170,12 @@ export function findWeightsFile(dir: string, kind: PretrainedKind): string {
     pick(files.filter((f) => f.endsWith('.safetensors.index.json')), 'safetensors indexes') ??
     pick(files.filter((f) => f.endsWith('.safetensors')), 'safetensors files (shards without an index?)');
   if (found) return found;
-  const pickles = files.filter((f) => PICKLE_EXT.test(f));
-  if (pickles.length) {
-    throw new PretrainedError(
-      `${dir}: only PyTorch pickle checkpoints (${pickles.join(', ')}); they are not supported (a pickle can run code and ` +
-        `needs torch to decode). Convert to safetensors once, e.g. for a transformers model:\n` +
-        `  python3 -c "import transformers as t; m = t.AutoModel.from_pretrained('${dir}'); m.save_pretrained('${dir}', safe_serialization=True)"\n` +
-        `or for a plain state dict:\n` +
-        `  python3 -c "import torch; from safetensors.torch import save_file; sd = torch.load('${path.join(dir, pickles[0]!)}', map_location='cpu'); ` +
-        `save_file({k: v.contiguous() for k, v in sd.items()}, '${path.join(dir, 'model.safetensors')}')"`,
-    );
-  }
-  throw new PretrainedError(`${dir}: no weights found (expected ${PREFERRED[kind].join(' or ')}, or *.safetensors)`);
+  const pickled =
+    pick(PICKLE_PREFERRED[layout].filter((f) => files.includes(f)), 'PyTorch weight files') ??
+    pick(files.filter((f) => f.endsWith('.bin.index.json')), '.bin indexes') ??
+    pick(files.filter((f) => PICKLE_EXT.test(f)), 'PyTorch checkpoint files (shards without an index?)');
+  if (pickled) return pickled;
+  throw new PretrainedError(`${dir}: no weights found (expected ${[...PREFERRED[layout], ...PICKLE_PREFERRED[layout]].join(', ')}, or any *.safetensors / .bin)`);
 }
 
 /** Opened pretrained weights with their plan: every source tensor and what it becomes. */
@@ -174,7 +183,7 @@ export interface PretrainedSource {
   dir: string;
   file: string;
   map: PretrainedWeightMap;
-  reader: ShardedReader;
+  reader: TensorReader;
   entries: PlannedSource[];
 }
 
@@ -189,7 +198,7 @@ export interface PlannedSource {
 export async function openPretrained(dir: string, kind: PretrainedKind, llm?: LlamaConfig): Promise<PretrainedSource> {
   const file = findWeightsFile(dir, kind);
   const map = pretrainedWeightMap(kind, { llm, convnextLayout: kind === 'convnext' ? convNextLayoutOf(dir) : undefined });
-  const reader = await ShardedReader.open(file);
+  const reader: TensorReader = isPickleWeights(file) ? await TorchStateReader.open(file) : await ShardedReader.open(file);
   try {
     const entries = reader.keys().map((source) => {
       const info = reader.info(source);

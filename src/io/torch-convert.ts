@@ -37,6 +37,9 @@ export interface ConvertResult {
   index: string | null;
 }
 
+/** Shard cap of the output by default: Hugging Face's 2 GB, as `export --format hf` uses. */
+export const CONVERT_MAX_SHARD_BYTES = 2_000_000_000;
+
 const real = (p: string): string => (existsSync(p) ? realpathSync(p) : path.resolve(p));
 
 export async function convertTorchCheckpoint(input: string, out: string, o: ConvertOptions): Promise<ConvertResult> {

@@ -220,6 +220,7 @@ class FileWindowSource implements ByteSource {
         this.pos = this.bufStart + end + 1;
         return this.buf.subarray(at, end);
       }
+      if (this.pos + want >= this.fileSize) throw new WeightsError(`${this.file}: unexpected end of file inside a pickle at byte ${this.pos} (truncated)`);
       if (want >= 1 << 16 || this.pos + want >= this.limit) throw new WeightsError(`${this.file}: pickle text line at byte ${this.pos} has no end`);
     }
   }
