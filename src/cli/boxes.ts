@@ -55,6 +55,7 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
     const { resolveTags } = await import('../detect/queries.js');
     const { tags, source } = await resolveTags({ tags: args.tags, tagsFile: args['tags-file'] });
     const run = await import('../detect/boxes-run.js');
+    run.checkOutput({ out: args.out, resume: args.resume, overwrite: args.overwrite });
     let jobs;
     if (args.records) {
       const r = await run.jobsFromRecords(args.records, args.images ?? path.dirname(args.records));
@@ -81,7 +82,7 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
       });
       const spi = s.secondsPerImage === null ? '' : `, ${s.secondsPerImage.toFixed(2)} s/image`;
       process.stdout.write(
-        `wrote ${s.out}: ${s.entries} entries (${s.detected} images detected${s.resumed ? `, ${s.resumed} resumed` : ''}), ${s.boxes} boxes${spi}` +
+        `wrote ${s.out}: ${s.entries} entries (${s.detected} images detected${s.resumed ? `, ${s.resumed} resumed` : ''}), ${s.boxes} new boxes${spi}` +
           `${s.skipped.length ? `; ${s.skipped.length} skipped: ${s.skipped.slice(0, 10).map((x) => x.id).join(', ')}${s.skipped.length > 10 ? ', ...' : ''}` : ''}\n`,
       );
       if (args.json) process.stdout.write(`${JSON.stringify(s)}\n`);

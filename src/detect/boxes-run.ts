@@ -94,6 +94,7 @@ export interface BoxesRunSummary {
   /** Ids already done (resume). */
   resumed: number;
   skipped: { id: string; reason: string }[];
+  /** Boxes of the images detected in this invocation. */
   boxes: number;
   secondsPerImage: number | null;
 }
@@ -178,6 +179,15 @@ function reporter(mode: ProgressMode, total: number, log: (line: string) => void
   };
 }
 
+/** Refuse to start over an earlier run's output unless resuming or overwriting (checked before the model loads). */
+export function checkOutput(opts: Pick<BoxesRunOptions, 'out' | 'resume' | 'overwrite'>): void {
+  if (opts.resume || opts.overwrite) return;
+  const stale = [opts.out, journalPath(opts.out)].filter((f) => existsSync(f));
+  if (stale.length) {
+    throw new UsageError(`${stale.join(' and ')} already exist${stale.length === 1 ? 's' : ''}`, { hint: '--resume continues that run, --overwrite starts again' });
+  }
+}
+
 /** Detect every job not done yet, journal each result, write `out`. */
 export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[], opts: BoxesRunOptions): Promise<BoxesRunSummary> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
@@ -187,13 +197,8 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
     if (ids.has(j.id)) throw new UsageError(`two images map to the box id ${JSON.stringify(j.id)}`);
     ids.add(j.id);
   }
-  if (!opts.resume) {
-    const stale = [opts.out, journal].filter((f) => existsSync(f));
-    if (stale.length && !opts.overwrite) {
-      throw new UsageError(`${stale.join(' and ')} already exist${stale.length === 1 ? 's' : ''}`, { hint: '--resume continues that run, --overwrite starts again' });
-    }
-    for (const f of stale) await rm(f, { force: true });
-  }
+  checkOutput(opts);
+  if (!opts.resume) for (const f of [opts.out, journal]) await rm(f, { force: true });
   const done = opts.resume ? await readDone(opts.out) : new Map<string, string>();
   const todo = jobs.filter((j) => !done.has(j.id));
   const resumed = jobs.length - todo.length;
