@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blockedAttention, scaledDotProductAttention } from '../src/nn/attention.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { writeTorchPth } from '../src/io/torch-pth.js';
 import { loadWeights } from '../src/nn/module.js';
 import { toTf } from '../src/io/host-tensor.js';
 import { nchwToNhwc } from '../src/nn/conv.js';
@@ -240,11 +241,19 @@ describe('config and directory loading', () => {
     await writeTinyOwlv2Dir(other, 3);
     await writeFile(path.join(other, 'config.json'), JSON.stringify(hfConfigJson({ ...TINY_OWLV2, vision: { ...TINY_OWLV2.vision, imageSize: 40 } })));
     await expect(loadOwlv2(other)).rejects.toThrow(/shape mismatch: owlv2\.vision_model\.embeddings\.position_embedding\.weight/);
-    // pickle only
+    // a PyTorch pytorch_model.bin (through the repo's checkpoint reader) loads the same weights
     const pickle = path.join(dir, 'pickle');
     await writeTinyOwlv2Dir(pickle, 3);
     await rm(path.join(pickle, 'model.safetensors'));
-    await writeFile(path.join(pickle, 'pytorch_model.bin'), 'x');
+    await writeTorchPth(path.join(pickle, 'pytorch_model.bin'), weights);
+    const fromBin = await loadOwlv2(pickle);
+    try {
+      expect(fromBin.weights).toMatch(/pytorch_model\.bin$/);
+      for (const [name, v] of fromBin.model.weightMap()) expect(Array.from(v.dataSync()), name).toEqual(Array.from(weights.get(name)!.data));
+    } finally {
+      fromBin.model.dispose();
+    }
+    await writeFile(path.join(pickle, 'pytorch_model.bin'), 'not a checkpoint');
     await expect(loadOwlv2(pickle)).rejects.toThrow(/pytorch_model\.bin/);
     // no tokenizer
     const notok = path.join(dir, 'notok');

@@ -2,19 +2,20 @@
  * Open a Hugging Face OWLv2 directory (e.g. a local copy of google/owlv2-large-patch14-ensemble):
  *
  *   config.json        Owlv2Config (text_config, vision_config, projection_dim; absent keys = HF defaults)
- *   model.safetensors  (or a sharded *.safetensors.index.json) weights under their HF names, loaded as they are
+ *   model.safetensors  (or a sharded *.safetensors.index.json; else pytorch_model.bin or its .bin index, read by the
+ *                      PyTorch checkpoint reader src/io/torch-reader.ts) weights under their HF names, loaded as they are
  *   tokenizer.json     the CLIP BPE tokenizer (+ tokenizer_config.json), through the repo's HF tokenizer wrapper
  *
  * Names and shapes are checked from the headers before any data is read (one error lists every missing,
  * unexpected and mis-shaped tensor); tensors are then read and assigned one at a time, half precision widened
- * to float32 by the reader. PyTorch pickles (pytorch_model.bin) are not read yet: a one-line error says how to
- * convert them. Nothing is downloaded.
+ * to float32 by the reader. Safetensors are preferred when a directory has both. Nothing is downloaded.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { DataError, MgllavaError, WeightsError, fsError } from '../../errors.js';
-import { ShardedReader } from '../../io/safetensors.js';
+import { ShardedReader, type TensorReader } from '../../io/safetensors.js';
+import { HF_BIN_INDEX, PICKLE_EXT, TorchStateReader } from '../../io/torch-reader.js';
 import { loadTokenizer, type TextTokenizer } from '../../data/tokenizer.js';
 import { Rng } from '../../util/rng.js';
 import { owlv2ConfigFromHf, type Owlv2Config } from './config.js';
@@ -44,7 +45,10 @@ export function readOwlv2Config(dir: string): Owlv2Config {
   return owlv2ConfigFromHf(json as Record<string, unknown>, file);
 }
 
-/** The safetensors weights of a directory: model.safetensors, an index, or the only *.safetensors. */
+/**
+ * The weights of a directory: model.safetensors, a safetensors index or the only *.safetensors; else
+ * pytorch_model.bin.index.json, pytorch_model.bin or the only .bin/.pth/.pt file.
+ */
 export function findOwlv2Weights(dir: string): string {
   const files = readdirSync(dir).filter((f) => statSync(path.join(dir, f)).isFile());
   for (const name of ['model.safetensors.index.json', 'model.safetensors']) if (files.includes(name)) return path.join(dir, name);
@@ -53,18 +57,17 @@ export function findOwlv2Weights(dir: string): string {
   if (indexes.length === 1) return path.join(dir, indexes[0]!);
   if (indexes.length === 0 && singles.length === 1) return path.join(dir, singles[0]!);
   if (indexes.length + singles.length > 1) throw new WeightsError(`${dir}: several safetensors files or indexes (${[...indexes, ...singles].join(', ')}); keep one`);
-  const pickles = files.filter((f) => /\.(bin|pth|pt)$/.test(f));
-  if (pickles.length) {
-    throw new WeightsError(`${dir}: only PyTorch pickle weights (${pickles.join(', ')}), which the detector cannot read yet`, {
-      hint: `convert once: python3 -c "import transformers as t; t.Owlv2ForObjectDetection.from_pretrained('${dir}').save_pretrained('${dir}', safe_serialization=True)"`,
-    });
-  }
-  throw new WeightsError(`${dir}: no model.safetensors (or *.safetensors.index.json) with the OWLv2 weights`);
+  for (const name of [HF_BIN_INDEX, 'pytorch_model.bin']) if (files.includes(name)) return path.join(dir, name);
+  const pickles = files.filter((f) => PICKLE_EXT.test(f));
+  if (pickles.length === 1) return path.join(dir, pickles[0]!);
+  if (pickles.length > 1) throw new WeightsError(`${dir}: several PyTorch checkpoint files (${pickles.join(', ')}) and no ${HF_BIN_INDEX}; keep one`);
+  throw new WeightsError(`${dir}: no OWLv2 weights (expected model.safetensors, *.safetensors.index.json or pytorch_model.bin)`);
 }
 
-/** Assign every weight of `model` from the safetensors at `file`, strictly by HF name. */
+/** Assign every weight of `model` from the checkpoint at `file` (safetensors or PyTorch), strictly by HF name. */
 export async function loadOwlv2Weights(model: Owlv2Detector, file: string): Promise<void> {
-  const reader = await ShardedReader.open(file);
+  const pickle = PICKLE_EXT.test(file) || file.endsWith('.bin.index.json');
+  const reader: TensorReader = pickle ? await TorchStateReader.open(file) : await ShardedReader.open(file);
   try {
     const target = model.weightMap();
     const names = reader.keys().filter((n) => !BUFFER_NAMES.test(n));
