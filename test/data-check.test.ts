@@ -130,8 +130,8 @@ describe('data check', () => {
     const viaCfg = JSON.parse((await runCli(['data', 'show', 'good', '--config', cfg, '--set', 'data.max_length=40', '--tokenizer', 'byte', '--json'])).out) as Record<string, unknown>;
     expect(viaCfg).toMatchObject({ auxSize: 128, lowresSize: 56, imageTokens: 16, prompt: o.prompt });
     const bad = await runCli(['data', 'show', 'corrupt', '--config', cfg, '--tokenizer', 'byte']);
-    expect(bad.code).toBe(1);
-    expect(bad.err).toContain(`record corrupt: ${path.join(images, 'corrupt.png')}: cannot decode image`);
+    expect(bad.code).toBe(4); // a data error (src/errors.ts)
+    expect(bad.err).toContain(`record "corrupt": ${path.join(images, 'corrupt.png')}: cannot decode image`);
   });
 
   it('loadDataset refuses bad records unless skipping is asked for (with a report)', async () => {

@@ -2,19 +2,24 @@
  * `mgllava data check|show|synth`: validate a dataset, show one record as the model sees it, write the
  * synthetic demo dataset.
  */
-import { access } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
+import { auditBoxes, describeAudit } from '../data/box-audit.js';
 import { CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
-import { checkDataset, formatBadRecord, writeBadReport } from '../data/check.js';
+import { checkDataset, checkOutputFile, formatBadRecord, formatWarning, summarizeWarnings, writeBadReport, type ObjectTokenCheck } from '../data/check.js';
 import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
 import { encodeConversation } from '../data/conversation.js';
-import { ImageError, prepareImage, resolveImagePath } from '../data/image.js';
-import { conversationProblem, loadBoxes, loadRecords, type LlavaRecord } from '../data/records.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, imageOptionsOf, prepareImage, readImageHeader, resolveImagePath, describeOrientation, type DecodeOptions, type ExifOrientation } from '../data/image.js';
+import { checkDataFile, conversationProblem, loadBoxes, loadRecords, type LlavaRecord } from '../data/records.js';
 import { synthDataset } from '../data/synth.js';
 import { getTemplate, TEMPLATES } from '../data/templates.js';
+import { imageTokensOf, objectTokenRoom, positionBudget, samplePositions } from '../data/token-budget.js';
 import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/tokenizer.js';
-import { ConfigError, loadConfig } from '../config/load.js';
+import { saveView } from '../data/view.js';
+import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
+import { DataError, fsError } from '../errors.js';
 import { UserError, type GlobalArgs } from './command.js';
 
 /** Defaults when neither a flag nor --config gives a value: the full-size Vicuna-7B recipe. */
@@ -29,7 +34,8 @@ interface DatasetArgs extends GlobalArgs {
   template?: string;
   tokenizer?: string;
   'max-length'?: number;
-  'auto-orient': boolean;
+  'exif-orientation'?: ExifOrientation;
+  'max-image-pixels'?: number;
   json: boolean;
 }
 
@@ -44,6 +50,7 @@ interface ShowArgs extends DatasetArgs {
   'lowres-size'?: number;
   patch?: number;
   tokens: boolean;
+  'save-image'?: string;
 }
 
 interface SynthArgs extends GlobalArgs {
@@ -77,7 +84,11 @@ function datasetOptions<T>(y: Argv<T>) {
       describe: `'llama2' (Vicuna/LLaMA-2 SentencePiece, bundled), 'byte' (toy), or a tokenizer.json file/folder [config: data.tokenizer; default ${DATA_DEFAULTS.tokenizer}]`,
     })
     .option('max-length', { type: 'number', describe: `text token budget [config: data.max_length; default ${DATA_DEFAULTS.maxLength} = 2048 - 576]` })
-    .option('auto-orient', { type: 'boolean', default: true, describe: 'apply EXIF orientation (the PIL reference does not)' })
+    .option('exif-orientation', {
+      choices: ['ignore', 'apply'] as const,
+      describe: "EXIF orientation: 'ignore' (stored pixels, as the PIL reference; boxes in that frame) or 'apply' (rotated) [config: data.exif_orientation; default ignore]",
+    })
+    .option('max-image-pixels', { type: 'number', describe: `pixel budget of an image's padded square (longer side²) [config: data.max_image_pixels; default ${DEFAULT_MAX_IMAGE_PIXELS}]` })
     .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' });
 }
 
@@ -94,17 +105,15 @@ interface ResolvedData {
   auxSize: number;
   lowresSize: number;
   patch: number;
+  image: Required<DecodeOptions>;
+  /** Whether the model makes object tokens (a config without model.objects does not; no config: the full MG-LLaVA does). */
+  objects: boolean;
 }
 
 function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lowres-size' | 'patch'>>): ResolvedData {
   let cfg: ExperimentConfig | null = null;
   if (args.config) {
-    try {
-      cfg = loadConfig(args.config, args.set ?? []).config;
-    } catch (e) {
-      if (e instanceof ConfigError) throw new UserError(e.message);
-      throw e;
-    }
+    cfg = loadConfig(args.config, args.set ?? []).config;
   } else if (args.set?.length) {
     throw new UserError('--set needs --config');
   }
@@ -115,7 +124,12 @@ function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lo
   if (!images) throw new UserError('give --images (or --config with data.images)');
   const maxLength = args['max-length'] ?? d?.max_length ?? DATA_DEFAULTS.maxLength;
   if (!Number.isInteger(maxLength) || maxLength <= 0) throw new UserError(`--max-length must be a positive integer, got ${maxLength}`);
+  const maxPixels = args['max-image-pixels'];
+  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) throw new UserError(`--max-image-pixels must be a positive integer, got ${maxPixels}`);
+  const image = imageOptionsOf({ exif_orientation: args['exif-orientation'] ?? d?.exif_orientation, max_image_pixels: maxPixels ?? d?.max_image_pixels });
   return {
+    image,
+    objects: cfg ? cfg.model.objects !== null : true,
     records,
     images,
     boxes: args.boxes ?? d?.boxes ?? null,
@@ -140,12 +154,20 @@ async function textEncoding(r: ResolvedData) {
   return { template: getTemplate(r.template), tokenizer, maxLength: r.maxLength };
 }
 
-async function requireFile(file: string, what: string): Promise<void> {
+async function requireFolder(dir: string, what: string): Promise<void> {
+  let s;
   try {
-    await access(file);
-  } catch {
-    throw new UserError(`${what} not found: ${file}`);
+    s = await stat(dir);
+  } catch (e) {
+    throw fsError(e, dir, `opening the ${what}`);
   }
+  if (!s.isDirectory()) throw new DataError(`${dir}: the ${what} is not a directory`);
+}
+
+/** The object-token budget check of a resolved dataset (null when the model makes no object tokens). */
+function objectTokenCheck(r: ResolvedData): ObjectTokenCheck | null {
+  if (!r.objects) return null;
+  return { imageTokens: imageTokensOf(r.lowresSize, r.patch), auxSize: r.auxSize, nmsThreshold: r.nmsThreshold, limitNum: r.limitNum };
 }
 
 const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
@@ -157,16 +179,19 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
       .option('image-check', { choices: ['decode', 'header'] as const, default: 'decode' as const, describe: 'decode every image fully, or read headers only' }) as Argv<CheckArgs>,
   handler: async (args) => {
     const r = resolveData(args);
-    await requireFile(r.records, 'records file');
-    if (r.boxes) await requireFile(r.boxes, 'box file');
-    await requireFile(r.images, 'image folder');
+    // Every path is checked before the (long) check runs: one line naming the file, not a stack trace.
+    await checkDataFile(r.records, 'records file');
+    if (r.boxes) await checkDataFile(r.boxes, 'box file');
+    await requireFolder(r.images, 'image folder');
+    if (args['skip-bad']) await checkOutputFile(args['skip-bad'], 'the skip report (--skip-bad)');
     const report = await checkDataset({
       records: r.records,
       boxes: r.boxes,
       images: r.images,
       text: await textEncoding(r),
       imageCheck: args['image-check'],
-      autoOrient: args['auto-orient'],
+      image: r.image,
+      objectTokens: objectTokenCheck(r),
     });
     const badIds = new Set(report.bad.map((b) => `${b.file}\u0000${b.index ?? b.id}`));
     if (args['skip-bad']) await writeBadReport(args['skip-bad'], report.bad);
@@ -175,8 +200,10 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
       process.stdout.write(`${JSON.stringify({ ...rest, valid: valid.length, badRecords: badIds.size })}\n`);
     } else {
       for (const b of report.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
-      const skipped = args['skip-bad'] ? ` (skipped; report: ${args['skip-bad']})` : '';
-      process.stdout.write(`${r.records}: ${report.total} records, ${report.valid.length} good, ${report.bad.length} problem(s)${skipped}\n`);
+      for (const w of report.warnings) process.stdout.write(`${formatWarning(w)}\n`);
+      const skipped = args['skip-bad'] ? ` (${badIds.size} record(s) skipped; report: ${args['skip-bad']})` : '';
+      const warned = report.warnings.length ? `; warnings: ${summarizeWarnings(report.warnings)}` : '';
+      process.stdout.write(`${r.records}: ${report.total} records, ${report.valid.length} good, ${report.bad.length} problem(s)${skipped}${warned}\n`);
     }
     if (report.bad.length > 0 && !args['skip-bad']) process.exitCode = 1;
   },
@@ -191,10 +218,15 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       .option('aux-size', { type: 'number', describe: `aux (ConvNeXt) image side [config: model.vision_aux.image_size; default ${DATA_DEFAULTS.auxSize}]` })
       .option('lowres-size', { type: 'number', describe: `low-res (ViT) image side [config: model.vision.image_size; default ${DATA_DEFAULTS.lowresSize}]` })
       .option('patch', { type: 'number', describe: `ViT patch size: image tokens = (lowres/patch)^2 [config: model.vision.patch_size; default ${DATA_DEFAULTS.patch}]` })
-      .option('tokens', { type: 'boolean', default: false, describe: 'also list every token with its label' }) as Argv<ShowArgs>,
+      .option('tokens', { type: 'boolean', default: false, describe: 'also list every token with its label' })
+      .option('save-image', {
+        type: 'string',
+        describe: 'write a PNG: the preprocessed aux image with the object-token boxes drawn and numbered, the low-res view beside it',
+      })
+      .example('$0 data show 0 --config configs/tiny-shapes/finetune.yaml --save-image rec0.png', 'record 0 as the model sees it, and its image with the object-token boxes') as Argv<ShowArgs>,
   handler: async (args) => {
     const r = resolveData(args);
-    await requireFile(r.records, 'records file');
+    if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)');
     const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);
     if (!record) {
@@ -206,7 +238,7 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
     if (problem) throw new UserError(`${r.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
     const text = await textEncoding(r);
     const enc = encodeConversation(record.conversations, text);
-    const imageTokens = record.image === null ? 0 : (r.lowresSize / r.patch) ** 2;
+    const imageTokens = record.image === null ? 0 : imageTokensOf(r.lowresSize, r.patch);
     const out: Record<string, unknown> = {
       index: record.source.index,
       id: record.id,
@@ -220,12 +252,16 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       allMasked: enc.allMasked,
       imageTokens,
     };
+    if (record.image === null && args['save-image']) throw new UserError(`--save-image: record ${record.id} has no image`);
     if (record.image !== null) {
       let img;
+      let orientation = 1;
       try {
-        img = await prepareImage(await resolveImagePath(r.images, record.image), { auxSize: r.auxSize, lowresSize: r.lowresSize, autoOrient: args['auto-orient'] });
+        const file = await resolveImagePath(r.images, record.image);
+        orientation = (await readImageHeader(file, r.image)).orientation;
+        img = await prepareImage(file, { auxSize: r.auxSize, lowresSize: r.lowresSize, ...r.image });
       } catch (e) {
-        if (e instanceof ImageError) throw new UserError(`record ${record.id}: ${e.message}`);
+        if (e instanceof DataError) throw new DataError(`${r.records}: record ${JSON.stringify(record.id)}: ${e.message}`);
         throw e;
       }
       if (!r.boxes) throw new UserError('--boxes is needed to show an image record');
@@ -235,6 +271,8 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
         const b = boxes.bad.find((x) => x.id === record.id) ?? boxes.unreadable;
         throw new UserError(`record ${record.id}: ${b ? b.reason : `no entry in ${r.boxes}`}`);
       }
+      const budget = { maxLength: text.maxLength, imageTokens };
+      // The same pipeline (and token-budget cap) as training.
       const res = preprocessBoxes(entry, {
         origW: img.width,
         origH: img.height,
@@ -242,9 +280,19 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
         nmsThreshold: r.nmsThreshold,
         limitNum: r.limitNum,
         closeToMaxLength: isCloseToMaxLength(enc.inputIds.length, text.maxLength),
+        maxBoxes: r.objects ? objectTokenRoom(enc.inputIds.length, budget) : null,
       });
+      const warnings = describeAudit(auditBoxes(entry, img.width, img.height), entry, img.width, img.height).map((w) => `${w.kind}: ${w.reason}`);
+      if (orientation !== 1) warnings.push(`exif_orientation: EXIF orientation ${orientation} (${describeOrientation(orientation)}) is ${r.image.exifOrientation === 'apply' ? 'applied' : 'ignored'} (data.exif_orientation: ${r.image.exifOrientation})`);
+      if (res.stages.budgetDropped > 0) {
+        warnings.push(
+          `over_token_budget: ${res.stages.budgetDropped} lowest-scoring object tokens dropped to fit ${positionBudget(budget)} LLM positions ` +
+            `(${samplePositions(enc.inputIds.length, res.boxes.length + res.stages.budgetDropped, budget)} needed)`,
+        );
+      }
       Object.assign(out, {
         imageSize: [img.width, img.height],
+        exifOrientation: orientation,
         padding: img.padding,
         auxSize: r.auxSize,
         lowresSize: r.lowresSize,
@@ -252,7 +300,12 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
         afterNms: res.stages.nmsKeep.length,
         boxes: res.boxes.map((b, i) => ({ box: b, label: res.labels[i] ?? null })),
         objectTokens: res.boxes.length,
+        warnings,
       });
+      if (args['save-image']) {
+        const size = await saveView(args['save-image'], { aux: img.aux, auxSize: r.auxSize, lowres: img.lowres, lowresSize: r.lowresSize, boxes: res.boxes });
+        out.savedImage = { file: args['save-image'], ...size };
+      }
     } else {
       Object.assign(out, { objectTokens: 0, boxes: [] });
     }
@@ -306,7 +359,12 @@ function formatShow(o: Record<string, unknown>): string {
     const p = o.padding as { side: number; dx: number; dy: number };
     lines.push(`image ${w}x${h} -> square ${p.side} (offset ${p.dx},${p.dy}) -> aux ${o.auxSize}, low-res ${o.lowresSize}`);
     lines.push(`boxes: ${o.detectorBoxes} from the detector, ${o.afterNms} after NMS, ${o.objectTokens} in aux pixels:`);
-    for (const b of o.boxes as { box: number[]; label: string | null }[]) lines.push(`  [${b.box.join(', ')}] ${b.label ?? '(dummy)'}`);
+    (o.boxes as { box: number[]; label: string | null }[]).forEach((b, i) => lines.push(`  #${i + 1} [${b.box.join(', ')}] ${b.label ?? '(dummy)'}`));
+    for (const w of o.warnings as string[]) lines.push(`warning: ${w}`);
+  }
+  if (o.savedImage) {
+    const s = o.savedImage as { file: string; width: number; height: number };
+    lines.push(`image written to ${s.file} (${s.width}x${s.height}: aux image with object tokens #1.. drawn, low-res view on the right)`);
   }
   if (o.tokenList) {
     lines.push('tokens (index id label piece):');

@@ -135,8 +135,15 @@ export const dataSchema = z
     skip_bad: path.nullable().default(null),
     /** Batches loaded ahead of the training step. */
     prefetch: nonNegInt.default(2),
-    /** Worker threads preparing images beside the training step; 0 = on the main thread (decoding still uses libuv threads). */
+    /** Worker threads preparing images beside the training step; 0 = on the main thread (decoding still uses libuv threads). Capped at the cores. */
     image_workers: nonNegInt.default(1),
+    /**
+     * EXIF orientation of photos: `ignore` (the stored pixels, as the reference's PIL `Image.open`; boxes are in
+     * that frame) or `apply` (rotated; boxes must be in the rotated frame). Training, eval, chat and tools alike.
+     */
+    exif_orientation: z.enum(['ignore', 'apply']).default('ignore'),
+    /** Pixel budget of one image's padded square (longer side²); larger images are refused. null: sharp's limit (268 MP). Default: PIL's MAX_IMAGE_PIXELS. */
+    max_image_pixels: posInt.nullable().default(89_478_485),
   })
   .strict();
 
@@ -170,6 +177,15 @@ export const trainSchema = z
     activation_checkpointing: z.boolean().default(false),
     /** Consecutive non-finite steps before the run aborts. */
     max_bad_steps: posInt.default(5),
+    /** Held-out evaluation during training: LLaVA records scored for loss and exact-match accuracy (src/train/held-out.ts). */
+    eval_records: path.nullable().default(null),
+    /** Box JSON and image folder of eval_records (default: data.boxes; data.images, else the records' folder). */
+    eval_boxes: path.nullable().default(null),
+    eval_images: path.nullable().default(null),
+    /** Evaluate every N optimizer steps and after the last one (default: only after the last one). */
+    eval_steps: posInt.nullable().default(null),
+    /** Answer length budget of the held-out accuracy (greedy). */
+    eval_max_new_tokens: posInt.default(32),
   })
   .strict();
 

@@ -127,7 +127,15 @@ export function capPerCategory(
   const all = Array.from({ length: n }, (_, i) => i);
   const triggered = n > 0 && ((limitNum !== null && n > limitNum) || closeToMaxLength);
   if (!triggered) return all;
-  const cap = perCategoryCap(limitNum, closeToMaxLength);
+  return topPerLabel(labels, scores, perCategoryCap(limitNum, closeToMaxLength));
+}
+
+/**
+ * The grouping of capPerCategory with an explicit cap (OWLv2 box generation states its own 20): labels grouped
+ * in order of first appearance, each group over `cap` replaced by its top-`cap` scores, groups concatenated.
+ */
+export function topPerLabel(labels: readonly string[], scores: readonly number[], cap: number): number[] {
+  const n = labels.length;
   const groups = new Map<string, number[]>(); // Map keeps first-appearance order
   for (let i = 0; i < n; i++) {
     const g = groups.get(labels[i]);
@@ -175,6 +183,18 @@ export function centerCropBoxes(
   height: number,
   crop: number,
 ): { boxes: Box[]; labels: string[] } {
+  const { boxes: out, labels: outLabels } = cropKeeping(boxes, labels, width, height, crop);
+  return { boxes: out, labels: outLabels };
+}
+
+/** centerCropBoxes, also returning the indices of the input boxes that survived (empty for the dummy box). */
+function cropKeeping(
+  boxes: readonly Box[],
+  labels: readonly string[],
+  width: number,
+  height: number,
+  crop: number,
+): { boxes: Box[]; labels: string[]; kept: number[] } {
   if (labels.length !== boxes.length) {
     throw new Error(`boxes.ts centerCropBoxes: ${boxes.length} boxes but ${labels.length} labels`);
   }
@@ -182,6 +202,7 @@ export function centerCropBoxes(
   const sy = Math.floor((height - crop) / 2);
   const out: Box[] = [];
   const outLabels: string[] = [];
+  const kept: number[] = [];
   boxes.forEach((b, i) => {
     const x1 = Math.max(b[0] - sx, 0);
     const y1 = Math.max(b[1] - sy, 0);
@@ -190,9 +211,21 @@ export function centerCropBoxes(
     if (x2 < 0 || y2 < 0 || x1 > crop || y1 > crop) return;
     out.push([f32(x1), f32(y1), f32(x2), f32(y2)]);
     outLabels.push(labels[i]);
+    kept.push(i);
   });
-  if (out.length === 0) return { boxes: [[...EMPTY_IMAGE_BOX]], labels: [] };
-  return { boxes: out, labels: outLabels };
+  if (out.length === 0) return { boxes: [[...EMPTY_IMAGE_BOX]], labels: [], kept };
+  return { boxes: out, labels: outLabels, kept };
+}
+
+/**
+ * Keep at most `max` boxes, the highest-scoring (ties: earlier first), in their given order. This is the
+ * token-budget cap: each box is one object token, and text + image + object tokens must fit the LLM's
+ * positions (tokenBudget.ts). Returns the indices kept.
+ */
+export function capByScore(scores: readonly number[], max: number): number[] {
+  if (scores.length <= max) return scores.map((_, i) => i);
+  const top = stableOrderByScoreDesc(scores).slice(0, Math.max(0, max));
+  return top.sort((a, b) => a - b);
 }
 
 export interface BoxInput {
@@ -214,6 +247,11 @@ export interface BoxOptions {
   limitNum?: number | null;
   /** `isCloseToMaxLength(len(input_ids), max_length)` of the sample's text. */
   closeToMaxLength?: boolean;
+  /**
+   * Most object tokens the sample's token budget leaves room for (tokenBudget.ts); past it the lowest-scoring
+   * surviving boxes are dropped. null/undefined: no limit (the reference has none).
+   */
+  maxBoxes?: number | null;
 }
 
 /** Every intermediate result, named after the golden file's fields. */
@@ -224,6 +262,8 @@ export interface BoxStages {
   capSelect: number[];
   resizedBoxes: Box[];
   resizedHw: [number, number];
+  /** Boxes dropped by the token-budget cap (`maxBoxes`), 0 when it did not apply. */
+  budgetDropped: number;
 }
 
 export interface BoxResult {
@@ -273,7 +313,19 @@ export function preprocessBoxes(input: BoxInput, opts: BoxOptions): BoxResult {
   const capLabels = capSelect.map((i) => nmsLabels[i]);
 
   const resized = resizeBoxes(capBoxes, width, height, auxSize);
-  const cropped = centerCropBoxes(resized.boxes, capLabels, resized.width, resized.height, auxSize);
+  let cropped = cropKeeping(resized.boxes, capLabels, resized.width, resized.height, auxSize);
+  let budgetDropped = 0;
+  const maxBoxes = opts.maxBoxes ?? null;
+  if (maxBoxes !== null) {
+    if (!(Number.isInteger(maxBoxes) && maxBoxes >= 1)) throw new Error(`boxes.ts: maxBoxes must be an integer >= 1, got ${maxBoxes}`);
+    if (cropped.kept.length > maxBoxes) {
+      // Scores of the surviving boxes: crop index -> cap index -> NMS order.
+      const keep = capByScore(cropped.kept.map((i) => nmsScores[capSelect[i]!]!), maxBoxes);
+      budgetDropped = cropped.kept.length - keep.length;
+      const c = cropped;
+      cropped = { boxes: keep.map((k) => c.boxes[k]!), labels: keep.map((k) => c.labels[k]!), kept: keep.map((k) => c.kept[k]!) };
+    }
+  }
   return {
     boxes: cropped.boxes,
     labels: cropped.labels,
@@ -284,6 +336,7 @@ export function preprocessBoxes(input: BoxInput, opts: BoxOptions): BoxResult {
       capSelect,
       resizedBoxes: resized.boxes,
       resizedHw: [resized.height, resized.width],
+      budgetDropped,
     },
   };
 }

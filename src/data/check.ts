@@ -5,17 +5,26 @@
  *
  * Checks, per record: JSON well-formed (line/column), record shape, unique id, non-empty conversation with
  * a gpt turn, `<image>` exactly once in the first human turn of an image record and never in a text-only
- * one, image path inside the image folder, image present and decodable (fully decoded by default: a
- * truncated file fails), box entry present and well-formed with finite coordinates (image records only),
- * and at least one supervised label after truncation to max_length.
+ * one, image path inside the image folder, image present, within the pixel budget and decodable (fully
+ * decoded by default: a truncated file fails), box entry present and well-formed with finite coordinates
+ * (image records only), and at least one supervised label after truncation to max_length.
+ *
+ * Warnings (the record is still used, exactly as the reference would use it): boxes that are inverted, look
+ * like [x, y, w, h] or reach outside the image (box-audit.ts), an image with an EXIF orientation (ignored or
+ * applied per `data.exif_orientation`), and a sample whose text + image + object tokens exceed the token
+ * budget (token-budget.ts; the lowest-scoring object tokens are then dropped).
  */
-import { writeFile } from 'node:fs/promises';
-import sharp from 'sharp';
+import { stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { DataError, fsError } from '../errors.js';
+import { auditBoxes, describeAudit } from './box-audit.js';
+import { isCloseToMaxLength, preprocessBoxes } from './boxes.js';
 import { encodeConversation } from './conversation.js';
-import { decodeImage, ImageError, resolveImagePath } from './image.js';
+import { decodeImage, describeOrientation, ImageError, orientationSwapsSides, readImageHeader, resolveImagePath, type DecodeOptions } from './image.js';
 import { loadBoxes, loadRecords, type BadRecord, type BoxEntry, type LlavaRecord } from './records.js';
 import type { PromptTemplate } from './templates.js';
 import type { TextTokenizer } from './tokenizer.js';
+import { positionBudget, samplePositions, type TokenBudget } from './token-budget.js';
 import { runPool } from './pool.js';
 
 export interface TextEncoding {
@@ -23,6 +32,14 @@ export interface TextEncoding {
   tokenizer: TextTokenizer;
   /** Token budget of the text (1472 = 2048 - 576 at full size). */
   maxLength: number;
+}
+
+/** What the token-budget check needs besides the text: the model's image tokens and the box rule. */
+export interface ObjectTokenCheck {
+  imageTokens: number;
+  auxSize: number;
+  nmsThreshold: number;
+  limitNum: number | null;
 }
 
 export interface CheckOptions {
@@ -33,8 +50,10 @@ export interface CheckOptions {
   text: TextEncoding;
   /** 'decode' (default) decodes every image fully; 'header' only reads its header (faster, misses truncation). */
   imageCheck?: 'decode' | 'header';
-  /** Passed to the decoder (see image.ts). */
-  autoOrient?: boolean;
+  /** EXIF policy and pixel budget (image.ts `imageOptionsOf(config.data)`). */
+  image?: DecodeOptions;
+  /** Count object tokens per record and warn past the token budget (null: the model makes no object tokens). */
+  objectTokens?: ObjectTokenCheck | null;
   /** Images checked at once (default 4). */
   concurrency?: number;
 }
@@ -49,6 +68,21 @@ export interface CheckedRecord {
   labels: Int32Array;
 }
 
+export type WarningKind = 'inverted_boxes' | 'xywh_boxes' | 'boxes_outside_image' | 'exif_orientation' | 'over_token_budget';
+
+/** Something odd about a record that is still used as it is. */
+export interface DataWarning {
+  file: string;
+  id: string;
+  index: number;
+  line?: number;
+  kind: WarningKind;
+  /** How many boxes / tokens it concerns. */
+  count: number;
+  reason: string;
+  path?: string;
+}
+
 export interface CheckReport {
   records: string;
   boxes: string | null;
@@ -58,12 +92,22 @@ export interface CheckReport {
   valid: CheckedRecord[];
   /** Every problem; a record can appear more than once (e.g. missing image and missing boxes). */
   bad: BadRecord[];
+  /** Oddities of usable records, in file order. */
+  warnings: DataWarning[];
+}
+
+interface ImageInfo {
+  /** Size as loaded (after EXIF rotation when applied). */
+  width: number;
+  height: number;
+  orientation: number;
 }
 
 export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
   const recs = await loadRecords(o.records);
   const boxes = o.boxes ? await loadBoxes(o.boxes) : null;
   const bad: BadRecord[] = [...recs.bad];
+  const warnings: DataWarning[] = [];
   const imageIds = new Set(recs.records.filter((r) => r.image !== null).map((r) => r.id));
   if (boxes) {
     // File-level box problems always; entry problems only for the image records of this file (text-only
@@ -71,26 +115,30 @@ export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
     bad.push(...boxes.bad.filter((b) => b.id === null || imageIds.has(b.id)));
   }
   const boxProblem = new Set(boxes?.bad.filter((b) => b.id !== null).map((b) => b.id!) ?? []);
-  const imageStatus = new Map<string, Promise<ImageProblem | null>>();
+  const imageStatus = new Map<string, Promise<ImageProblem | ImageInfo>>();
   const checkImage = (file: string) => {
     let p = imageStatus.get(file);
     if (!p) {
-      p = imageProblem(file, o.imageCheck ?? 'decode', o.autoOrient);
+      p = inspectImage(file, o.imageCheck ?? 'decode', o.image ?? {});
       imageStatus.set(file, p);
     }
     return p;
   };
+  const budget: TokenBudget | null = o.objectTokens ? { maxLength: o.text.maxLength, imageTokens: o.objectTokens.imageTokens } : null;
 
   const valid: (CheckedRecord | null)[] = new Array(recs.records.length).fill(null);
+  const recordWarnings: DataWarning[][] = recs.records.map(() => []);
   await runPool(recs.records, o.concurrency ?? 4, async (r, k) => {
     const problems: BadRecord[] = [];
     const at = { file: r.source.file, id: r.id, index: r.source.index, line: r.source.line };
     let imagePath: string | null = null;
+    let info: ImageInfo | null = null;
     if (r.image !== null) {
       try {
         imagePath = await resolveImagePath(o.images, r.image);
         const p = await checkImage(imagePath);
-        if (p) problems.push({ ...at, ...p });
+        if ('kind' in p) problems.push({ ...at, ...p });
+        else info = p;
       } catch (e) {
         if (!(e instanceof ImageError)) throw e;
         problems.push({ ...at, ...fromImageError(e) });
@@ -125,8 +173,10 @@ export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
       return;
     }
     valid[k] = { record: r, imagePath, boxes: entry, ...enc };
+    if (info && entry) recordWarnings[k] = imageWarnings(at, imagePath!, info, entry, o, budget, enc.inputIds.length);
   });
 
+  warnings.push(...recordWarnings.flat());
   return {
     records: o.records,
     boxes: o.boxes ?? null,
@@ -134,28 +184,80 @@ export async function checkDataset(o: CheckOptions): Promise<CheckReport> {
     total: recs.records.length + recs.bad.filter((b) => b.index !== undefined).length,
     valid: valid.filter((v): v is CheckedRecord => v !== null),
     bad: sortBad(bad),
+    warnings,
   };
+}
+
+/** Box audit, EXIF orientation and token budget of one usable image record. */
+function imageWarnings(
+  at: { file: string; id: string; index: number; line?: number },
+  imagePath: string,
+  info: ImageInfo,
+  entry: BoxEntry,
+  o: CheckOptions,
+  budget: TokenBudget | null,
+  textTokens: number,
+): DataWarning[] {
+  const out: DataWarning[] = [];
+  if (info.orientation !== 1) {
+    const applied = o.image?.exifOrientation === 'apply';
+    out.push({
+      ...at,
+      kind: 'exif_orientation',
+      count: 1,
+      path: imagePath,
+      reason: applied
+        ? `EXIF orientation ${info.orientation} (${describeOrientation(info.orientation)}) is applied (data.exif_orientation: apply): its boxes must be in the rotated ${info.width}x${info.height} frame`
+        : `EXIF orientation ${info.orientation} (${describeOrientation(info.orientation)}) is ignored, as the reference does (data.exif_orientation: ignore): its boxes must be in the stored ${info.width}x${info.height} frame`,
+    });
+  }
+  for (const w of describeAudit(auditBoxes(entry, info.width, info.height), entry, info.width, info.height)) out.push({ ...at, ...w });
+  if (budget && o.objectTokens) {
+    const c = o.objectTokens;
+    const objects = preprocessBoxes(entry, {
+      origW: info.width,
+      origH: info.height,
+      auxSize: c.auxSize,
+      nmsThreshold: c.nmsThreshold,
+      limitNum: c.limitNum,
+      closeToMaxLength: isCloseToMaxLength(textTokens, budget.maxLength),
+    }).boxes.length;
+    const positions = samplePositions(textTokens, objects, budget);
+    const limit = positionBudget(budget);
+    if (positions > limit) {
+      const over = positions - limit;
+      out.push({
+        ...at,
+        kind: 'over_token_budget',
+        count: over,
+        reason:
+          `${textTokens - 1} text + ${budget.imageTokens} image + ${objects} object tokens (of ${entry.boxes.length} detector boxes, after NMS and the per-label cap) = ${positions} LLM positions, ` +
+          `over the budget of ${limit} (data.max_length ${budget.maxLength} + image tokens): the ${over} lowest-scoring object tokens are dropped`,
+      });
+    }
+  }
+  return out;
 }
 
 type ImageProblem = Pick<BadRecord, 'kind' | 'reason' | 'path'>;
 
 function fromImageError(e: ImageError): ImageProblem {
-  const kind = e.kind === 'missing' ? 'missing_image' : e.kind === 'outside' ? 'image_outside_folder' : 'undecodable_image';
+  const kind = e.kind === 'missing' ? 'missing_image' : e.kind === 'outside' ? 'image_outside_folder' : e.kind === 'too_large' ? 'image_too_large' : 'undecodable_image';
   return { kind, reason: e.detail, path: e.path };
 }
 
-async function imageProblem(file: string, mode: 'decode' | 'header', autoOrient?: boolean): Promise<ImageProblem | null> {
+async function inspectImage(file: string, mode: 'decode' | 'header', opts: DecodeOptions): Promise<ImageProblem | ImageInfo> {
   try {
+    const h = await readImageHeader(file, opts);
     if (mode === 'decode') {
-      await decodeImage(file, { autoOrient });
-    } else {
-      const m = await sharp(file, { failOn: 'warning', limitInputPixels: true }).metadata();
-      if (!m.width || !m.height) return { kind: 'undecodable_image', reason: 'image header has no size', path: file };
+      const img = await decodeImage(file, opts);
+      return { width: img.width, height: img.height, orientation: h.orientation };
     }
-    return null;
+    const swap = opts.exifOrientation === 'apply' && orientationSwapsSides(h.orientation);
+    return { width: swap ? h.height : h.width, height: swap ? h.width : h.height, orientation: h.orientation };
   } catch (e) {
     if (e instanceof ImageError) return fromImageError(e);
-    return { kind: 'undecodable_image', reason: `cannot read image header: ${(e as Error).message}`, path: file };
+    throw e;
   }
 }
 
@@ -166,14 +268,71 @@ function sortBad(bad: BadRecord[]): BadRecord[] {
     .map((x) => x.b);
 }
 
+function where(b: { file: string; line?: number; column?: number; index?: number }): string {
+  return b.line !== undefined ? `${b.file}:${b.line}${b.column !== undefined ? `:${b.column}` : ''}` : b.index !== undefined ? `${b.file} [#${b.index}]` : b.file;
+}
+
 /** `file:line:col: record <id>: <kind>: <reason>` — one line per problem. */
 export function formatBadRecord(b: BadRecord): string {
-  const where = b.line !== undefined ? `${b.file}:${b.line}${b.column !== undefined ? `:${b.column}` : ''}` : b.index !== undefined ? `${b.file} [#${b.index}]` : b.file;
   const who = b.id !== null ? `record ${JSON.stringify(b.id)}` : 'record ?';
-  return `${where}: ${who}: ${b.kind}: ${b.reason}${b.path && !b.reason.includes(b.path) ? ` (${b.path})` : ''}`;
+  return `${where(b)}: ${who}: ${b.kind}: ${b.reason}${b.path && !b.reason.includes(b.path) ? ` (${b.path})` : ''}`;
+}
+
+/** `file:line: record <id>: warning: <kind>: <reason>` — one line per warning. */
+export function formatWarning(w: DataWarning): string {
+  return `${where(w)}: record ${JSON.stringify(w.id)}: warning: ${w.kind}: ${w.reason}${w.path && !w.reason.includes(w.path) ? ` (${w.path})` : ''}`;
+}
+
+/** "3 records with inverted_boxes (7 boxes), 1 with exif_orientation" — the warning totals by kind. */
+export function summarizeWarnings(warnings: readonly DataWarning[]): string {
+  const by = new Map<WarningKind, { records: number; count: number }>();
+  for (const w of warnings) {
+    const s = by.get(w.kind) ?? { records: 0, count: 0 };
+    s.records++;
+    s.count += w.count;
+    by.set(w.kind, s);
+  }
+  const unit: Record<WarningKind, [string, string] | null> = {
+    inverted_boxes: ['box', 'boxes'],
+    xywh_boxes: ['box', 'boxes'],
+    boxes_outside_image: ['box', 'boxes'],
+    exif_orientation: null,
+    over_token_budget: ['object token dropped', 'object tokens dropped'],
+  };
+  return [...by]
+    .map(([k, s]) => {
+      const u = unit[k];
+      return `${s.records} record${s.records === 1 ? '' : 's'} with ${k}${u ? ` (${s.count} ${u[s.count === 1 ? 0 : 1]})` : ''}`;
+    })
+    .join(', ');
+}
+
+/**
+ * Refuse an output file that cannot be written (missing folder, a folder that is a file, the path is a
+ * directory) before the work that produces it runs, not after. `what`: "the skip report", "the image", ...
+ */
+export async function checkOutputFile(file: string, what: string): Promise<void> {
+  const dir = path.dirname(path.resolve(file));
+  let s;
+  try {
+    s = await stat(dir);
+  } catch (e) {
+    throw fsError(e, dir, `the folder of ${what} ${file}`);
+  }
+  if (!s.isDirectory()) throw new DataError(`${what} ${file}: ${dir} is not a directory`);
+  try {
+    if ((await stat(file)).isDirectory()) throw new DataError(`${what} ${file} is a directory; give a file name`);
+  } catch (e) {
+    if (e instanceof DataError) throw e;
+    // ENOENT: it will be created
+  }
 }
 
 /** The skip report: one JSON object per line, every field of BadRecord. */
 export async function writeBadReport(file: string, bad: readonly BadRecord[]): Promise<void> {
-  await writeFile(file, bad.map((b) => JSON.stringify(b)).join('\n') + (bad.length ? '\n' : ''));
+  try {
+    await writeFile(file, bad.map((b) => JSON.stringify(b)).join('\n') + (bad.length ? '\n' : ''));
+  } catch (e) {
+    throw fsError(e, file, 'writing the skip report');
+  }
 }

@@ -4,6 +4,7 @@
  * main thread. `pool.prepare` has the signature of `prepareImage`; pass it to the dataset as `prepare`.
  * Results come back as transferred buffers (no copy).
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { ImageJob, ImageReply } from './image-worker.js';
 import { ImageError, type PreparedImage, type PrepareOptions } from './image.js';
@@ -20,16 +21,29 @@ interface Pending {
   worker: Worker;
 }
 
+/**
+ * Worker threads for `requested` (data.image_workers): at most one per core, since more only add memory
+ * (each holds its images) and contention. A larger request is capped with a warning.
+ */
+export function imageWorkerCount(requested: number, warn: (line: string) => void = (l) => process.stderr.write(`${l}\n`), cores = availableParallelism()): number {
+  if (!Number.isInteger(requested) || requested < 1) throw new Error(`ImageWorkerPool: size must be ≥ 1, got ${requested}`);
+  if (requested <= cores) return requested;
+  warn(`warning: data.image_workers = ${requested} is more than the ${cores} cores of this machine: using ${cores}`);
+  return cores;
+}
+
 export class ImageWorkerPool {
   private readonly workers: Worker[] = [];
   private readonly load = new Map<Worker, number>();
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private closed = false;
+  /** Workers actually started (the request capped at the cores). */
+  readonly size: number;
 
-  constructor(readonly size: number) {
-    if (!Number.isInteger(size) || size < 1) throw new Error(`ImageWorkerPool: size must be ≥ 1, got ${size}`);
-    for (let i = 0; i < size; i++) this.spawn();
+  constructor(requested: number, warn?: (line: string) => void) {
+    this.size = imageWorkerCount(requested, warn);
+    for (let i = 0; i < this.size; i++) this.spawn();
   }
 
   private spawn(): void {

@@ -10,19 +10,26 @@
  * Reference facts reproduced: expand2square fill = `int(255*mean)` per channel (122,116,104 for CLIP), image
  * pasted at `((side-w)//2, (side-h)//2)`; resize shortest edge to S (bicubic) + centre crop S; `/255`, then
  * `(x - mean) / std`. sharp only decodes: the resize reproduces PIL's bicubic bit for bit (resample.ts;
- * sharp's own resize is not PIL's, see scripts/pil-compare.ts). Known difference: EXIF orientation is
- * applied by default (PIL's `Image.open`, used by the reference, does not — a rotated photo whose boxes
- * were computed unrotated would misalign; `autoOrient: false` reproduces the reference). Embedded ICC
- * profiles are ignored, as PIL does.
+ * sharp's own resize is not PIL's, see scripts/pil-compare.ts). Decoding is PIL's `Image.open(f).convert('RGB')`:
+ *   - EXIF orientation is NOT applied by default (`exifOrientation: 'ignore'`, PIL's `Image.open` does not
+ *     rotate): boxes are in the stored pixel frame. `'apply'` rotates the image, and then the boxes must be
+ *     in the rotated frame. Every image load (training, eval, chat, data check/show, box generation) takes
+ *     this one policy from `data.exif_orientation` through `imageOptionsOf` — never a default of its own.
+ *   - CMYK (JPEG, TIFF) converts with PIL's ICC-free formula `R = (255-K) - round((255-K)·C/255)` (cmyk.ts),
+ *     not through a colour profile; Adobe-inverted JPEG values are un-inverted first, as PIL does.
+ *   - Embedded ICC profiles are ignored, as PIL's convert does.
  *
  * Safety: a record's image path must stay inside the image folder (no absolute paths, no `..` escape, no
- * symlink leading out), and sharp's input pixel limit stays at its default (0x3FFF², decompression bombs
- * are refused with an error).
+ * symlink leading out); an image whose padded square (longer side²) exceeds the pixel budget
+ * (`data.max_image_pixels`, default PIL's decompression-bomb threshold) is refused from its header, before
+ * anything is allocated, and sharp's own input limit (0x3FFF²) stays on.
  */
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
+import { DataError } from '../errors.js';
 import { squareGeometry, type SquareGeometry } from './boxes.js';
+import { cmykToRgbPil } from './cmyk.js';
 import { resizeBicubicPil } from './resample.js';
 
 export interface ImageNorm {
@@ -41,9 +48,9 @@ export function padFill(norm: ImageNorm = CLIP_NORM): [number, number, number] {
   return [Math.trunc(255 * norm.mean[0]), Math.trunc(255 * norm.mean[1]), Math.trunc(255 * norm.mean[2])];
 }
 
-export type ImageErrorKind = 'missing' | 'undecodable' | 'outside';
+export type ImageErrorKind = 'missing' | 'undecodable' | 'outside' | 'too_large';
 
-export class ImageError extends Error {
+export class ImageError extends DataError {
   constructor(
     readonly kind: ImageErrorKind,
     /** The path as given in the record, or the resolved file when the record path was fine. */
@@ -93,13 +100,58 @@ function isInside(root: string, file: string): boolean {
   return r !== '' && !r.startsWith(`..${path.sep}`) && r !== '..' && !path.isAbsolute(r);
 }
 
+/** How EXIF orientation is treated: `ignore` = the stored pixels, as the reference (PIL `Image.open`); `apply` = rotated. */
+export type ExifOrientation = 'ignore' | 'apply';
+
+/** PIL's `Image.MAX_IMAGE_PIXELS` (its decompression-bomb threshold): the default pixel budget. */
+export const DEFAULT_MAX_IMAGE_PIXELS = 89_478_485;
+
 export interface DecodeOptions {
-  /** Apply the EXIF orientation (default true; the reference's PIL loading does not). */
-  autoOrient?: boolean;
+  /** Default 'ignore' (the reference). Callers pass `imageOptionsOf(config.data)`. */
+  exifOrientation?: ExifOrientation;
+  /** Largest padded square (longer side²) accepted; default DEFAULT_MAX_IMAGE_PIXELS; null = sharp's own limit only. */
+  maxPixels?: number | null;
 }
 
-/** Decode any format sharp reads to 8-bit RGB (alpha dropped, greyscale expanded). Throws ImageError. */
-export async function decodeImage(file: string, opts: DecodeOptions = {}): Promise<RgbImage> {
+/** The image options of a config's `data` section: the one place training, eval, chat and tools take them from. */
+export function imageOptionsOf(d: { exif_orientation?: ExifOrientation; max_image_pixels?: number | null }): Required<DecodeOptions> {
+  return {
+    exifOrientation: d.exif_orientation ?? 'ignore',
+    maxPixels: d.max_image_pixels === undefined ? DEFAULT_MAX_IMAGE_PIXELS : d.max_image_pixels,
+  };
+}
+
+/** What the header says, before decoding. */
+export interface ImageHeader {
+  /** Stored size (before any EXIF rotation). */
+  width: number;
+  height: number;
+  /** EXIF orientation tag, 1 (none) .. 8; 1 when absent. */
+  orientation: number;
+  /** libvips colour space of the stored pixels ('srgb', 'b-w', 'cmyk', ...). */
+  space: string;
+}
+
+/** EXIF orientations 5..8 swap width and height when applied. */
+export function orientationSwapsSides(orientation: number): boolean {
+  return orientation >= 5 && orientation <= 8;
+}
+
+/** The EXIF orientation tag in words (for `data check`). */
+export function describeOrientation(o: number): string {
+  const words: Record<number, string> = {
+    2: 'mirrored',
+    3: 'rotated 180°',
+    4: 'flipped vertically',
+    5: 'mirrored and rotated 90° counter-clockwise',
+    6: 'rotated 90° clockwise',
+    7: 'mirrored and rotated 90° clockwise',
+    8: 'rotated 90° counter-clockwise',
+  };
+  return words[o] ?? `orientation ${o}`;
+}
+
+async function checkRegularFile(file: string): Promise<void> {
   try {
     const s = await stat(file);
     if (!s.isFile()) throw new ImageError('missing', file, 'not a regular file');
@@ -107,17 +159,56 @@ export async function decodeImage(file: string, opts: DecodeOptions = {}): Promi
     if (e instanceof ImageError) throw e;
     throw new ImageError('missing', file, 'image file not found');
   }
+}
+
+const fmtMp = (px: number) => `${(px / 1e6).toFixed(1)} MP`;
+
+/** Read the header and refuse an image over the pixel budget (nothing decoded yet). Throws ImageError. */
+export async function readImageHeader(file: string, opts: DecodeOptions = {}): Promise<ImageHeader> {
+  await checkRegularFile(file);
+  let m: Metadata;
   try {
-    const { data, info } = await sharp(file, {
-      autoOrient: opts.autoOrient ?? true,
+    // Header only (no pixels are decoded): the pixel checks below and sharp's limit at decode time apply.
+    m = await sharp(file, { failOn: 'warning', limitInputPixels: false }).metadata();
+  } catch (e) {
+    throw new ImageError('undecodable', file, `cannot read image header: ${(e as Error).message}`);
+  }
+  if (!m.width || !m.height) throw new ImageError('undecodable', file, 'image header has no size');
+  const header = { width: m.width, height: m.height, orientation: m.orientation ?? 1, space: m.space ?? 'srgb' };
+  const budget = opts.maxPixels === undefined ? DEFAULT_MAX_IMAGE_PIXELS : opts.maxPixels;
+  const side = Math.max(header.width, header.height);
+  if (budget !== null && side * side > budget) {
+    throw new ImageError(
+      'too_large',
+      file,
+      `image is ${header.width}x${header.height}: its padded square ${side}x${side} (${fmtMp(side * side)}) is over the pixel budget ` +
+        `of ${fmtMp(budget)} (data.max_image_pixels = ${budget}); downscale the image (and its boxes), or raise the budget`,
+    );
+  }
+  return header;
+}
+
+/**
+ * Decode any format sharp reads to 8-bit RGB as PIL's `Image.open(f).convert('RGB')` does (alpha dropped,
+ * greyscale expanded, CMYK by PIL's formula, EXIF orientation per `exifOrientation`). Throws ImageError.
+ */
+export async function decodeImage(file: string, opts: DecodeOptions = {}): Promise<RgbImage> {
+  const header = await readImageHeader(file, opts);
+  const apply = (opts.exifOrientation ?? 'ignore') === 'apply';
+  try {
+    const input = sharp(file, {
+      autoOrient: apply,
       failOn: 'warning', // truncated or corrupt data is an error, not a grey patch
-      limitInputPixels: true, // sharp's default limit, stated explicitly: decompression bombs are refused
+      limitInputPixels: true, // sharp's default limit stays on under our own budget
       ignoreIcc: true, // PIL's convert('RGB') keeps the stored values
-    })
-      .removeAlpha()
-      .toColourspace('srgb')
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
+    });
+    if (header.space === 'cmyk') {
+      // Keep the stored CMYK (sharp would go through a CMYK ICC profile) and convert as PIL does.
+      const { data, info } = await input.pipelineColourspace('cmyk').toColourspace('cmyk').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+      if (info.channels < 4) throw new Error(`CMYK image decoded to ${info.channels} channels`);
+      return { data: cmykToRgbPil(data, info.channels), width: info.width, height: info.height };
+    }
+    const { data, info } = await input.removeAlpha().toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (e) {

@@ -11,10 +11,15 @@
  * run, for two reasons: V8's messages carry no line/column, and Python's `json.dump` (which wrote the
  * reference's box files) emits `NaN`, `Infinity` and `-Infinity` for non-finite floats. Those tokens are
  * accepted and parsed to the JS numbers, so a non-finite box coordinate is reported against its record.
+ *
+ * Bounds (JSON_LIMITS): one item (a line, an array element) may hold at most 64 Mi characters and a file at
+ * most 16 Gi, so an endless or newline-free stream (`/dev/zero` through a pipe) is an error, not a heap
+ * that grows until the process is killed.
  */
 import { createReadStream } from 'node:fs';
+import { DataError, MgllavaError } from '../errors.js';
 
-export class JsonSyntaxError extends Error {
+export class JsonSyntaxError extends MgllavaError {
   constructor(
     readonly file: string,
     /** 1-based line and column (column in UTF-16 code units) of the offending character. */
@@ -22,7 +27,7 @@ export class JsonSyntaxError extends Error {
     readonly column: number,
     readonly detail: string,
   ) {
-    super(`${file}:${line}:${column}: malformed JSON: ${detail}`);
+    super(`${file}:${line}:${column}: malformed JSON: ${detail}`, 'data');
     this.name = 'JsonSyntaxError';
   }
 }
@@ -35,6 +40,20 @@ export interface JsonPosition {
 
 const FILE_START: JsonPosition = { line: 1, column: 1 };
 const MAX_DEPTH = 512;
+/** How much one item and one file may hold (characters). */
+export interface JsonLimits {
+  maxItemChars: number;
+  maxFileChars: number;
+}
+
+/** A single item (a record, a box entry) is far below 1 MB in real data; LLaVA-665K is ~1 GB. */
+export const JSON_LIMITS: JsonLimits = { maxItemChars: 64 * 2 ** 20, maxFileChars: 16 * 2 ** 30 };
+
+const mega = (n: number) => (n >= 2 ** 20 ? `${n / 2 ** 20} Mi` : `${n}`);
+
+function tooLong(file: string, line: number, column: number, what: string, limits: JsonLimits): JsonSyntaxError {
+  return new JsonSyntaxError(file, line, column, `${what} is longer than ${mega(limits.maxItemChars)} characters (not a JSON file, or no line breaks?)`);
+}
 
 /** Parse one JSON document that starts at `at` in `file` (positions in errors are file positions). */
 export function parseJson(text: string, file: string, at: JsonPosition = FILE_START): unknown {
@@ -66,7 +85,7 @@ export interface JsonItem {
 export type JsonContainer = 'array' | 'object' | 'lines';
 
 /** Text in memory, text in pieces (as a stream delivers it), or a file to stream. */
-export type JsonSource = string | { chunks: Iterable<string> } | { file: string };
+export type JsonSource = string | { chunks: Iterable<string> | AsyncIterable<string> } | { file: string };
 
 /**
  * Stream the items of a dataset file. `format` 'lines' reads JSON Lines; 'auto' reads a JSON array or
@@ -78,6 +97,7 @@ export async function* jsonItems(
   file: string,
   format: 'lines' | 'auto',
   onContainer?: (c: JsonContainer) => void,
+  limits: JsonLimits = JSON_LIMITS,
 ): AsyncGenerator<JsonItem> {
   const chunks: AsyncIterable<string> | Iterable<string> =
     typeof source === 'string'
@@ -87,11 +107,11 @@ export async function* jsonItems(
         : source.chunks;
   if (format === 'lines') {
     onContainer?.('lines');
-    yield* lineItems(chunks, file);
+    yield* lineItems(bounded(chunks, file, limits), file, limits);
     return;
   }
-  const scanner = new TopLevelScanner(file);
-  for await (const chunk of chunks) {
+  const scanner = new TopLevelScanner(file, limits);
+  for await (const chunk of bounded(chunks, file, limits)) {
     const before = scanner.container;
     const items = scanner.push(chunk);
     if (before === null && scanner.container !== null) onContainer?.(scanner.container);
@@ -100,7 +120,17 @@ export async function* jsonItems(
   scanner.end();
 }
 
-async function* lineItems(chunks: AsyncIterable<string> | Iterable<string>, file: string): AsyncGenerator<JsonItem> {
+/** The chunks, refusing a source longer than maxFileChars (an endless stream). */
+async function* bounded(chunks: AsyncIterable<string> | Iterable<string>, file: string, limits: JsonLimits): AsyncGenerator<string> {
+  let total = 0;
+  for await (const chunk of chunks) {
+    total += chunk.length;
+    if (total > limits.maxFileChars) throw new DataError(`${file}: more than ${mega(limits.maxFileChars)} characters: refusing to read on (an endless stream?)`);
+    yield chunk;
+  }
+}
+
+async function* lineItems(chunks: AsyncIterable<string>, file: string, limits: JsonLimits): AsyncGenerator<JsonItem> {
   let rest = '';
   let line = 0;
   let index = 0;
@@ -117,12 +147,20 @@ async function* lineItems(chunks: AsyncIterable<string> | Iterable<string>, file
     }
   };
   for await (const chunk of chunks) {
+    if (!chunk.includes('\n')) {
+      // No line ends here: only grow the pending line (splitting it again each time would be quadratic).
+      rest += chunk;
+      if (rest.length > limits.maxItemChars) throw tooLong(file, line + 1, 1, `line ${line + 1}`, limits);
+      continue;
+    }
     const parts = (rest + chunk).split('\n');
     rest = parts.pop()!;
     for (const p of parts) {
+      if (p.length > limits.maxItemChars) throw tooLong(file, line + 1, 1, `line ${line + 1}`, limits);
       const item = one(p);
       if (item) yield item;
     }
+    if (rest.length > limits.maxItemChars) throw tooLong(file, line + 1, 1, `line ${line + 1}`, limits);
   }
   const last = one(rest);
   if (last) yield last;
@@ -150,7 +188,10 @@ class TopLevelScanner {
   private key: string | null = null;
   private start: JsonPosition = FILE_START;
 
-  constructor(private readonly file: string) {}
+  constructor(
+    private readonly file: string,
+    private readonly limits: JsonLimits,
+  ) {}
 
   private fail(detail: string, at: JsonPosition = { line: this.line, column: this.column }): never {
     throw new JsonSyntaxError(this.file, at.line, at.column, detail);
@@ -241,7 +282,10 @@ class TopLevelScanner {
         this.column++;
       }
     }
-    if (this.phase === 'key' || this.phase === 'value') this.text += chunk.slice(seg);
+    if (this.phase === 'key' || this.phase === 'value') {
+      this.text += chunk.slice(seg);
+      if (this.text.length > this.limits.maxItemChars) throw tooLong(this.file, this.start.line, this.start.column, `the item starting at line ${this.start.line}`, this.limits);
+    }
     return out;
   }
 

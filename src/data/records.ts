@@ -5,9 +5,13 @@
  * (file, record id, line/column where known, reason), so `data check` can list them all and training can
  * refuse or skip them explicitly (see check.ts). Only I/O failures (missing file) throw.
  */
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { DataError, fsError } from '../errors.js';
 import { IMAGE_TOKEN } from './constants.js';
-import { JsonSyntaxError, jsonItems, type JsonContainer, type JsonSource } from './json.js';
+import { JsonSyntaxError, jsonItems, type JsonContainer } from './json.js';
+
+/** A dataset file, or its text in memory (whole or in chunks). */
+type DataSource = string | { chunks: string[] } | { file: string };
 
 export type Role = 'human' | 'gpt';
 
@@ -43,6 +47,7 @@ export type BadKind =
   | 'image_outside_folder'
   | 'missing_image'
   | 'undecodable_image'
+  | 'image_too_large'
   | 'missing_boxes'
   | 'bad_boxes'
   | 'nonfinite_box'
@@ -74,9 +79,35 @@ export interface RecordsResult {
   bad: BadRecord[];
 }
 
+/**
+ * Check that a dataset path can be read as a file before streaming it: a missing file, a directory, a device
+ * (`/dev/zero` never ends) is one DataError naming the file and what it is for. Pipes (FIFOs) are allowed;
+ * json.ts bounds what is read from them.
+ */
+export async function checkDataFile(file: string, what: string): Promise<void> {
+  let s;
+  try {
+    s = await stat(file);
+  } catch (e) {
+    throw fsError(e, file, `reading the ${what}`);
+  }
+  if (s.isDirectory()) throw new DataError(`${file}: the ${what} is a directory; give the JSON file inside it`);
+  if (!s.isFile() && !s.isFIFO()) throw new DataError(`${file}: the ${what} is a device or socket, not a file`);
+}
+
+/** Run a read of a dataset file, turning file-system errors (EISDIR, EIO, ...) into one line naming the file. */
+async function reading<T>(file: string, what: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read();
+  } catch (e) {
+    throw fsError(e, file, `reading the ${what}`);
+  }
+}
+
 /** Read records from a `.json` (array) or `.jsonl` file, streamed; JSON Lines unless the file starts with '['. */
 export async function loadRecords(file: string): Promise<RecordsResult> {
-  return readRecords({ file }, file);
+  await checkDataFile(file, 'records file');
+  return reading(file, 'records file', () => readRecords({ file }, file));
 }
 
 /** The same from text in memory, whole or in chunks (tests, small inputs). */
@@ -84,7 +115,7 @@ export async function parseRecords(text: string | { chunks: string[] }, file: st
   return readRecords(text, file);
 }
 
-async function readRecords(source: JsonSource, file: string): Promise<RecordsResult> {
+async function readRecords(source: DataSource, file: string): Promise<RecordsResult> {
   const records: LlavaRecord[] = [];
   const bad: BadRecord[] = [];
   const seen = new Map<string, number>();
@@ -126,7 +157,7 @@ async function readRecords(source: JsonSource, file: string): Promise<RecordsRes
 }
 
 /** `.jsonl` → lines, `.json` → array; otherwise sniff the first non-blank character. */
-async function looksLikeJsonLines(source: JsonSource, file: string): Promise<boolean> {
+async function looksLikeJsonLines(source: DataSource, file: string): Promise<boolean> {
   if (file.endsWith('.jsonl')) return true;
   if (file.endsWith('.json')) return false;
   let head: string;
@@ -172,6 +203,20 @@ function toRecord(raw: unknown, file: string, index: number, line?: number): { r
   return { record: { id, image: typeof image === 'string' ? image : null, conversations: turns, extra, source: { file, index, line } } };
 }
 
+/**
+ * The `category` of an eval record: a string (or number, as text); absent = uncategorised (null). Anything else
+ * (null, an object, a list, a boolean, an empty string) is a problem: it would otherwise be counted silently
+ * under "(none)" or as "[object Object]".
+ */
+export function recordCategory(r: Pick<LlavaRecord, 'extra'>): { category: string | null } | { problem: string } {
+  if (!('category' in r.extra)) return { category: null };
+  const c = r.extra.category;
+  if (typeof c === 'string' && c.trim() !== '') return { category: c };
+  if (typeof c === 'number' && Number.isFinite(c)) return { category: String(c) };
+  const got = c === null ? 'null' : Array.isArray(c) ? 'a list' : typeof c === 'string' ? 'an empty string' : typeof c === 'object' ? 'an object' : `a ${typeof c}`;
+  return { problem: `'category' must be a non-empty string or a number, got ${got} (leave the key out for an uncategorised record)` };
+}
+
 /** Problems visible from the conversation alone: empty, or `<image>` placeholders in the wrong number/place. */
 export function conversationProblem(r: LlavaRecord): { kind: BadKind; reason: string } | null {
   if (r.conversations.length === 0) return { kind: 'empty_conversation', reason: 'conversations is empty' };
@@ -208,14 +253,15 @@ export interface BoxesResult {
 
 /** Box JSON: `{id: {boxes, labels, scores}}` or `[{id, boxes, labels, scores}, ...]`, streamed. */
 export async function loadBoxes(file: string): Promise<BoxesResult> {
-  return readBoxes({ file }, file);
+  await checkDataFile(file, 'box file');
+  return reading(file, 'box file', () => readBoxes({ file }, file));
 }
 
 export async function parseBoxes(text: string | { chunks: string[] }, file: string): Promise<BoxesResult> {
   return readBoxes(text, file);
 }
 
-async function readBoxes(source: JsonSource, file: string): Promise<BoxesResult> {
+async function readBoxes(source: DataSource, file: string): Promise<BoxesResult> {
   const entries = new Map<string, BoxEntry>();
   const bad: BadRecord[] = [];
   const seen = new Set<string>();
