@@ -18,7 +18,8 @@ import { DEFAULT_SCENE } from '../src/data/synth/scene.js';
 import { getTemplate } from '../src/data/templates.js';
 import { exportRun, type ExportResult } from '../src/io/export.js';
 import { runEval, type EvalSummary } from '../src/infer/eval.js';
-import { loadRunModel, runDirOf } from '../src/train/run-dir.js';
+import { loadRunModel } from '../src/model/factory.js';
+import { runDirOf } from '../src/run/layout.js';
 import { train, type TrainResult } from '../src/train/trainer.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -46,8 +46,8 @@ export class MgllavaError extends Error {
     return EXIT[this.category];
   }
 
-  /** The single line the CLI prints. */
-  line(): string {
+  /** The single line the CLI prints. (Not named `line`: JsonSyntaxError has a `line` field.) */
+  formatLine(): string {
     const msg = this.message.replace(/\s+$/, '');
     return this.hint ? `mgllava: ${msg} [hint: ${this.hint}]` : `mgllava: ${msg}`;
   }
@@ -116,7 +116,7 @@ export function fsError(e: unknown, file: string, doing: string): unknown {
 export function reportError(e: unknown, debug = false): { text: string; exitCode: number } {
   if (e instanceof MgllavaError) {
     const extra = debug && e.stack ? `\n${e.stack}` : '';
-    return { text: `${e.line()}${extra}\n`, exitCode: e.exitCode };
+    return { text: `${e.formatLine()}${extra}\n`, exitCode: e.exitCode };
   }
   const stack = e instanceof Error ? (e.stack ?? `${e.name}: ${e.message}`) : String(e);
   return {

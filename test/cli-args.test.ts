@@ -69,6 +69,8 @@ describe('argument errors stop before any work', () => {
     [['bench', 'step', '--stpes', '1'], /unknown option --stpes \(did you mean --steps\?\)/],
     [['bench', 'nothing'], /"nothing" is not one of kernels, step/],
     [['doctor', '--jsn'], /unknown option --jsn \(did you mean --json\?\)/],
+    [['convert', out('model.pth'), '--out', out('model.safetensors'), '--overwite'], /unknown option --overwite \(did you mean --overwrite\?\)/],
+    [['boxes', '--detector', out('owlv2'), '--images', out('images'), '--out', out('boxes.json'), '--treshold', '0.3'], /unknown option --treshold \(did you mean --threshold\?\)/],
     [['pretrian', '--config', cfg('pretrain')], /Did you mean pretrain\?/],
   ];
 

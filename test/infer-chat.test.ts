@@ -5,6 +5,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.js';
+import { EXIT } from '../src/errors.js';
 import { IMAGE_TOKEN_INDEX as IMG } from '../src/data/constants.js';
 import { buildChatPrompt } from '../src/data/conversation.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
@@ -161,17 +162,19 @@ describe('mgllava chat', () => {
 
   it('reports bad arguments as user errors', async () => {
     const image = path.join(run.data, 'images', 'eval-00002.png');
-    const cases: [string[], RegExp][] = [
-      [['chat', run.runDir, '--image', path.join(dir, 'nope.png'), 'q'], /image not found: .*nope\.png/],
-      [['chat', run.runDir, '--image', image, '--boxes', path.join(run.data, 'boxes.json'), 'q'], /has no entry "eval-00002\.png" or "eval-00002"; name one with --box-id \(e\.g\. eval-00002-small_color/],
-      [['chat', run.runDir, '--top-p', '0', 'q'], /--top-p must be in \(0, 1\]/],
-      [['chat', path.join(dir, 'missing-run'), 'q'], /missing-run: no such file or directory/],
-      [['chat', run.runDir, '--step', '7', 'q'], /no complete checkpoint for step 7 \(has: 5\)/],
+    // [argv, message, exit code of its category (src/errors.ts EXIT)]
+    const cases: [string[], RegExp, number][] = [
+      [['chat', run.runDir, '--image', path.join(dir, 'nope.png'), 'q'], /image not found: .*nope\.png/, EXIT.usage],
+      [['chat', run.runDir, '--image', image, '--boxes', path.join(run.data, 'boxes.json'), 'q'], /has no entry "eval-00002\.png" or "eval-00002"; name one with --box-id \(e\.g\. eval-00002-small_color/, EXIT.data],
+      [['chat', run.runDir, '--top-p', '0', 'q'], /--top-p must be in \(0, 1\]/, EXIT.usage],
+      [['chat', path.join(dir, 'missing-run'), 'q'], /missing-run: no such file or directory/, EXIT.run],
+      [['chat', run.runDir, '--step', '7', 'q'], /no complete checkpoint for step 7 \(has: 5\)/, EXIT.run],
     ];
-    for (const [argv, re] of cases) {
+    for (const [argv, re, code] of cases) {
       const r = await capture(argv);
-      expect(r.code, argv.join(' ')).toBe(1);
+      expect(r.code, argv.join(' ')).toBe(code);
       expect(r.err).toMatch(re);
+      expect(r.err.trim().split('\n').length, r.err).toBe(1);
     }
   });
 

@@ -4,6 +4,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.js';
+import { EXIT } from '../src/errors.js';
 import type { ExperimentConfig } from '../src/config/schema.js';
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer, type TextTokenizer } from '../src/data/tokenizer.js';
@@ -175,12 +176,12 @@ describe('eval', () => {
     expect(tf.memory().numTensors).toBe(before);
   });
 
-  it('CLI errors are user errors (exit 1, message on stderr)', async () => {
+  it('CLI errors are one line on stderr with the exit code of their category', async () => {
     const errs: string[] = [];
     const spy = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (errs.push(String(s)), true));
     try {
-      expect(await main(['eval', path.join(dir, 'nowhere'), '--records', path.join(data, 'eval.json'), '--backend', 'wasm'])).toBe(1);
-      expect(await main(['eval', runDir, '--records', path.join(dir, 'none.json'), '--backend', 'wasm'])).toBe(1);
+      expect(await main(['eval', path.join(dir, 'nowhere'), '--records', path.join(data, 'eval.json'), '--backend', 'wasm'])).toBe(EXIT.run);
+      expect(await main(['eval', runDir, '--records', path.join(dir, 'none.json'), '--backend', 'wasm'])).toBe(EXIT.usage);
     } finally {
       spy.mockRestore();
     }

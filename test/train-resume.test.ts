@@ -10,8 +10,8 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { readMetrics } from '../src/train/metrics.js';
-import { listCheckpoints } from '../src/train/run-dir.js';
+import { readMetrics } from '../src/run/metrics.js';
+import { listCheckpoints } from '../src/run/layout.js';
 import { train } from '../src/train/trainer.js';
 import { collector, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
 

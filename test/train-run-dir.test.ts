@@ -2,9 +2,9 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { listCheckpoints, resolveCheckpoint, stepDirName } from '../src/train/run-dir.js';
+import { listCheckpoints, resolveCheckpoint, stepDirName } from '../src/run/layout.js';
 import { lossCurveSvg, niceTicks } from '../src/train/loss-curve.js';
-import { MetricsFile, MetricsWindow, readMetrics } from '../src/train/metrics.js';
+import { MetricsFile, MetricsWindow, readMetrics } from '../src/run/metrics.js';
 import { formatDuration, plainLine } from '../src/train/progress.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-rundir-'));
@@ -75,7 +75,11 @@ describe('metrics, progress and the loss curve', () => {
 
   it('plain progress lines and durations', () => {
     const line = plainLine({ step: 3, total: 10, loss: 1.23456, lr: 2e-4, gradNorm: 0.5, tokensPerS: 1234.4, dataWaitMs: 3.2, numTensors: 188, etaS: 75 });
-    expect(line).toBe('step 3/10  loss 1.2346  lr 2.00e-4  gnorm 0.500  tok/s 1234  data-wait 3 ms  tensors 188  eta 1m15s');
+    expect(line).toBe('step 3/10  loss 1.2346 last  lr 2.00e-4  gnorm 0.500  tok/s 1234  data-wait 3 ms  tensors 188  eta 1m15s');
+    // A logged line over a window of steps also shows the window mean that metrics.jsonl stores.
+    expect(plainLine({ step: 30, total: 100, loss: 1.2, window: { loss: 1.30004, steps: 10 }, lr: 2e-4, gradNorm: 0.5, tokensPerS: 1, dataWaitMs: 0, numTensors: 1, etaS: 1 })).toMatch(
+      /^step 30\/100 {2}loss 1\.2000 last \/ 1\.3000 mean of 10 {2}lr /,
+    );
     expect(plainLine({ step: 1, total: 2, loss: null, lr: 1, gradNorm: null, tokensPerS: 0, dataWaitMs: 0, numTensors: 0, etaS: 3700 })).toMatch(/loss skipped .* eta 1h01m/);
     expect(formatDuration(NaN)).toBe('?');
   });
@@ -98,5 +102,12 @@ describe('metrics, progress and the loss curve', () => {
     expect(svg).toContain('run &lt;a&gt; &amp; b');
     expect(lossCurveSvg([], 't')).toContain('no finite loss logged');
     expect(lossCurveSvg([{ step: 7, loss: 1 }], 't')).toContain('<circle');
+    // Held-out losses: a second series (dots) and a legend naming both.
+    const both = lossCurveSvg([{ step: 1, loss: 4 }, { step: 2, loss: 3 }], 't', [{ step: 2, loss: 3.5 }]);
+    expect(both.match(/<polyline/g)?.length).toBe(1);
+    expect(both).toMatch(/<circle [^>]*fill="#ff7f0e"/);
+    expect(both).toContain('training (window mean)');
+    expect(both).toContain('held-out');
+    expect(svg).not.toContain('held-out');
   });
 });

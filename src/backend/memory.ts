@@ -19,6 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { DataType, TensorInfo } from '@tensorflow/tfjs';
+import { MgllavaError } from '../errors.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -45,9 +46,9 @@ export interface MemoryCeilingDetail {
   cause: 'ceiling' | 'heap';
 }
 
-export class MemoryCeilingError extends Error {
+export class MemoryCeilingError extends MgllavaError {
   constructor(readonly detail: MemoryCeilingDetail) {
-    super(describeRefusal(detail));
+    super(describeRefusal(detail), 'resource');
     this.name = 'MemoryCeilingError';
   }
 }

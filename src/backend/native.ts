@@ -144,6 +144,16 @@ export function nativeStatus(): NativeStatus {
 }
 
 /**
+ * Which code does the matrix products on `backend` (tf.getBackend()): on wasm 'native <isa> x<threads>' (the
+ * addon) or 'xnnpack'; elsewhere the backend's name. Results differ in the last bits between them, so runs,
+ * evals and benchmarks record it.
+ */
+export function matmulPath(backend: string): string {
+  if (backend !== 'wasm') return backend;
+  return status.active ? `native ${status.isa} x${status.threads}` : 'xnnpack';
+}
+
+/**
  * Switch the native path on or off at run time (tests and benchmarks compare it with XNNPACK);
  * returns the previous state. Switching on requires a loadable addon.
  */

@@ -3,13 +3,9 @@
  * PyTorch MG-LLaVA/XTuner code loads, or as a Hugging Face LLM directory plus the MG-LLaVA modules.
  */
 import type { CommandModule } from 'yargs';
-import { ConfigError } from '../config/load.js';
-import { DEFAULT_MAX_SHARD_BYTES, ExportError, exportRun, exportSize, type ExportFormat } from '../io/export.js';
-import { PretrainedError } from '../io/pretrained.js';
-import { SafetensorsError } from '../io/safetensors.js';
-import { WeightLoadError } from '../nn/module.js';
-import { RunDirError } from '../train/run-dir.js';
-import { UserError, type GlobalArgs } from './command.js';
+import { DEFAULT_MAX_SHARD_BYTES, exportRun, exportSize, type ExportFormat } from '../io/export.js';
+import type { GlobalArgs } from './command.js';
+import { UsageError } from '../errors.js';
 
 interface ExportArgs extends GlobalArgs {
   run: string;
@@ -47,22 +43,15 @@ export const exportCommand: CommandModule<GlobalArgs, ExportArgs> = {
       .example('$0 export checkpoints/tiny-shapes-finetune --format hf --out exports/tiny-hf', 'newest step as an HF directory')
       .example('$0 export checkpoints/tiny-shapes-pretrain --step 100 --format xtuner --out exports/tiny-xtuner', 'for pretrained_pth'),
   handler: async (args) => {
-    if (!(args['max-shard-mb'] > 0)) throw new UserError(`--max-shard-mb must be > 0 (got ${args['max-shard-mb']})`);
-    let result;
-    try {
-      result = await exportRun(args.run, {
-        format: args.format,
-        out: args.out,
-        step: args.step,
-        maxShardBytes: Math.round(args['max-shard-mb'] * 1e6),
-        pth: args.pth,
-        overwrite: args.overwrite,
-      });
-    } catch (e) {
-      const known = [ExportError, RunDirError, ConfigError, PretrainedError, WeightLoadError, SafetensorsError];
-      if (known.some((k) => e instanceof k)) throw new UserError((e as Error).message);
-      throw e;
-    }
+    if (!(args['max-shard-mb'] > 0)) throw new UsageError(`--max-shard-mb must be > 0 (got ${args['max-shard-mb']})`);
+    const result = await exportRun(args.run, {
+      format: args.format,
+      out: args.out,
+      step: args.step,
+      maxShardBytes: Math.round(args['max-shard-mb'] * 1e6),
+      pth: args.pth,
+      overwrite: args.overwrite,
+    });
     const mb = (await exportSize(result)) / 1e6;
     process.stdout.write(
       `exported ${result.runDir} step ${result.step} (${result.stage}) as ${result.format} to ${result.out}: ` +

@@ -8,22 +8,23 @@
  */
 import { readFileSync } from 'node:fs';
 import yargs, { type Argv, type CommandModule } from 'yargs';
-import { BackendError } from '../backend/select.js';
-import { MgllavaError, reportError, UsageError } from '../errors.js';
-import { UserError, withGlobalOptions } from './command.js';
+import { reportError, UsageError } from '../errors.js';
+import { withGlobalOptions } from './command.js';
 import { doctorCommand } from './doctor.js';
 import { benchCommand } from './bench.js';
 import { dataCommand } from './data.js';
 import { goldenCommand } from './golden.js';
 import { exportCommand } from './export.js';
 import { importCommand } from './import.js';
+import { convertCommand } from './convert.js';
 import { chatCommand } from './chat.js';
 import { evalCommand } from './eval.js';
+import { boxesCommand } from './boxes.js';
 import { finetuneCommand, pretrainCommand } from './train.js';
 import { warmupCommand } from './warmup.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, chatCommand, evalCommand, warmupCommand, pretrainCommand, finetuneCommand];
+const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, convertCommand, chatCommand, evalCommand, boxesCommand, warmupCommand, pretrainCommand, finetuneCommand];
 
 /** The package version (package.json sits two levels above this file in src/ and in a compiled dist/). */
 function packageVersion(): string {
@@ -123,9 +124,7 @@ export async function main(argv: string[]): Promise<number> {
     // Handlers report failure through process.exitCode (never process.exit: output must flush).
     return Number(process.exitCode ?? 0);
   } catch (e) {
-    // Legacy error types not yet on MgllavaError keep their one-line report.
-    const err = e instanceof UserError || e instanceof MgllavaError ? e : e instanceof BackendError ? new MgllavaError(e.message, 'backend') : e;
-    const r = reportError(err, debug);
+    const r = reportError(e, debug);
     process.stderr.write(r.text);
     return r.exitCode;
   }

@@ -1,16 +1,9 @@
 /** `mgllava pretrain|finetune`: the two training stages (src/train/trainer.ts). */
 import type { Argv, CommandModule } from 'yargs';
-import { MemoryCeilingError } from '../backend/memory.js';
 import { describeBackend } from '../backend/select.js';
-import { ConfigError } from '../config/load.js';
-import { BadDatasetError } from '../data/dataset.js';
-import { WeightLoadError } from '../nn/module.js';
-import { DataSetupError } from '../train/build-data.js';
-import { PretrainedError } from '../io/pretrained.js';
-import { RunDirError } from '../train/run-dir.js';
-import { train, TrainError } from '../train/trainer.js';
+import { train } from '../train/trainer.js';
 import type { Stage } from '../model/mgllava.js';
-import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface TrainArgs extends GlobalArgs {
   config: string;
@@ -20,9 +13,6 @@ interface TrainArgs extends GlobalArgs {
   'dry-run': boolean;
   progress: 'auto' | 'bar' | 'lines' | 'off';
 }
-
-/** Errors whose message says everything: printed without a stack trace. */
-export const USER_ERRORS = [ConfigError, PretrainedError, TrainError, RunDirError, DataSetupError, BadDatasetError, WeightLoadError, MemoryCeilingError];
 
 function trainCommand(stage: Stage, describe: string): CommandModule<GlobalArgs, TrainArgs> {
   return {
@@ -60,20 +50,15 @@ function trainCommand(stage: Stage, describe: string): CommandModule<GlobalArgs,
     handler: async (args) => {
       const backend = await backendFromArgs(args);
       process.stdout.write(`${describeBackend(backend)}\n`);
-      try {
-        await train({
-          configFile: args.config,
-          sets: args.set,
-          stage,
-          resume: args.resume ?? null,
-          maxSteps: args['max-steps'] ?? null,
-          dryRun: args['dry-run'],
-          progress: args.progress,
-        });
-      } catch (e) {
-        if (USER_ERRORS.some((E) => e instanceof E)) throw new UserError((e as Error).message);
-        throw e;
-      }
+      await train({
+        configFile: args.config,
+        sets: args.set,
+        stage,
+        resume: args.resume ?? null,
+        maxSteps: args['max-steps'] ?? null,
+        dryRun: args['dry-run'],
+        progress: args.progress,
+      });
     },
   };
 }

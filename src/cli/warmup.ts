@@ -1,12 +1,8 @@
 /** `mgllava warmup`: stage 0, the encoder warm-up that stands in for pretrained encoder weights (src/train/warmup.ts). */
 import type { Argv, CommandModule } from 'yargs';
 import { describeBackend } from '../backend/select.js';
-import { ImageError } from '../data/image.js';
-import { TrainError } from '../train/loop.js';
-import { AnnotationError } from '../train/warmup-data.js';
 import { warmup } from '../train/warmup.js';
-import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
-import { USER_ERRORS } from './train.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface WarmupArgs extends GlobalArgs {
   config: string;
@@ -15,8 +11,6 @@ interface WarmupArgs extends GlobalArgs {
   'max-steps'?: number;
   progress: 'auto' | 'bar' | 'lines' | 'off';
 }
-
-const ERRORS = [...USER_ERRORS, TrainError, AnnotationError, ImageError];
 
 export const warmupCommand: CommandModule<GlobalArgs, WarmupArgs> = {
   command: 'warmup',
@@ -47,11 +41,6 @@ export const warmupCommand: CommandModule<GlobalArgs, WarmupArgs> = {
   handler: async (args) => {
     const backend = await backendFromArgs(args);
     process.stdout.write(`${describeBackend(backend)}\n`);
-    try {
-      await warmup({ configFile: args.config, sets: args.set, resume: args.resume ?? null, maxSteps: args['max-steps'] ?? null, progress: args.progress });
-    } catch (e) {
-      if (ERRORS.some((E) => e instanceof E)) throw new UserError((e as Error).message);
-      throw e;
-    }
+    await warmup({ configFile: args.config, sets: args.set, resume: args.resume ?? null, maxSteps: args['max-steps'] ?? null, progress: args.progress });
   },
 };

@@ -1,5 +1,6 @@
 /**
- * Token-level constants shared by the data pipeline and the model (xtuner / LLaVA conventions).
+ * Token-level constants shared by the data pipeline and the model (xtuner / LLaVA conventions), defined here
+ * only (model/loss.ts and model/splice.ts re-export them). No imports: anything may depend on this file.
  */
 
 /** Placeholder id for the image in `input_ids`; never embedded, replaced by the visual tokens when splicing. */

@@ -12,10 +12,11 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseJson } from '../data/json.js';
 import { loadBoxes, parseBoxes, type BoxEntry, type BoxesResult } from '../data/records.js';
+import { MgllavaError } from '../errors.js';
 
-export class BoxEntryError extends Error {
+export class BoxEntryError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'data');
     this.name = 'BoxEntryError';
   }
 }

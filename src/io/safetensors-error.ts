@@ -1,11 +1,12 @@
+import { MgllavaError } from '../errors.js';
 /** Every error about a safetensors file (or an index/shard set) names the file and, when relevant, the tensor. */
-export class SafetensorsError extends Error {
+export class SafetensorsError extends MgllavaError {
   constructor(
     readonly file: string,
     readonly reason: string,
     readonly tensor?: string,
   ) {
-    super(tensor === undefined ? `${file}: ${reason}` : `${file}: tensor '${tensor}': ${reason}`);
+    super(tensor === undefined ? `${file}: ${reason}` : `${file}: tensor '${tensor}': ${reason}`, 'weights');
     this.name = 'SafetensorsError';
   }
 }

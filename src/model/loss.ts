@@ -13,9 +13,10 @@
  * logits, so gradients exist and are zero; HF/PyTorch would return NaN for the mean.
  */
 import * as tf from '@tensorflow/tfjs';
+import { IGNORE_INDEX } from '../data/constants.js';
 import { toIntMatrix, type IntMatrixLike } from './llm/int-matrix.js';
 
-export const IGNORE_INDEX = -100;
+export { IGNORE_INDEX };
 
 export type LossReduction = 'mean' | 'sum';
 

@@ -20,9 +20,9 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { toIntMatrix, type IntMatrix, type IntMatrixLike } from './llm/int-matrix.js';
-import { IGNORE_INDEX } from './loss.js';
+import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
 
-export const IMAGE_TOKEN_INDEX = -200;
+export { IMAGE_TOKEN_INDEX };
 
 export interface SpliceInputs {
   /** [B,L] text ids with IMAGE_TOKEN_INDEX placeholders. */

@@ -18,10 +18,10 @@
  * Keys: the image file + the preprocessed box list (aux-image pixels, float32 bits), under a fingerprint of
  * everything else the features depend on (encoder configs, image sizes and normalisation, object-feature
  * options, the backend, and a digest of the frozen weights). Text-only samples (zero image + dummy box) share
- * one entry. The process keeps the last cache (`FeatureCache.acquire`): a following run with the same
- * fingerprint (finetune after pretrain on the same images and warm-up encoders) starts with it filled.
- * Images are keyed by absolute path, not content: rewriting an image file between two runs of one process
- * would serve the old features (the CLI runs one stage per process; the demo writes its data first).
+ * one entry. A run can be handed the cache of an earlier run (`RunOptions.featureCache`, returned in the
+ * result): with the same fingerprint (finetune after pretrain on the same images and warm-up encoders) it
+ * starts filled, otherwise a new one is made. Images are keyed by absolute path, not content: rewriting an
+ * image file between two runs that share a cache would serve the old features (the demo writes its data first).
  *
  * Budget: entries are added until `budgetBytes` is reached; past it, new images are not stored and are
  * encoded again whenever they come back (still exact; only the speed-up shrinks to the cached fraction).
@@ -32,7 +32,8 @@ import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { Batch } from '../data/collate.js';
-import { CLIP_NORM, type ImageNorm } from '../data/image.js';
+import type { MgDataset, SampleOptions } from '../data/dataset.js';
+import { CLIP_NORM } from '../data/image.js';
 import { disposeFrozen, type FrozenFeatures, type MGLLaVA } from '../model/mgllava.js';
 import type { TrainData } from './build-data.js';
 
@@ -103,20 +104,28 @@ export function encodeBatchPerImage(model: MGLLaVA, b: Batch): FrozenFeatures {
   }
 }
 
-export interface FingerprintInput {
-  auxSize: number;
-  lowresSize: number;
-  norm?: ImageNorm;
-  autoOrient?: boolean;
-  nmsThreshold?: number;
-  limitNum?: number | null;
+/**
+ * The preprocessing the frozen features depend on: the dataset's sample options (sizes, normalisation, image
+ * decoding, box pipeline), minus the function that runs them. Derived from the type, so an option added there
+ * is part of the fingerprint without anyone remembering to copy it here.
+ */
+export type FingerprintInput = Omit<SampleOptions, 'prepare'>;
+
+/** JSON with object keys sorted (the same options in another key order give the same hash). */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') {
+    const entries = Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined && typeof x !== 'function');
+    return `{${entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, x]) => `${JSON.stringify(k)}:${canonical(x)}`).join(',')}}`;
+  }
+  return JSON.stringify(v);
 }
 
 /**
  * Hash of everything besides (image, boxes) that the frozen features depend on: encoder configs, object
  * options, fusion presence, preprocessing, backend, and the frozen weights themselves.
  */
-export function featureFingerprint(model: MGLLaVA, prep: FingerprintInput): string {
+export async function featureFingerprint(model: MGLLaVA, prep: FingerprintInput): Promise<string> {
   const c = model.config;
   const h = createHash('sha256');
   h.update(
@@ -127,12 +136,12 @@ export function featureFingerprint(model: MGLLaVA, prep: FingerprintInput): stri
       visionAux: c.visionAux,
       fusion: c.fusion !== null,
       objects: c.objects ? { outputSize: c.objects.outputSize, samplingRatio: c.objects.samplingRatio } : null,
-      prep: { ...prep, norm: prep.norm ?? CLIP_NORM },
     }),
   );
+  h.update(canonical({ ...prep, norm: prep.norm ?? CLIP_NORM }));
   const frozen = [...model.vision.namedWeights('visual_encoder.'), ...(model.visionAux?.namedWeights('visual_encoder_aux.') ?? [])];
   for (const [name, v] of frozen) {
-    const data = v.dataSync() as Float32Array;
+    const data = (await v.data()) as Float32Array; // asynchronous reads: webgpu cannot read synchronously
     h.update(`${name}:${v.shape.join('x')}:`);
     h.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   }
@@ -149,27 +158,8 @@ export interface FeatureCacheOptions {
 }
 
 export class FeatureCache {
-  private static last: FeatureCache | null = null;
-
-  /** The process's previous cache if it has the same fingerprint (budget raised if asked), else a new one. */
-  static acquire(o: FeatureCacheOptions): { cache: FeatureCache; reused: boolean } {
-    const prev = FeatureCache.last;
-    if (prev && prev.fingerprint === o.fingerprint) {
-      prev.budgetBytes = Math.max(prev.budgetBytes, o.budgetBytes);
-      prev.resetCounters();
-      return { cache: prev, reused: true };
-    }
-    FeatureCache.last = new FeatureCache(o);
-    return { cache: FeatureCache.last, reused: false };
-  }
-
-  /** Drop the process's cache (tests; frees host memory). */
-  static release(): void {
-    FeatureCache.last = null;
-  }
-
   readonly fingerprint: string;
-  private budgetBytes: number;
+  budgetBytes: number;
   private readonly entries = new Map<string, Entry>();
   private shapes: Shapes | null = null;
   private bytes = 0;
@@ -202,7 +192,7 @@ export class FeatureCache {
    * The batch's frozen features (the caller disposes them: `disposeFrozen`). `imageOf(index)` names the
    * image file of dataset record `index` (null: text-only).
    */
-  frozenFor(model: MGLLaVA, b: Batch, imageOf: (index: number) => string | null): FrozenFeatures {
+  async frozenFor(model: MGLLaVA, b: Batch, imageOf: (index: number) => string | null): Promise<FrozenFeatures> {
     const rows: Entry[] = [];
     for (let i = 0; i < b.size; i++) {
       const image = b.hasImage[i] ? imageOf(b.indices[i]!) : null;
@@ -213,7 +203,7 @@ export class FeatureCache {
         this.hits++;
       } else {
         this.misses++;
-        e = this.encode(model, b, i);
+        e = await this.encode(model, b, i);
         if (this.bytes + e.bytes <= this.budgetBytes) {
           this.entries.set(key, e);
           this.bytes += e.bytes;
@@ -226,7 +216,7 @@ export class FeatureCache {
     return this.assemble(rows);
   }
 
-  private encode(model: MGLLaVA, b: Batch, i: number): Entry {
+  private async encode(model: MGLLaVA, b: Batch, i: number): Promise<Entry> {
     const t0 = performance.now();
     const f = encodeImage(model, b, i);
     try {
@@ -239,9 +229,9 @@ export class FeatureCache {
       else if (JSON.stringify(shapes) !== JSON.stringify(this.shapes)) {
         throw new Error(`FeatureCache: record ${b.ids[i]} gives frozen shapes ${JSON.stringify(shapes)}, the cache holds ${JSON.stringify(this.shapes)}`);
       }
-      const vit = f.vit.dataSync() as Float32Array;
-      const lastMap = f.lastMap ? (f.lastMap.dataSync() as Float32Array) : null;
-      const roiMeans = f.roiMeans ? (f.roiMeans.dataSync() as Float32Array) : null;
+      const vit = (await f.vit.data()) as Float32Array;
+      const lastMap = f.lastMap ? ((await f.lastMap.data()) as Float32Array) : null;
+      const roiMeans = f.roiMeans ? ((await f.roiMeans.data()) as Float32Array) : null;
       const bytes = vit.byteLength + (lastMap?.byteLength ?? 0) + (roiMeans?.byteLength ?? 0);
       return { vit, lastMap, roiMeans, boxCount: f.boxCounts[0] ?? 0, bytes };
     } finally {
@@ -275,7 +265,12 @@ export class FeatureCache {
 
 /** The trainer's view of the cache. */
 export interface TrainFeatureCache {
-  frozen: (b: Batch) => FrozenFeatures;
+  /** The cache itself: hand it to a following run (`RunOptions.featureCache`) to start that one filled. */
+  cache: FeatureCache;
+  /** Frozen features of a training batch. */
+  frozen: (b: Batch) => Promise<FrozenFeatures>;
+  /** Frozen features of a batch of another dataset with the same preprocessing (the held-out set). */
+  frozenFor(dataset: MgDataset): (b: Batch) => Promise<FrozenFeatures>;
   stats(): FeatureCacheStats;
   /** "feature cache: N images (X MB), H hits / M misses, encoder Y s" */
   summary(): string;
@@ -285,31 +280,47 @@ const MB = 1024 * 1024;
 
 /**
  * The cache for a training run whose encoders are frozen (`train.feature_cache` auto/on): keyed by the
- * dataset's image files, fingerprinted with the model and the data's preprocessing.
+ * dataset's image files, fingerprinted with the model and the dataset's sample options. `previous`: a cache
+ * of an earlier run, reused (budget raised if asked, counters reset) when its fingerprint is the same.
  */
-export function featureCacheFor(config: ExperimentConfig, model: MGLLaVA, data: TrainData, log: { note(m: string): void }): TrainFeatureCache {
-  const d = config.data;
-  const fingerprint = featureFingerprint(model, { auxSize: data.sizes.aux, lowresSize: data.sizes.lowres, nmsThreshold: d.nms_threshold, limitNum: d.limit_num });
-  const { cache, reused } = FeatureCache.acquire({ fingerprint, budgetBytes: config.train.feature_cache_mb * MB });
+export async function featureCacheFor(
+  config: ExperimentConfig,
+  model: MGLLaVA,
+  data: TrainData,
+  log: { note(m: string): void },
+  previous: FeatureCache | null = null,
+): Promise<TrainFeatureCache> {
+  const fingerprint = await featureFingerprint(model, data.sampleOptions);
+  const budgetBytes = config.train.feature_cache_mb * MB;
+  const reused = previous !== null && previous.fingerprint === fingerprint;
+  const cache = reused ? previous : new FeatureCache({ fingerprint, budgetBytes });
+  if (reused) {
+    cache.budgetBytes = Math.max(cache.budgetBytes, budgetBytes);
+    cache.resetCounters();
+  }
   const s0 = cache.stats();
   log.note(
     `feature cache ${config.train.feature_cache === 'on' ? 'on' : 'on (auto: the encoders are frozen)'}, budget ${config.train.feature_cache_mb} MB` +
       (reused ? `; reusing ${s0.entries} images (${(s0.bytes / MB).toFixed(1)} MB) cached by the previous run with the same encoders` : ''),
   );
-  const items = data.dataset.items;
-  const imageOf = (index: number) => items[index]?.imagePath ?? null;
   let warned = false;
   const mb = (n: number) => (n / MB).toFixed(1);
-  return {
-    frozen: (b) => {
-      const f = cache.frozenFor(model, b, imageOf);
+  const frozenFor = (dataset: MgDataset) => {
+    const imageOf = (index: number) => dataset.items[index]?.imagePath ?? null;
+    return async (b: Batch) => {
+      const f = await cache.frozenFor(model, b, imageOf);
       if (cache.full && !warned) {
         warned = true;
         const s = cache.stats();
         log.note(`feature cache full: ${s.entries} images in ${mb(s.bytes)} MB (train.feature_cache_mb ${config.train.feature_cache_mb}); images beyond them are encoded again at every use`);
       }
       return f;
-    },
+    };
+  };
+  return {
+    cache,
+    frozen: frozenFor(data.dataset),
+    frozenFor,
     stats: () => cache.stats(),
     summary: () => {
       const s = cache.stats();

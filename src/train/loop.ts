@@ -1,37 +1,26 @@
 /**
- * The machinery every training stage shares (warm-up, pretrain, finetune): where a run resumes, the run
- * directory's files, and the step loop with its schedule, non-finite-step policy, metrics, progress,
- * checkpoints and Ctrl-C handling. A stage brings its model, its data and one function that makes an
- * optimizer step from a list of micro-batches.
+ * The step loop every stage shares (run by `runStage`, stage.ts): lr from the schedule, `grad_accum`
+ * micro-batches per optimizer step, the non-finite-step policy, divergence warnings, metrics, progress,
+ * held-out evaluations, checkpoints and Ctrl-C handling. A stage brings one function that makes an optimizer
+ * step from a list of micro-batches.
  */
-import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { dumpConfig } from '../config/load.js';
+import { matmulPath } from '../backend/native.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LoaderState } from '../data/loader.js';
-import type { AdamW } from './adamw.js';
-import { killPoint, removeIncompleteSaves, saveCheckpoint, writeTextFile } from './checkpoint.js';
-import { lossCurveSvg } from './loss-curve.js';
-import { MetricsFile, MetricsWindow, readMetrics } from './metrics.js';
+import { MgllavaError } from '../errors.js';
+import { killPoint, saveCheckpoint, type OptimizerSnapshot } from '../run/checkpoint.js';
+import type { TrainStage, TrainState } from '../run/layout.js';
+import { MetricsWindow, type MetricsFile } from '../run/metrics.js';
+import { DivergenceMonitor, formatDivergence, summarizeDivergence, type DivergenceWarning } from './divergence.js';
 import { createProgress, formatDuration, type Progress, type ProgressMode } from './progress.js';
-import {
-  CONFIG_FILE,
-  listCheckpoints,
-  LOSS_CURVE_FILE,
-  METRICS_FILE,
-  readState,
-  resolveCheckpoint,
-  type ResolvedCheckpoint,
-  type TrainStage,
-  type TrainState,
-} from './run-dir.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
 
-export class TrainError extends Error {
+/** Training went wrong in a way the user must act on (non-finite steps, a resume that does not fit). */
+export class TrainError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'training');
     this.name = 'TrainError';
   }
 }
@@ -55,7 +44,7 @@ export interface RunOptions {
 }
 
 export function checkMaxSteps(maxSteps: number | null | undefined): void {
-  if (maxSteps != null && !(Number.isInteger(maxSteps) && maxSteps > 0)) throw new TrainError(`--max-steps must be a positive integer, got ${maxSteps}`);
+  if (maxSteps != null && !(Number.isInteger(maxSteps) && maxSteps > 0)) throw new MgllavaError(`--max-steps must be a positive integer, got ${maxSteps}`, 'usage');
 }
 
 export function progressFor(opts: RunOptions): Progress {
@@ -69,64 +58,10 @@ export function scheduleOf(config: ExperimentConfig, totalIters: number): Schedu
   return { baseLr: t.lr, totalIters, warmupRatio: t.warmup_ratio, startFactor: t.start_factor, etaMin: 0 };
 }
 
-/** Where training starts: a checkpoint of the same config and stage, or nothing. */
-export async function resumePoint(
-  opts: Pick<RunOptions, 'resume' | 'sets'>,
-  stage: TrainStage,
-  runDir: string,
-  hash: string,
-  configFile: string,
-  log: Progress,
-): Promise<{ ck: ResolvedCheckpoint; state: TrainState } | null> {
-  let ck: ResolvedCheckpoint | null = null;
-  if (opts.resume === 'auto') {
-    const all = await listCheckpoints(runDir);
-    if (all.length === 0) log.note(`resume auto: no complete checkpoint in ${runDir}; starting from scratch`);
-    else ck = { runDir, stepDir: all[all.length - 1]!.dir, step: all[all.length - 1]!.step };
-  } else if (opts.resume) {
-    ck = await resolveCheckpoint(opts.resume);
-  } else {
-    const all = await listCheckpoints(runDir);
-    if (all.length) {
-      throw new TrainError(
-        `${runDir} already holds checkpoints (newest: step ${all[all.length - 1]!.step}); continue it with --resume auto, ` +
-          `or give the run another name (--set name=...) or remove the directory`,
-      );
-    }
-  }
-  if (!ck) return null;
-  const state = await readState(ck.stepDir);
-  if (state.configHash !== hash) {
-    throw new TrainError(
-      `cannot resume from ${ck.stepDir}: it was written with config hash ${state.configHash.slice(0, 12)} ` +
-        `(${path.join(ck.runDir, CONFIG_FILE)}), but ${configFile}${opts.sets?.length ? ` with --set ${opts.sets.join(' ')}` : ''} ` +
-        `has hash ${hash.slice(0, 12)}; resume with the same config, or start a new run`,
-    );
-  }
-  if (state.stage !== stage) throw new TrainError(`cannot resume from ${ck.stepDir}: it is a ${state.stage} checkpoint`);
-  const newer = (await listCheckpoints(runDir)).filter((c) => c.step > ck.step);
-  if (newer.length) log.warn(`resuming from step ${ck.step}; the newer checkpoints (steps ${newer.map((c) => c.step).join(', ')}) will be replaced as the run passes them`);
-  return { ck, state };
-}
-
-/** Create the run dir, drop incomplete saves, write config.yaml, and open metrics.jsonl cut back to the checkpoint. */
-export async function openRunDir(runDir: string, config: ExperimentConfig, state: TrainState | null, log: Progress): Promise<MetricsFile> {
-  await mkdir(runDir, { recursive: true });
-  const stale = await removeIncompleteSaves(runDir);
-  if (stale.length) log.note(`removed ${stale.length} incomplete save(s) of an interrupted run: ${stale.join(', ')}`);
-  await writeTextFile(path.join(runDir, CONFIG_FILE), dumpConfig(config));
-  return new MetricsFile(path.join(runDir, METRICS_FILE), state?.metricsLines ?? 0);
-}
-
-/** loss.svg from metrics.jsonl (a warning, never an error: the run itself is saved). */
-export async function writeLossCurve(runDir: string, config: ExperimentConfig, log: Progress): Promise<void> {
-  const mfile = path.join(runDir, METRICS_FILE);
-  if (!existsSync(mfile)) return;
-  try {
-    await writeTextFile(path.join(runDir, LOSS_CURVE_FILE), lossCurveSvg(readMetrics(mfile), `${config.name} (${config.stage})`));
-  } catch (e) {
-    log.warn(`could not write ${LOSS_CURVE_FILE}: ${(e as Error).message}`);
-  }
+/** The backend and the code doing the matrix products now (recorded in every state.json and run summary). */
+export function runtimeOf(): { backend: string; matmul: string } {
+  const backend = tf.getBackend();
+  return { backend, matmul: matmulPath(backend) };
 }
 
 /** What a stage's step function reports. */
@@ -154,7 +89,7 @@ export interface LoopInput<B> {
   /** The checkpoint resumed from, or null for a fresh start. */
   state: TrainState | null;
   loader: { next(): Promise<{ batch: B }>; state(): LoaderState };
-  optimizer: AdamW;
+  optimizer: OptimizerSnapshot;
   /** Written as every checkpoint's model.safetensors. */
   checkpointWeights: Map<string, tf.Tensor>;
   /** Further files of every checkpoint (file name -> weights), e.g. the warm-up heads. */
@@ -163,9 +98,11 @@ export interface LoopInput<B> {
   metrics: MetricsFile;
   log: Progress;
   /** One optimizer step over `grad_accum` micro-batches at learning rate `lr`. */
-  runStep(batches: B[], lr: number): StepOutcome;
-  /** Sample ids of a batch (named in warnings about non-finite steps). */
+  runStep(batches: B[], lr: number): Promise<StepOutcome>;
+  /** Sample ids of a batch (named in warnings). */
   idsOf(batch: B): string[];
+  /** A held-out evaluation every `every` steps and after the last step (not after an interruption). */
+  heldOut?: { every: number; run(step: number): Promise<void> } | null;
   onStep?: RunOptions['onStep'];
   /** Appended to the closing "N steps in ..." note. */
   summary?: () => string;
@@ -179,23 +116,29 @@ export interface LoopResult {
   stopped: 'end' | 'max-steps' | 'interrupted';
   /** Mean wall seconds per step of this invocation (data wait included), null without steps. */
   secondsPerStep: number | null;
+  /** Divergence warnings of this invocation (also in metrics.jsonl and the closing note). */
+  warnings: DivergenceWarning[];
+  /** Where the arithmetic ran (backend, matrix products: native addon or XNNPACK). */
+  runtime: { backend: string; matmul: string };
 }
 
 /**
  * Steps from the state's step (or 0) to `stopAt`: lr from the schedule, `grad_accum` micro-batches per
- * step, a checkpoint every `save_steps` and at the end, a metrics line every `log_steps`. Ctrl-C finishes
- * the current step and saves; a second Ctrl-C quits at once.
+ * step, a checkpoint every `save_steps` and at the end, a metrics line every `log_steps`, a held-out
+ * evaluation every `heldOut.every`. Ctrl-C finishes the current step and saves; a second Ctrl-C quits at once.
  */
 export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
   const { config, log, metrics, loader, optimizer } = o;
   const t = config.train;
   const schedule = scheduleOf(config, o.totalSteps);
+  const runtime = runtimeOf();
   let step = o.state?.step ?? 0;
   let badStreak = o.state?.badStreak ?? 0;
   let lastSaved = step;
   const elapsed0 = o.state?.elapsedSeconds ?? 0;
   const t0 = performance.now();
   const window = new MetricsWindow();
+  const divergence = new DivergenceMonitor();
   const recent: number[] = [];
   const losses: LoopResult['losses'] = [];
   const startStep = step;
@@ -220,13 +163,13 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
       metricsLines: metrics.lines,
       elapsedSeconds: elapsed0 + (performance.now() - t0) / 1000,
       ...o.provenance,
+      runtime,
       time: new Date().toISOString(),
     };
     const r = await saveCheckpoint({ runDir: o.runDir, state: s, trainable: o.checkpointWeights, extraFiles: o.extraFiles, optimizer, keep: t.save_total_limit });
     lastSaved = step;
     log.note(`saved ${r.dir}${r.removed.length ? ` (removed ${r.removed.map((d) => path.basename(d)).join(', ')})` : ''}`);
   };
-
   process.on('SIGINT', onSigint);
   try {
     if (step >= o.stopAt) log.note(`already at step ${step} of ${o.totalSteps}${o.stopAt < o.totalSteps ? ` (--max-steps ${o.stopAt})` : ''}: nothing to train`);
@@ -241,18 +184,23 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
       for (let k = 0; k < t.grad_accum; k++) batches.push((await loader.next()).batch);
       const waitMs = performance.now() - w0;
       const c0 = performance.now();
-      const r = o.runStep(batches, lr);
+      const r = await o.runStep(batches, lr);
       const computeMs = performance.now() - c0;
       step++;
+      const ids = () => batches.flatMap((b) => o.idsOf(b));
       if (r.applied) {
         badStreak = 0;
       } else {
         badStreak++;
-        const ids = batches.flatMap((b) => o.idsOf(b));
-        log.warn(`step ${step}: non-finite ${Number.isFinite(r.loss) ? 'gradient norm' : 'loss'} (loss ${r.loss}, grad norm ${r.gradNorm}); step skipped; records: ${ids.join(', ')}`);
+        log.warn(`step ${step}: non-finite ${Number.isFinite(r.loss) ? 'gradient norm' : 'loss'} (loss ${r.loss}, grad norm ${r.gradNorm}); step skipped; records: ${ids().join(', ')}`);
         if (badStreak >= t.max_bad_steps) {
-          throw new TrainError(`${badStreak} consecutive non-finite steps (train.max_bad_steps = ${t.max_bad_steps}), last at step ${step}; records of that step: ${ids.join(', ')}. Lower train.lr or check the data`);
+          throw new TrainError(`${badStreak} consecutive non-finite steps (train.max_bad_steps = ${t.max_bad_steps}), last at step ${step}; records of that step: ${ids().join(', ')}. Lower train.lr or check the data`);
         }
+      }
+      for (const w of divergence.observe({ step, loss: r.loss, gradNorm: r.gradNorm, applied: r.applied, lr, records: ids })) {
+        log.warn(formatDivergence(w));
+        const { kind, value, median, ratio, records } = w;
+        metrics.append({ step, warning: { kind, value, median, ratio, lr, records } });
       }
       const numTensors = tf.memory().numTensors;
       losses.push({ step, loss: r.loss, applied: r.applied });
@@ -264,13 +212,15 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
       if (recent.length > 20) recent.shift();
       const saveNow = step % t.save_steps === 0 || step === o.stopAt || interrupted;
       const logNow = step % t.log_steps === 0 || saveNow;
-      if (logNow) metrics.append(window.flush(numTensors, elapsed0 + (performance.now() - t0) / 1000));
+      const logged = logNow ? window.flush(numTensors, elapsed0 + (performance.now() - t0) / 1000) : null;
+      if (logged) metrics.append(logged);
       const perStep = recent.reduce((a, b) => a + b, 0) / recent.length / 1000;
       log.update(
         {
           step,
           total: o.totalSteps,
           loss: r.applied ? r.loss : null,
+          ...(logged ? { window: { loss: logged.loss, steps: logged.steps } } : {}),
           lr,
           gradNorm: r.applied ? r.gradNorm : null,
           tokensPerS: (r.positions / computeMs) * 1000,
@@ -280,6 +230,8 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
         },
         logNow,
       );
+      // Evaluate before saving: the checkpoint's metrics line count then includes the evaluation's line.
+      if (o.heldOut && !interrupted && (step % o.heldOut.every === 0 || step === o.stopAt)) await o.heldOut.run(step);
       if (saveNow) await save();
     }
     if (window.size) metrics.append(window.flush(tf.memory().numTensors, elapsed0 + (performance.now() - t0) / 1000)); // interrupted mid-window
@@ -289,11 +241,18 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
   }
   const wall = (performance.now() - t0) / 1000;
   const ran = step - startStep;
-  if (ran > 0) log.note(`${ran} steps in ${formatDuration(wall)} (${(wall / ran).toFixed(2)} s/step)${o.summary ? `; ${o.summary()}` : ''}`);
+  if (ran > 0) {
+    const extra = [o.summary?.(), `matmul ${runtime.matmul}`].filter(Boolean).join('; ');
+    log.note(`${ran} steps in ${formatDuration(wall)} (${(wall / ran).toFixed(2)} s/step) on ${runtime.backend}; ${extra}`);
+  }
+  const warned = summarizeDivergence(divergence.warnings);
+  if (warned) log.warn(warned);
   return {
     step,
     losses,
     stopped: interrupted ? 'interrupted' : step >= o.totalSteps ? 'end' : 'max-steps',
     secondsPerStep: ran > 0 ? wall / ran : null,
+    warnings: divergence.warnings,
+    runtime,
   };
 }

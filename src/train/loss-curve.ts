@@ -1,6 +1,7 @@
 /**
  * The loss curve as a standalone SVG (plain string building, no dependency): loss against step, with
- * "nice" ticks on both axes. Skipped windows (loss null) leave gaps.
+ * "nice" ticks on both axes. Skipped windows (loss null) leave gaps. With held-out evaluations
+ * (train.eval_steps) their loss is drawn beside the training loss (orange, with dots) and a legend names both.
  */
 export interface CurvePoint {
   step: number;
@@ -25,8 +26,13 @@ export function niceTicks(lo: number, hi: number, n = 5): number[] {
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const fmt = (x: number) => (Math.abs(x) >= 1000 || (x !== 0 && Math.abs(x) < 0.01) ? x.toExponential(1) : String(Number(x.toPrecision(4))));
 
-export function lossCurveSvg(points: readonly CurvePoint[], title: string): string {
-  const finite = points.filter((p): p is { step: number; loss: number } => p.loss !== null && Number.isFinite(p.loss));
+const TRAIN_COLOUR = '#1f77b4';
+const HELD_OUT_COLOUR = '#ff7f0e';
+
+/** `points`: the training loss (metrics.jsonl window means); `heldOut`: held-out losses at their steps. */
+export function lossCurveSvg(points: readonly CurvePoint[], title: string, heldOut: readonly CurvePoint[] = []): string {
+  const isFinite = (p: CurvePoint): p is { step: number; loss: number } => p.loss !== null && Number.isFinite(p.loss);
+  const finite = [...points, ...heldOut].filter(isFinite);
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
@@ -63,20 +69,36 @@ export function lossCurveSvg(points: readonly CurvePoint[], title: string): stri
     `<text x="14" y="${M.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${M.top + ph / 2})">loss</text>`,
   );
   // One polyline per run of consecutive finite points.
-  let run: string[] = [];
-  const flush = () => {
-    if (run.length > 1) parts.push(`<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="${run.join(' ')}"/>`);
-    else if (run.length === 1) {
-      const [x, y] = run[0]!.split(',');
-      parts.push(`<circle cx="${x}" cy="${y}" r="2" fill="#1f77b4"/>`);
+  const series = (ps: readonly CurvePoint[], colour: string, dots: boolean) => {
+    let run: string[] = [];
+    const flush = () => {
+      if (run.length > 1) parts.push(`<polyline fill="none" stroke="${colour}" stroke-width="1.5" points="${run.join(' ')}"/>`);
+      if (run.length === 1 || dots) {
+        for (const xy of run) {
+          const [x, y] = xy.split(',');
+          parts.push(`<circle cx="${x}" cy="${y}" r="${dots ? 3 : 2}" fill="${colour}"/>`);
+        }
+      }
+      run = [];
+    };
+    for (const p of ps) {
+      if (!isFinite(p)) flush();
+      else run.push(`${sx(p.step).toFixed(1)},${sy(p.loss).toFixed(1)}`);
     }
-    run = [];
+    flush();
   };
-  for (const p of points) {
-    if (p.loss === null || !Number.isFinite(p.loss)) flush();
-    else run.push(`${sx(p.step).toFixed(1)},${sy(p.loss).toFixed(1)}`);
+  series(points, TRAIN_COLOUR, false);
+  if (heldOut.some(isFinite)) {
+    series(heldOut, HELD_OUT_COLOUR, true);
+    const lx = M.left + pw - 190;
+    parts.push(
+      `<line x1="${lx}" x2="${lx + 20}" y1="${M.top + 8}" y2="${M.top + 8}" stroke="${TRAIN_COLOUR}" stroke-width="2"/>`,
+      `<text x="${lx + 26}" y="${M.top + 12}">training (window mean)</text>`,
+      `<line x1="${lx}" x2="${lx + 20}" y1="${M.top + 24}" y2="${M.top + 24}" stroke="${HELD_OUT_COLOUR}" stroke-width="2"/>`,
+      `<circle cx="${lx + 10}" cy="${M.top + 24}" r="3" fill="${HELD_OUT_COLOUR}"/>`,
+      `<text x="${lx + 26}" y="${M.top + 28}">held-out</text>`,
+    );
   }
-  flush();
   parts.push('</svg>');
   return `${parts.join('\n')}\n`;
 }

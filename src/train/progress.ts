@@ -9,6 +9,11 @@ export interface ProgressFields {
   total: number;
   /** Loss / grad norm of the last applied step (null: skipped). */
   loss: number | null;
+  /**
+   * On logged steps: the mean loss of the window that metrics.jsonl just stored for this line, and its length
+   * (absent on other steps). The console's `loss` is the last step's; metrics.jsonl keeps window means.
+   */
+  window?: { loss: number | null; steps: number };
   lr: number;
   gradNorm: number | null;
   tokensPerS: number;
@@ -51,9 +56,15 @@ function fieldsText(f: ProgressFields): Record<string, string> {
   };
 }
 
+/** `loss 1.2346 last` or, with a window of several steps, `loss 1.2346 last / 1.3001 mean of 10` (the metrics.jsonl value). */
+function lossText(f: ProgressFields): string {
+  const last = `loss ${num(f.loss)} last`;
+  return f.window && f.window.steps > 1 ? `${last} / ${num(f.window.loss)} mean of ${f.window.steps}` : last;
+}
+
 export function plainLine(f: ProgressFields): string {
   const t = fieldsText(f);
-  return `step ${f.step}/${f.total}  loss ${t.loss}  lr ${t.lr}  gnorm ${t.gnorm}  tok/s ${t.tps}  data-wait ${t.wait} ms  tensors ${t.tensors}  eta ${t.remaining}`;
+  return `step ${f.step}/${f.total}  ${lossText(f)}  lr ${t.lr}  gnorm ${t.gnorm}  tok/s ${t.tps}  data-wait ${t.wait} ms  tensors ${t.tensors}  eta ${t.remaining}`;
 }
 
 export function createProgress(mode: ProgressMode, out: NodeJS.WriteStream = process.stdout, err: NodeJS.WriteStream = process.stderr): Progress {
@@ -61,7 +72,7 @@ export function createProgress(mode: ProgressMode, out: NodeJS.WriteStream = pro
     const multi = new cliProgress.MultiBar(
       {
         // ({eta} is cli-progress's own token; ours is {remaining}: the ETA of this invocation's steps.)
-        format: 'step {value}/{total} |{bar}| loss {loss} lr {lr} gnorm {gnorm} tok/s {tps} wait {wait}ms tensors {tensors} eta {remaining}',
+        format: 'step {value}/{total} |{bar}| last loss {loss} lr {lr} gnorm {gnorm} tok/s {tps} wait {wait}ms tensors {tensors} eta {remaining}',
         hideCursor: true,
         clearOnComplete: false,
         stream: out,

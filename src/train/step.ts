@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { Batch } from '../data/collate.js';
-import { IGNORE_INDEX } from '../data/constants.js';
+import { shiftedTargets } from '../model/loss.js';
 import { disposeFrozen, type FrozenFeatures, type MGLLaVA, type TextBatch } from '../model/mgllava.js';
 import type { AdamW } from './adamw.js';
 import { addGradients, applyGradients } from './grad-step.js';
@@ -27,7 +27,7 @@ export interface StepInput {
   lr: number;
   maxNorm: number;
   /** The frozen features of a micro-batch (default: `encodeBatchPerImage`; the trainer passes its feature cache). */
-  frozen?: (b: Batch) => FrozenFeatures;
+  frozen?: (b: Batch) => Promise<FrozenFeatures>;
 }
 
 export interface StepResult {
@@ -42,16 +42,12 @@ export interface StepResult {
   applied: boolean;
 }
 
-/** Supervised next-token targets of a batch: labels != IGNORE at positions >= 1 of each row (what the loss counts). */
+/**
+ * Supervised next-token targets of a batch: the loss plan's count (model/loss.ts `shiftedTargets`: labels other
+ * than IGNORE_INDEX at positions >= 1; padding is IGNORE_INDEX), what the model's loss will count after splicing.
+ */
 export function supervisedTokens(b: Batch): number {
-  let n = 0;
-  for (let r = 0; r < b.size; r++) {
-    for (let t = 1; t < b.seqLen; t++) {
-      const i = r * b.seqLen + t;
-      if (b.attentionMask[i] && b.labels[i] !== IGNORE_INDEX) n++;
-    }
-  }
-  return n;
+  return shiftedTargets({ data: b.labels, shape: [b.size, b.seqLen] }).count;
 }
 
 export function textOf(b: Batch): TextBatch {
@@ -64,9 +60,9 @@ export function textOf(b: Batch): TextBatch {
 }
 
 /** Gradients of the weighted micro-batch loss, added into `acc`; returns the weighted loss (a scalar the caller owns). */
-function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): { loss: tf.Scalar; positions: number } {
+async function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): Promise<{ loss: tf.Scalar; positions: number }> {
   const { model, trainable } = input;
-  const frozen = input.frozen ? input.frozen(b) : encodeBatchPerImage(model, b);
+  const frozen = input.frozen ? await input.frozen(b) : encodeBatchPerImage(model, b);
   try {
     const text = textOf(b);
     let positions = 0;
@@ -98,7 +94,7 @@ export interface Accumulated {
 }
 
 /** The step's loss and its gradient, accumulated over the micro-batches (token-weighted). */
-export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches' | 'frozen'>): Accumulated {
+export async function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches' | 'frozen'>): Promise<Accumulated> {
   const counts = input.batches.map(supervisedTokens);
   const total = counts.reduce((a, b) => a + b, 0);
   if (input.batches.length === 0) throw new Error('train step: no micro-batch');
@@ -107,15 +103,15 @@ export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable'
   const losses: tf.Scalar[] = [];
   let positions = 0;
   try {
-    input.batches.forEach((b, i) => {
-      const r = accumulate(input, b, counts[i]! / total, counts[i]!, acc);
+    for (const [i, b] of input.batches.entries()) {
+      const r = await accumulate(input, b, counts[i]! / total, counts[i]!, acc);
       losses.push(r.loss);
       positions += r.positions;
-    });
+    }
     const missing = [...input.trainable.keys()].filter((n) => !acc.has(n));
     if (missing.length) throw new Error(`train step: no gradient reached ${missing.length} trainable weights: ${missing.slice(0, 8).join(', ')}`);
     const lossT = tf.addN(losses);
-    const loss = lossT.dataSync()[0]!;
+    const loss = (await lossT.data())[0]!; // asynchronous: webgpu cannot read synchronously
     lossT.dispose();
     return { grads: acc, loss, supervisedTokens: total, positions };
   } catch (e) {
@@ -126,10 +122,10 @@ export function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable'
   }
 }
 
-export function trainStep(input: StepInput): StepResult {
-  const a = accumulateGradients(input);
+export async function trainStep(input: StepInput): Promise<StepResult> {
+  const a = await accumulateGradients(input);
   try {
-    const { gradNorm, applied } = applyGradients(a.grads, a.loss, input.optimizer, input.lr, input.maxNorm);
+    const { gradNorm, applied } = await applyGradients(a.grads, a.loss, input.optimizer, input.lr, input.maxNorm);
     return { loss: a.loss, gradNorm, supervisedTokens: a.supervisedTokens, positions: a.positions, applied };
   } finally {
     tf.dispose([...a.grads.values()]);

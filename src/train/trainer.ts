@@ -1,33 +1,35 @@
 /**
- * The two-stage trainer: `mgllava pretrain|finetune`.
+ * The two MG-LLaVA stages, `mgllava pretrain|finetune`: `mgllavaStage(stage)` is their StageSpec for the
+ * stage runner (stage.ts), `train(options)` runs one (or its dry run).
  *
- *   config -> run dir (fresh, or resumed from a checkpoint with the same config hash)
- *          -> model (random init from Rng(seed) + pretrained dirs + init.from; or the checkpoint's weights)
- *          -> data (checked dataset, seeded sampler, prefetching loader at the saved cursor)
- *          -> steps (loop.ts, shared with the warm-up): grad_accum micro-batches -> clipped AdamW at lrAt(step)
- *             -> metrics, progress, checkpoints
+ *   model   random init from Rng(seed) + pretrained dirs + init.encoders_from / init.from (model/factory.ts
+ *           buildModel), or the checkpoint's weights when resuming (checkpointModel)
+ *   data    checked dataset, seeded sampler, prefetching loader (build-data.ts)
+ *   step    grad_accum micro-batches -> clipped AdamW at lrAt(step) (step.ts), the frozen encoders' outputs
+ *           from the feature cache when they are frozen (feature-cache.ts)
  *
  * Determinism: the init, the data order (a pure function of seed and epoch) and the cursor are all the
  * random state a run has (no dropout, no augmentation), so the same config gives the same losses, and a
  * resumed run continues exactly where the checkpoint was taken.
  */
-import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { memoryCeilingBytes } from '../backend/memory.js';
 import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
-import { memoryCeilingBytes } from '../backend/memory.js';
 import type { Batch } from '../data/collate.js';
+import { IGNORE_INDEX } from '../data/constants.js';
+import { MgllavaError } from '../errors.js';
+import { baseWeightNames, buildModel, checkpointModel, modelConfigOf, trainableSet } from '../model/factory.js';
 import type { MGLLaVA, Stage } from '../model/mgllava.js';
-import { AdamW } from './adamw.js';
+import { resolveCheckpoint, runDirOf } from '../run/layout.js';
 import { buildTrainData, totalStepsOf, type TrainData } from './build-data.js';
-import { readOptimizerState } from './checkpoint.js';
 import { countParameters } from './param-count.js';
 import { estimateMemory, formatBytes, formatCount, formatDryRun } from './dry-run.js';
-import { checkMaxSteps, openRunDir, progressFor, resumePoint, runSteps, TrainError, writeLossCurve, type LoopResult, type RunOptions } from './loop.js';
-import { BASE_FILE, baseWeightNames, buildModel, checkpointModel, modelConfigOf, resolveCheckpoint, runDirOf } from './run-dir.js';
+import { featureCacheFor, type FeatureCache, type TrainFeatureCache } from './feature-cache.js';
+import { heldOutEvaluator } from './held-out.js';
+import { checkMaxSteps, runtimeOf, TrainError, type RunOptions } from './loop.js';
+import { runStage, type StageResult, type StageSpec } from './stage.js';
 import { trainStep } from './step.js';
-import { featureCacheFor } from './feature-cache.js';
-import { writeWeightsFile } from './weights-io.js';
 
 export { TrainError };
 
@@ -35,13 +37,16 @@ export interface TrainOptions extends RunOptions {
   /** The command's stage; the config's `stage` must be the same. */
   stage: Stage;
   dryRun?: boolean;
+  /**
+   * The feature cache of an earlier run in this process (`TrainResult.featureCache`): reused when its
+   * fingerprint matches (same images, preprocessing and frozen encoder weights), so this run starts filled.
+   */
+  featureCache?: FeatureCache | null;
 }
 
-export interface TrainResult extends Omit<LoopResult, 'stopped'> {
-  runDir: string;
-  totalSteps: number;
-  stopped: LoopResult['stopped'] | 'dry-run';
-}
+export type TrainResult = Omit<StageResult<{ featureCache: FeatureCache | null }>, 'stopped'> & {
+  stopped: StageResult['stopped'] | 'dry-run';
+};
 
 /** Longest text, most boxes and longest supervised part of the checked data (for the memory estimate). */
 function dataShape(data: TrainData): { maxText: number; maxBoxes: number; maxSupervised: number } {
@@ -51,12 +56,21 @@ function dataShape(data: TrainData): { maxText: number; maxBoxes: number; maxSup
   for (const it of data.dataset.items) {
     maxText = Math.max(maxText, it.inputIds.length);
     maxBoxes = Math.max(maxBoxes, it.boxes?.boxes.length ?? 1);
-    maxSupervised = Math.max(maxSupervised, it.labels.filter((l) => l !== -100).length);
+    maxSupervised = Math.max(maxSupervised, it.labels.filter((l) => l !== IGNORE_INDEX).length);
   }
   return { maxText, maxBoxes, maxSupervised };
 }
 
-async function dryRun(config: ExperimentConfig, opts: TrainOptions, out: NodeJS.WriteStream): Promise<TrainResult> {
+/** The config must be this command's stage. */
+function checkStage(config: ExperimentConfig, file: string, stage: Stage): void {
+  if (config.stage !== stage) throw new MgllavaError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`, 'usage');
+}
+
+async function dryRun(opts: TrainOptions): Promise<TrainResult> {
+  const out = opts.out ?? process.stdout;
+  const { config, file } = loadConfig(opts.configFile, opts.sets ?? []);
+  checkStage(config, file, opts.stage);
+  checkMaxSteps(opts.maxSteps);
   const mcfg = await modelConfigOf(config);
   const data = await buildTrainData(config, mcfg, { imageWorkers: 0 });
   try {
@@ -70,9 +84,10 @@ async function dryRun(config: ExperimentConfig, opts: TrainOptions, out: NodeJS.
     );
     out.write(formatDryRun(counts, mem, ceiling));
     if (ceiling !== null && mem.total > ceiling) {
-      throw new TrainError(
+      throw new MgllavaError(
         `refusing: the estimated ${formatBytes(mem.total)} exceed the wasm ceiling of ${formatBytes(ceiling)}; ` +
           `use --backend tensorflow, or reduce train.batch_size / data.max_length (raise the ceiling with MGLLAVA_WASM_CEILING_MB at your own risk)`,
+        'resource',
       );
     }
     const model = await buildModel(config, { log: (m) => out.write(`${m}\n`) });
@@ -83,96 +98,79 @@ async function dryRun(config: ExperimentConfig, opts: TrainOptions, out: NodeJS.
         built.set(top, (built.get(top) ?? 0) + v.size);
       }
       const differs = counts.filter((c) => built.get(c.module) !== c.params);
-      if (differs.length) throw new TrainError(`internal: parameter count formula differs from the built model for ${differs.map((c) => `${c.module} (${c.params} vs ${built.get(c.module)})`).join(', ')}`);
+      if (differs.length) throw new Error(`internal: parameter count formula differs from the built model for ${differs.map((c) => `${c.module} (${c.params} vs ${built.get(c.module)})`).join(', ')}`);
       out.write(`model built: ${formatCount(model.numParameters())} parameters; dry run only, nothing trained\n`);
     } finally {
       model.dispose();
     }
-    return { runDir: path.resolve(runDirOf(config)), step: 0, totalSteps: total, losses: [], stopped: 'dry-run', secondsPerStep: null };
+    return {
+      runDir: path.resolve(runDirOf(config)),
+      step: 0,
+      totalSteps: total,
+      losses: [],
+      stopped: 'dry-run',
+      secondsPerStep: null,
+      warnings: [],
+      runtime: runtimeOf(),
+      heldOut: null,
+      featureCache: null,
+    };
   } finally {
     await data.close();
   }
 }
 
-export async function train(opts: TrainOptions): Promise<TrainResult> {
-  const out = opts.out ?? process.stdout;
-  const { config, hash, file } = loadConfig(opts.configFile, opts.sets ?? []);
-  if (config.stage !== opts.stage) throw new TrainError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`);
-  checkMaxSteps(opts.maxSteps);
-  if (opts.dryRun) return dryRun(config, opts, out);
-
-  const log = progressFor(opts);
-  const runDir = path.resolve(runDirOf(config));
-  const stage = opts.stage;
-  const resumed = await resumePoint(opts, stage, runDir, hash, file, log);
-
-  let model: MGLLaVA | null = null;
-  let data: TrainData | null = null;
-  let optimizer: AdamW | null = null;
-  let loader: ReturnType<TrainData['loader']> | null = null;
-  try {
-    model = resumed ? await checkpointModel(config, resumed.ck) : await buildModel(config, { log: (m) => log.note(m) });
-    data = await buildTrainData(config, model.config, { imageWorkers: opts.imageWorkers });
-    const totalSteps = totalStepsOf(config, data.batchesPerEpoch);
-    const state = resumed?.state ?? null;
-    if (state && state.totalSteps !== totalSteps) throw new TrainError(`cannot resume: the checkpoint's run has ${state.totalSteps} steps, this data gives ${totalSteps}`);
-    const stopAt = Math.min(totalSteps, opts.maxSteps ?? totalSteps);
-
-    // Run dir: config, metrics cut back to the checkpoint, base weights (once).
-    const metrics = await openRunDir(runDir, config, state, log);
-    if (!state || !existsSync(path.join(runDir, BASE_FILE))) {
+/**
+ * The StageSpec of MG-LLaVA pretrain / finetune for `runStage`. Its trainable set is `trainableSet(model,
+ * config)`; with frozen encoders it uses the feature cache (`previousCache`: one of an earlier run, reused
+ * when it fits) and returns it in the result.
+ */
+export function mgllavaStage(stage: Stage, o: { featureCache?: FeatureCache | null } = {}): StageSpec<MGLLaVA, TrainData, Batch, { featureCache: FeatureCache | null }> {
+  let cache: TrainFeatureCache | null = null;
+  return {
+    stage,
+    checkConfig: (config, file) => checkStage(config, file, stage),
+    buildData: (config, mcfg, b) => buildTrainData(config, mcfg, b),
+    buildModel: (config, _mcfg, _data, resumed, log) => (resumed ? checkpointModel(config, resumed.ck) : buildModel(config, { log: (m) => log.note(m) })),
+    trainable: (model, config) => trainableSet(model, config),
+    checkpointFiles: (_model, trainable) => ({ model: trainable }),
+    baseWeights: (model, config) => {
       const all = model.weightMap();
-      await writeWeightsFile(path.join(runDir, BASE_FILE), new Map(baseWeightNames(model, config).map((n) => [n, all.get(n)!])), { config_hash: hash });
-    }
-
-    const trainable = model.trainableWeights(stage);
-    const t = config.train;
-    optimizer = new AdamW(trainable, { betas: t.betas, eps: t.eps, weightDecay: t.weight_decay });
-    if (resumed) optimizer.loadState(resumed.state.optimizerStep, await readOptimizerState(resumed.ck.stepDir));
-    loader = data.loader(state?.loader);
-    const where = async (src: string | null) => (src ? resolveCheckpoint(src).then((c) => ({ runDir: c.runDir, step: c.step })) : null);
-    const provenance = state
-      ? { initFrom: state.initFrom, encodersFrom: state.encodersFrom ?? null }
-      : { initFrom: await where(config.init.from), encodersFrom: await where(config.init.encoders_from) };
-
-    const encodersTrain = [...trainable.keys()].some((n) => n.startsWith('visual_encoder'));
-    if (encodersTrain && t.feature_cache === 'on') throw new TrainError('train.feature_cache=on needs frozen encoders, but this run trains encoder weights; use auto or off');
-    const cache = t.feature_cache === 'off' || encodersTrain ? null : featureCacheFor(config, model, data, log);
-    const nTrain = [...trainable.values()].reduce((n, v) => n + v.size, 0);
-    log.note(
-      `${stage} ${config.name}: ${data.dataset.size} records, ${data.batchesPerEpoch} micro-batches/epoch, ` +
+      return new Map(baseWeightNames(model, config).map((n) => [n, all.get(n)!]));
+    },
+    async provenance(config, state) {
+      if (state) return { initFrom: state.initFrom, encodersFrom: state.encodersFrom ?? null };
+      const where = async (src: string | null) => (src ? resolveCheckpoint(src).then((c) => ({ runDir: c.runDir, step: c.step })) : null);
+      return { initFrom: await where(config.init.from), encodersFrom: await where(config.init.encoders_from) };
+    },
+    describe({ config, data, model, totalSteps, trainable, resumed, runDir }) {
+      const t = config.train;
+      const nTrain = [...trainable.values()].reduce((n, v) => n + v.size, 0);
+      return (
+        `${stage} ${config.name}: ${data.dataset.size} records, ${data.batchesPerEpoch} micro-batches/epoch, ` +
         `${totalSteps} steps of ${t.batch_size}x${t.grad_accum}, ${formatCount(nTrain)} trainable of ${formatCount(model.numParameters())} parameters; ` +
-        `${state ? `resuming at step ${state.step} from ${resumed!.ck.stepDir}` : 'fresh start'}; run dir ${runDir}`,
-    );
+        `${resumed ? `resuming at step ${resumed.state.step} from ${resumed.ck.stepDir}` : 'fresh start'}; run dir ${runDir}`
+      );
+    },
+    async stepper({ config, model, data, trainable, log }, optimizer) {
+      const t = config.train;
+      const encodersTrain = [...trainable.keys()].some((n) => n.startsWith('visual_encoder'));
+      if (encodersTrain && t.feature_cache === 'on') throw new TrainError('train.feature_cache=on needs frozen encoders, but this run trains encoder weights; use auto or off');
+      cache = t.feature_cache === 'off' || encodersTrain ? null : await featureCacheFor(config, model, data, log, o.featureCache ?? null);
+      const frozen = cache?.frozen;
+      return {
+        run: (batches, lr) => trainStep({ model, trainable, optimizer, batches, lr, maxNorm: t.max_norm, frozen }),
+        summary: cache ? () => cache!.summary() : undefined,
+      };
+    },
+    heldOut: ({ config, model, data, runDir }) => heldOutEvaluator({ config, model, tokenizer: data.tokenizer, runDir, frozenFor: cache ? (d) => cache!.frozenFor(d) : undefined }),
+    idsOf: (b) => b.ids,
+    finish: async () => ({ featureCache: cache?.cache ?? null }),
+  };
+}
 
-    const m = model;
-    const o = optimizer;
-    const r = await runSteps<Batch>({
-      config,
-      stage,
-      hash,
-      runDir,
-      totalSteps,
-      stopAt,
-      state,
-      loader,
-      optimizer,
-      checkpointWeights: trainable,
-      provenance,
-      metrics,
-      log,
-      runStep: (batches, lr) => trainStep({ model: m, trainable, optimizer: o, batches, lr, maxNorm: t.max_norm, frozen: cache?.frozen }),
-      idsOf: (b) => b.ids,
-      onStep: opts.onStep,
-      summary: cache ? () => cache.summary() : undefined,
-    });
-    return { runDir, totalSteps, ...r };
-  } finally {
-    await loader?.close();
-    await data?.close();
-    optimizer?.dispose();
-    model?.dispose();
-    await writeLossCurve(runDir, config, log);
-    log.stop();
-  }
+/** `mgllava pretrain|finetune`: run the stage (or, with `dryRun`, only check and estimate it). */
+export async function train(opts: TrainOptions): Promise<TrainResult> {
+  if (opts.dryRun) return dryRun(opts);
+  return runStage(mgllavaStage(opts.stage, { featureCache: opts.featureCache }), opts);
 }

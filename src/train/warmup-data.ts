@@ -19,12 +19,13 @@ import { DataLoader, type LoaderState, type SampleSource } from '../data/loader.
 import { SequentialSampler, ShuffleSampler } from '../data/sampler.js';
 import { ANNOTATIONS_FORMAT } from '../data/synth/annotations.js';
 import type { ExperimentConfig, WarmupSection } from '../config/schema.js';
-import type { MGLLaVAConfig } from '../model/mgllava.js';
+import { imageSizesOf, type MGLLaVAConfig } from '../model/mgllava.js';
 import { imageFolder } from './build-data.js';
+import { MgllavaError } from '../errors.js';
 
-export class AnnotationError extends Error {
+export class AnnotationError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'data');
     this.name = 'AnnotationError';
   }
 }
@@ -325,8 +326,7 @@ export async function buildWarmupData(config: ExperimentConfig, model: MGLLaVACo
     if (evalImages.length === 0) throw new AnnotationError(`${w.annotations}: no image of split '${w.eval_split}' (warmup.eval_split; null reports on training images); the file has: ${splits.join(', ')}`);
   }
   evalImages = evalImages.slice(0, w.eval_images);
-  const auxSize = model.visionAux?.imageSize ?? model.vision.imageSize;
-  const lowresSize = model.vision.imageSize;
+  const { auxSize, lowresSize } = imageSizesOf(model);
   const workers = o.imageWorkers ?? config.data.image_workers;
   const pool = workers > 0 ? new ImageWorkerPool(workers) : null;
   const so: WarmupSampleOptions = { folder: imageFolder(config), auxSize, lowresSize, prepare: pool ? (f, p) => pool.prepare(f, p) : undefined };

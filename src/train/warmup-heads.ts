@@ -25,7 +25,7 @@ import { ConvNext } from '../model/vision/convnext.js';
 import { batchRoiMeans, DEFAULT_OBJECT_FEATURES } from '../model/objects.js';
 
 import type { MGLLaVAConfig } from '../model/mgllava.js';
-import { isEncoderWeight } from './run-dir.js';
+import { isEncoderWeight } from '../model/factory.js';
 import { presenceTargets, type HeadSpec, type WarmupBatch } from './warmup-data.js';
 
 export const HEADS_PREFIX = 'warmup_heads.';
@@ -210,25 +210,25 @@ function count(t: Tally, key: string, correct: number, total: number): void {
  * the annotations' `size` attribute when they have one (WarmupBatch.boxGroups); `present_<path>_<attr>` per cell/token and class
  * (logit > 0 as "present"); `present_rate_<attr>.<class>`: how often the class is present (for the baseline).
  */
-export function tallyBatch(model: WarmupModel, b: WarmupBatch, into: Tally): void {
+export async function tallyBatch(model: WarmupModel, b: WarmupBatch, into: Tally): Promise<void> {
   const out = model.forward(b);
   try {
-    model.spec.box.forEach((h, j) => {
+    for (const [j, h] of model.spec.box.entries()) {
       const logits = out.box[j];
-      if (!logits) return;
+      if (!logits) continue;
       const argmax = tf.argMax(logits, 1);
-      const pred = argmax.dataSync();
+      const pred = await argmax.data(); // asynchronous reads: webgpu cannot read synchronously
       argmax.dispose();
       b.boxLabels[j]!.forEach((l, r) => {
         const ok = pred[r] === l ? 1 : 0;
         count(into, `box_${h.attr}`, ok, 1);
         if (b.boxGroups.length) count(into, `box_${h.attr}@${b.boxGroups[r]}`, ok, 1);
       });
-    });
+    }
     for (const [path, logits] of [['aux', out.presenceAux], ['vit', out.presenceVit]] as const) {
       if (!logits) continue;
       const [B, M, P] = logits.shape;
-      const x = logits.dataSync();
+      const x = await logits.data();
       const z = presenceTargets(b, model.spec, gridOf(M)); // [B,M,P]
       for (const h of model.spec.presence) {
         for (let c = 0; c < h.classes.length; c++) {

@@ -7,10 +7,12 @@
  * loads the encoders with `init.encoders_from` and freezes them, exactly as MG-LLaVA freezes pretrained
  * ones. With real weights (`model.vision.pretrained`, `model.vision_aux.pretrained`), skip this stage.
  *
- *   config (stage: warmup, `warmup:` section) -> run dir (fresh, or resumed: same config hash)
- *     -> WarmupModel (random init from Rng(seed), or the checkpoint's weights) + annotated images
- *     -> the shared step loop (loop.ts): schedule, clipping, AdamW, metrics, progress, checkpoints
- *     -> per-head accuracies on held-out images, printed and appended to metrics.jsonl
+ *   `warmupStage()`, a StageSpec for the stage runner (stage.ts), which does resume, run dir, optimizer, the
+ *   step loop (schedule, clipping, AdamW, metrics, progress, checkpoints) and cleanup:
+ *     data   annotated images (warmup-data.ts)
+ *     model  WarmupModel (random init from Rng(seed), or the checkpoint's weights): encoders + heads
+ *     step   `warmupStep` below
+ *     finish per-head accuracies on held-out images, printed and appended to metrics.jsonl
  *
  * A step dir holds model.safetensors = every encoder weight (`visual_encoder.*`, `visual_encoder_aux.*`;
  * what init.encoders_from reads), optimizer.safetensors = AdamW moments of the encoders and heads, and
@@ -19,20 +21,18 @@
  */
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
+import { MgllavaError } from '../errors.js';
+import { loadWeightsFile } from '../io/weights-io.js';
+import { MODEL_FILE, type ResolvedCheckpoint } from '../run/layout.js';
 import { Rng } from '../util/rng.js';
-import { AdamW } from './adamw.js';
-import { totalStepsOf } from './build-data.js';
-import { readOptimizerState } from './checkpoint.js';
+import type { AdamW } from './adamw.js';
 import { formatCount } from './dry-run.js';
 import { addGradients, applyGradients } from './grad-step.js';
-import { checkMaxSteps, openRunDir, progressFor, resumePoint, runSteps, TrainError, writeLossCurve, type LoopResult, type RunOptions, type StepOutcome } from './loop.js';
-import type { Progress } from './progress.js';
-import { MODEL_FILE, modelConfigOf, runDirOf, type ResolvedCheckpoint } from './run-dir.js';
+import type { RunOptions, StepOutcome } from './loop.js';
+import { runStage, type StageResult, type StageSpec } from './stage.js';
 import { buildWarmupData, type WarmupBatch, type WarmupData } from './warmup-data.js';
 import { HEADS_PREFIX, tallyBatch, WarmupModel, type Tally } from './warmup-heads.js';
-import { loadWeightsFile } from './weights-io.js';
 
 /** The heads of a warm-up step dir (resume only; never used after the warm-up). */
 export const HEADS_FILE = 'heads.safetensors';
@@ -51,16 +51,14 @@ export interface WarmupEvaluation {
   label: string;
 }
 
-export interface WarmupResult extends LoopResult {
-  runDir: string;
-  totalSteps: number;
+export type WarmupResult = StageResult<{
   /** Null when not evaluated (interrupted, or `evaluate: false`). */
   evaluation: WarmupEvaluation | null;
-}
+}>;
 
 /** The config problems that make a warm-up run meaningless, as one error. */
 export function checkWarmupConfig(config: ExperimentConfig, file: string): void {
-  if (config.stage !== 'warmup') throw new TrainError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`);
+  if (config.stage !== 'warmup') throw new MgllavaError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`, 'usage');
   const problems: string[] = [];
   if (!config.warmup) problems.push("a warmup config needs a 'warmup:' section (annotations file, heads); see configs/tiny-shapes/warmup.yaml");
   const m = config.model;
@@ -70,7 +68,8 @@ export function checkWarmupConfig(config: ExperimentConfig, file: string): void 
   }
   if (config.init.from || config.init.encoders_from) problems.push('init.from / init.encoders_from: the warm-up starts from randomly initialised encoders; leave init unset');
   if (config.train.sampler !== 'shuffle') problems.push(`train.sampler: the warm-up shuffles images; '${config.train.sampler}' groups text lengths`);
-  if (problems.length) throw new TrainError(`${file}: not a valid warm-up config:\n  ${problems.join('\n  ')}`);
+  if (config.train.eval_records) problems.push('train.eval_records: the warm-up evaluates its heads on warmup.eval_split; held-out records are for pretrain/finetune');
+  if (problems.length) throw new MgllavaError(`${file}: not a valid warm-up config:\n  ${problems.join('\n  ')}`, 'config');
 }
 
 /** A resumed run's weights: the encoders from model.safetensors, the heads from heads.safetensors (both complete). */
@@ -83,7 +82,7 @@ async function loadWarmupCheckpoint(model: WarmupModel, ck: ResolvedCheckpoint):
  * One optimizer step over the micro-batches: each part is a sum over the micro-batch divided by the whole
  * step's counts, so the accumulated gradient is the big batch's.
  */
-export function warmupStep(model: WarmupModel, trainable: Map<string, tf.Variable>, optimizer: AdamW, batches: readonly WarmupBatch[], lr: number, config: ExperimentConfig): StepOutcome {
+export async function warmupStep(model: WarmupModel, trainable: Map<string, tf.Variable>, optimizer: AdamW, batches: readonly WarmupBatch[], lr: number, config: ExperimentConfig): Promise<StepOutcome> {
   const w = config.warmup!;
   const norm = { boxes: batches.reduce((n, b) => n + b.numBoxes, 0), images: batches.reduce((n, b) => n + b.size, 0) };
   const vars = [...trainable.values()];
@@ -98,9 +97,9 @@ export function warmupStep(model: WarmupModel, trainable: Map<string, tf.Variabl
         bParts = r.parts;
         return r.total;
       }, vars);
-      loss += value.dataSync()[0]!;
+      loss += (await value.data())[0]!; // asynchronous reads: webgpu cannot read synchronously
       value.dispose();
-      for (const [k, p] of bParts) parts[k] = (parts[k] ?? 0) + p.dataSync()[0]!;
+      for (const [k, p] of bParts) parts[k] = (parts[k] ?? 0) + (await p.data())[0]!;
       tf.dispose([...bParts.values()]);
       addGradients(acc, trainable, grads);
     }
@@ -110,7 +109,7 @@ export function warmupStep(model: WarmupModel, trainable: Map<string, tf.Variabl
     if (norm.boxes === 0) for (const n of missing.filter(boxHead)) acc.set(n, tf.zerosLike(trainable.get(n)!));
     const absent = [...trainable.keys()].filter((n) => !acc.has(n));
     if (absent.length) throw new Error(`warm-up step: no gradient reached ${absent.length} trainable weights: ${absent.slice(0, 8).join(', ')}`);
-    const { gradNorm, applied } = applyGradients(acc, loss, optimizer, lr, config.train.max_norm);
+    const { gradNorm, applied } = await applyGradients(acc, loss, optimizer, lr, config.train.max_norm);
     return { loss, gradNorm, applied, positions: norm.images, parts };
   } finally {
     tf.dispose([...acc.values()]);
@@ -126,7 +125,7 @@ export async function evaluateWarmup(model: WarmupModel, data: WarmupData): Prom
   try {
     for (let seen = 0; seen < n; ) {
       const { batch } = await loader.next();
-      tallyBatch(model, batch, tally);
+      await tallyBatch(model, batch, tally);
       seen += batch.size;
       boxes += batch.numBoxes;
     }
@@ -166,82 +165,52 @@ export function formatWarmupEvaluation(e: WarmupEvaluation, data: Pick<WarmupDat
   return lines;
 }
 
-export async function warmup(opts: WarmupOptions): Promise<WarmupResult> {
-  const { config, hash, file } = loadConfig(opts.configFile, opts.sets ?? []);
-  checkWarmupConfig(config, file);
-  checkMaxSteps(opts.maxSteps);
-  const log: Progress = progressFor(opts);
-  const runDir = path.resolve(runDirOf(config));
-  let model: WarmupModel | null = null;
-  let data: WarmupData | null = null;
-  let optimizer: AdamW | null = null;
-  let loader: ReturnType<WarmupData['loader']> | null = null;
-  const resumed = await resumePoint(opts, 'warmup', runDir, hash, file, log).catch((e: unknown) => {
-    log.stop();
-    throw e;
-  });
-  try {
-    const mcfg = await modelConfigOf(config);
-    data = await buildWarmupData(config, mcfg, { imageWorkers: opts.imageWorkers });
-    model = new WarmupModel(mcfg, data.spec, { rng: new Rng(config.seed), skipInit: resumed !== null });
-    if (resumed) await loadWarmupCheckpoint(model, resumed.ck);
-    const totalSteps = totalStepsOf(config, data.batchesPerEpoch);
-    const state = resumed?.state ?? null;
-    if (state && state.totalSteps !== totalSteps) throw new TrainError(`cannot resume: the checkpoint's run has ${state.totalSteps} steps, this data gives ${totalSteps}`);
-    const stopAt = Math.min(totalSteps, opts.maxSteps ?? totalSteps);
-    const metrics = await openRunDir(runDir, config, state, log);
-
-    const trainable = model.trainableWeights();
-    const t = config.train;
-    optimizer = new AdamW(trainable, { betas: t.betas, eps: t.eps, weightDecay: t.weight_decay });
-    if (resumed) optimizer.loadState(resumed.state.optimizerStep, await readOptimizerState(resumed.ck.stepDir));
-    loader = data.loader(state?.loader);
-
-    const encoders = model.encoderWeights();
-    const size = (ws: Iterable<[string, tf.Variable]>, keep: (n: string) => boolean) => [...ws].reduce((n, [k, v]) => n + (keep(k) ? v.size : 0), 0);
-    const nEnc = size(encoders, () => true);
-    const nTrainEnc = size(trainable, (n) => encoders.has(n));
-    const nHeads = size(trainable, (n) => !encoders.has(n));
-    log.note(
-      `warmup ${config.name}: ${data.train.size} images, ${data.batchesPerEpoch} batches/epoch, ${totalSteps} steps of ${t.batch_size}x${t.grad_accum}; ` +
+/** The StageSpec of the encoder warm-up for `runStage` (`evaluate`: the per-head accuracy table at the end, default on). */
+export function warmupStage(o: { evaluate?: boolean } = {}): StageSpec<WarmupModel, WarmupData, WarmupBatch, { evaluation: WarmupEvaluation | null }> {
+  return {
+    stage: 'warmup',
+    checkConfig: checkWarmupConfig,
+    buildData: (config, mcfg, b) => buildWarmupData(config, mcfg, b),
+    async buildModel(config, mcfg, data, resumed) {
+      const model = new WarmupModel(mcfg, data.spec, { rng: new Rng(config.seed), skipInit: resumed !== null });
+      try {
+        if (resumed) await loadWarmupCheckpoint(model, resumed.ck);
+      } catch (e) {
+        model.dispose();
+        throw e;
+      }
+      return model;
+    },
+    trainable: (model) => model.trainableWeights(),
+    // model.safetensors holds every encoder weight (what init.encoders_from reads); the heads go beside it.
+    checkpointFiles: (model) => ({ model: model.encoderWeights(), extra: { [HEADS_FILE]: model.headWeights() } }),
+    provenance: async () => ({ initFrom: null }),
+    describe({ config, model, data, totalSteps, trainable, resumed, runDir }) {
+      const t = config.train;
+      const encoders = model.encoderWeights();
+      const size = (ws: Iterable<[string, tf.Variable]>, keep: (n: string) => boolean) => [...ws].reduce((n, [k, v]) => n + (keep(k) ? v.size : 0), 0);
+      const nEnc = size(encoders, () => true);
+      const nTrainEnc = size(trainable, (n) => encoders.has(n));
+      const nHeads = size(trainable, (n) => !encoders.has(n));
+      return (
+        `warmup ${config.name}: ${data.train.size} images, ${data.batchesPerEpoch} batches/epoch, ${totalSteps} steps of ${t.batch_size}x${t.grad_accum}; ` +
         `trains ${formatCount(nTrainEnc)} of the encoders' ${formatCount(nEnc)} parameters (the rest lie past the selected ViT layer) and ${formatCount(nHeads)} in throw-away heads; ` +
-        `${state ? `resuming at step ${state.step} from ${resumed!.ck.stepDir}` : 'fresh start'}; run dir ${runDir}`,
-    );
-    const m = model;
-    const o = optimizer;
-    const r = await runSteps<WarmupBatch>({
-      config,
-      stage: 'warmup',
-      hash,
-      runDir,
-      totalSteps,
-      stopAt,
-      state,
-      loader,
-      optimizer,
-      checkpointWeights: encoders,
-      extraFiles: { [HEADS_FILE]: model.headWeights() },
-      provenance: { initFrom: null },
-      metrics,
-      log,
-      runStep: (batches, lr) => warmupStep(m, trainable, o, batches, lr, config),
-      idsOf: (b) => b.ids,
-      onStep: opts.onStep,
-    });
-
-    let evaluation: WarmupEvaluation | null = null;
-    if (r.stopped !== 'interrupted' && opts.evaluate !== false) {
-      evaluation = await evaluateWarmup(model, data);
+        `${resumed ? `resuming at step ${resumed.state.step} from ${resumed.ck.stepDir}` : 'fresh start'}; run dir ${runDir}`
+      );
+    },
+    stepper: async ({ config, model, trainable }, optimizer) => ({ run: (batches, lr) => warmupStep(model, trainable, optimizer, batches, lr, config) }),
+    idsOf: (b) => b.ids,
+    async finish({ model, data, log }, r, metrics) {
+      if (r.stopped === 'interrupted' || o.evaluate === false) return { evaluation: null };
+      const evaluation = await evaluateWarmup(model, data);
       for (const line of formatWarmupEvaluation(evaluation, data)) log.note(line);
       metrics.append({ step: r.step, eval: { images: evaluation.images, boxes: evaluation.boxes, on: evaluation.label, accuracy: evaluation.accuracy } });
-    }
-    return { ...r, runDir, totalSteps, evaluation };
-  } finally {
-    await loader?.close();
-    await data?.close();
-    optimizer?.dispose();
-    model?.dispose();
-    await writeLossCurve(runDir, config, log);
-    log.stop();
-  }
+      return { evaluation };
+    },
+  };
+}
+
+/** `mgllava warmup`: run stage 0. */
+export function warmup(opts: WarmupOptions): Promise<WarmupResult> {
+  return runStage(warmupStage({ evaluate: opts.evaluate }), opts);
 }

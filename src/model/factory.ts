@@ -1,179 +1,39 @@
 /**
- * The run directory: the contract between the trainer, export and inference.
+ * Experiment config -> MG-LLaVA model, and back from a run directory.
  *
- *   <output_dir>/<name>/
- *     config.yaml          resolved config (its hash is in every state.json)
- *     base.safetensors     weights neither trained by this stage nor loaded from a `pretrained` dir
- *     step-00000120/       one complete checkpoint (written as .tmp-step-... and renamed):
- *       model.safetensors      the stage's trainable weights under reference names
- *       optimizer.safetensors  AdamW moments `<name>.exp_avg` / `<name>.exp_avg_sq`
- *       state.json             TrainState (written last: a step dir without it is incomplete)
- *     metrics.jsonl, loss.svg
+ *   buildModel(config)          random init from Rng(seed) + `pretrained` dirs + init.encoders_from + init.from
+ *   checkpointModel(config, ck) `pretrained` dirs + the run's base.safetensors + the step's model.safetensors
+ *   loadRunModel(dir)           checkpointModel of a run/step directory, with its config and tokenizer
  *
- * A model is recoverable from: `pretrained` dirs + base.safetensors + a step's model.safetensors.
+ * Which weights a stage trains is one function of config + model, `trainableSet`: the trainer optimises
+ * exactly these, and base.safetensors holds the rest that no `pretrained` dir provides.
  */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import yaml from 'js-yaml';
 import type * as tf from '@tensorflow/tfjs';
-import type { LoaderState } from '../data/loader.js';
-import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
-import { configHash, validateConfig } from '../config/load.js';
 import { modelConfigFrom } from '../config/build-model.js';
 import type { ExperimentConfig, ModelSection } from '../config/schema.js';
-import { MGLLaVA, type MGLLaVAConfig, type Stage } from '../model/mgllava.js';
-import { Rng } from '../util/rng.js';
+import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import { loadPretrained, readPretrainedConfigs } from '../io/pretrained.js';
 import { SafetensorsReader } from '../io/safetensors.js';
-import { loadWeightsFile } from './weights-io.js';
-
-export const CONFIG_FILE = 'config.yaml';
-export const BASE_FILE = 'base.safetensors';
-export const MODEL_FILE = 'model.safetensors';
-export const OPTIMIZER_FILE = 'optimizer.safetensors';
-export const STATE_FILE = 'state.json';
-export const METRICS_FILE = 'metrics.jsonl';
-export const LOSS_CURVE_FILE = 'loss.svg';
-
-const STEP_DIR = /^step-(\d{8})$/;
-
-export class RunDirError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'RunDirError';
-  }
-}
-
-/** The stages that write checkpoints: the warm-up (stage 0) and the model's two stages. */
-export type TrainStage = 'warmup' | Stage;
+import { loadWeightsFile } from '../io/weights-io.js';
+import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint } from '../run/layout.js';
+import { Rng } from '../util/rng.js';
+import { MGLLaVA, type MGLLaVAConfig, type Stage } from './mgllava.js';
 
 /** Checkpoint-name prefixes of the encoders (what a warm-up checkpoint holds, what init.encoders_from loads). */
 export const ENCODER_PREFIXES = ['visual_encoder.', 'visual_encoder_aux.'] as const;
 
 export const isEncoderWeight = (name: string): boolean => ENCODER_PREFIXES.some((p) => name.startsWith(p));
 
-/** Trainer state saved with every checkpoint (state.json). */
-export interface TrainState {
-  format: 1;
-  /** Completed optimizer steps (skipped non-finite steps count: they consumed their data). */
-  step: number;
-  totalSteps: number;
-  stage: TrainStage;
-  configHash: string;
-  /** Model init seed (Rng(seed)) and data-order seed (sampler); the epoch order is a pure function of (seed, epoch). */
-  seeds: { init: number; data: number };
-  /** Data cursor: the next batch is the one after these samples. */
-  loader: LoaderState;
-  /** AdamW's own step count (skipped steps do not advance it). */
-  optimizerStep: number;
-  /** Consecutive non-finite steps so far. */
-  badStreak: number;
-  /** Lines of metrics.jsonl belonging to steps <= step (a resumed run truncates the file to this). */
-  metricsLines: number;
-  /** Training wall time so far, seconds (continues across resumes). */
-  elapsedSeconds: number;
-  /** The checkpoint this run was initialised from (init.from), if any. */
-  initFrom: { runDir: string; step: number } | null;
-  /** The warm-up checkpoint its encoders came from (init.encoders_from), if any. */
-  encodersFrom?: { runDir: string; step: number } | null;
-  /** ISO time of the save. */
-  time: string;
-}
-
-export interface CheckpointRef {
-  step: number;
-  /** The step directory. */
-  dir: string;
-}
-
-export function stepDirName(step: number): string {
-  if (!Number.isInteger(step) || step < 0 || step > 99_999_999) throw new RangeError(`step ${step} out of range`);
-  return `step-${String(step).padStart(8, '0')}`;
-}
-
-/** `<output_dir>/<name>` of a config. */
-export function runDirOf(config: ExperimentConfig): string {
-  return path.join(config.output_dir, config.name);
-}
-
-/** Complete checkpoints of a run directory (step dir with state.json), ascending; [] if there is none. */
-export async function listCheckpoints(runDir: string): Promise<CheckpointRef[]> {
-  let names: string[];
-  try {
-    names = await readdir(runDir);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw e;
-  }
-  const out: CheckpointRef[] = [];
-  for (const n of names) {
-    const m = STEP_DIR.exec(n);
-    if (m && existsSync(path.join(runDir, n, STATE_FILE))) out.push({ step: Number(m[1]), dir: path.join(runDir, n) });
-  }
-  return out.sort((a, b) => a.step - b.step);
-}
-
-export interface ResolvedCheckpoint {
-  runDir: string;
-  stepDir: string;
-  step: number;
-}
-
 /**
- * A run dir (its newest complete step, or `step` if given) or a step dir -> the checkpoint. Errors name
- * the path and what is wrong with it.
+ * The weights a pretrain/finetune run trains, by checkpoint name: the stage's policy (`MGLLaVA.trainableWeights`:
+ * fusion + projectors; + the LLM in finetune). The one place that decides it: the optimizer's parameters, each
+ * checkpoint's model.safetensors, and (by complement) base.safetensors all follow from it.
  */
-export async function resolveCheckpoint(runOrStepPath: string, step?: number): Promise<ResolvedCheckpoint> {
-  const p = path.resolve(runOrStepPath);
-  if (!existsSync(p)) throw new RunDirError(`checkpoint ${runOrStepPath}: no such file or directory`);
-  if (!(await stat(p)).isDirectory()) throw new RunDirError(`checkpoint ${runOrStepPath}: not a directory (expected a run dir or a step-NNNNNNNN dir)`);
-  const m = STEP_DIR.exec(path.basename(p));
-  if (m) {
-    if (!existsSync(path.join(p, STATE_FILE))) throw new RunDirError(`checkpoint ${runOrStepPath} is incomplete (no ${STATE_FILE}: the save was interrupted)`);
-    const s = Number(m[1]);
-    if (step !== undefined && step !== s) throw new RunDirError(`checkpoint ${runOrStepPath} is step ${s}, not step ${step}`);
-    return { runDir: path.dirname(p), stepDir: p, step: s };
-  }
-  if (!existsSync(path.join(p, CONFIG_FILE))) {
-    throw new RunDirError(`checkpoint ${runOrStepPath}: neither a run directory (no ${CONFIG_FILE}) nor a step-NNNNNNNN directory`);
-  }
-  const all = await listCheckpoints(p);
-  if (all.length === 0) throw new RunDirError(`run ${runOrStepPath} has no complete checkpoint yet`);
-  if (step === undefined) {
-    const last = all[all.length - 1]!;
-    return { runDir: p, stepDir: last.dir, step: last.step };
-  }
-  const hit = all.find((c) => c.step === step);
-  if (!hit) throw new RunDirError(`run ${runOrStepPath} has no complete checkpoint for step ${step} (has: ${all.map((c) => c.step).join(', ')})`);
-  return { runDir: p, stepDir: hit.dir, step };
-}
-
-export async function readState(stepDir: string): Promise<TrainState> {
-  const file = path.join(stepDir, STATE_FILE);
-  let s: TrainState;
-  try {
-    s = JSON.parse(await readFile(file, 'utf8')) as TrainState;
-  } catch (e) {
-    throw new RunDirError(`cannot read ${file}: ${(e as Error).message}`);
-  }
-  if (s.format !== 1 || !Number.isInteger(s.step) || typeof s.configHash !== 'string' || !s.loader) {
-    throw new RunDirError(`${file}: not a trainer state (format ${String(s.format)})`);
-  }
-  return s;
-}
-
-/** The resolved config a run was started with, and its hash. */
-export async function readRunConfig(runDir: string): Promise<{ config: ExperimentConfig; hash: string; file: string }> {
-  const file = path.join(runDir, CONFIG_FILE);
-  let tree: unknown;
-  try {
-    tree = yaml.load(await readFile(file, 'utf8'), { filename: file });
-  } catch (e) {
-    throw new RunDirError(`cannot read run config ${file}: ${(e as Error).message}`);
-  }
-  const config = validateConfig(tree, file);
-  return { config, hash: configHash(config), file };
+export function trainableSet(model: MGLLaVA, config: ExperimentConfig): Map<string, tf.Variable> {
+  if (config.stage === 'warmup') throw new RunDirError('trainableSet: a warm-up config trains the encoders and heads of a WarmupModel, not an MG-LLaVA stage');
+  return model.trainableWeights(config.stage);
 }
 
 /** Checkpoint-name prefixes of the parts loaded from `pretrained` directories. */
@@ -190,9 +50,9 @@ export function fromPretrained(m: ModelSection): (name: string) => boolean {
   return (name) => prefixes.some((p) => name.startsWith(p));
 }
 
-/** Names that go into base.safetensors: not trained by `stage`, not from a pretrained dir. */
+/** Names that go into base.safetensors: not trained by the config's stage, not from a pretrained dir. */
 export function baseWeightNames(model: MGLLaVA, config: ExperimentConfig): string[] {
-  const trained = model.trainableWeights(config.stage as Stage);
+  const trained = trainableSet(model, config);
   const pre = fromPretrained(config.model);
   return [...model.weightMap().keys()].filter((n) => !trained.has(n) && !pre(n));
 }
@@ -282,7 +142,7 @@ export async function loadEncodersFrom(model: MGLLaVA, source: string, log?: (me
 /**
  * Config -> a ready-to-train MGLLaVA: random init from Rng(config.seed), pretrained dirs loaded, then
  * `init.encoders_from` (warm-up encoders) and `init.from` (a run dir -> its newest complete step, or a step
- * dir; whatever weights it has) applied.
+ * dir; whatever weights it has) applied. The caller disposes the model.
  */
 export async function buildModel(config: ExperimentConfig, o: BuildModelOptions = {}): Promise<MGLLaVA> {
   const enc = config.init.encoders_from;
@@ -310,6 +170,7 @@ export async function buildModel(config: ExperimentConfig, o: BuildModelOptions 
   return model;
 }
 
+/** A trained model with what generation needs: its config, tokenizer and where it came from. */
 export interface RunModel {
   model: MGLLaVA;
   config: ExperimentConfig;
@@ -345,7 +206,10 @@ export async function checkpointModel(config: ExperimentConfig, ck: ResolvedChec
   }
 }
 
-/** A trained model from a run dir (newest complete step, or `step`) or a step dir, with its config and tokenizer. */
+/**
+ * A trained model from a run dir (newest complete step, or `step`) or a step dir, with its config and tokenizer.
+ * The caller disposes `model`.
+ */
 export async function loadRunModel(runDirOrStep: string, o: { step?: number } = {}): Promise<RunModel> {
   const ck = await resolveCheckpoint(runDirOrStep, o.step);
   const { config } = await readRunConfig(ck.runDir);
@@ -358,3 +222,6 @@ export async function loadRunModel(runDirOrStep: string, o: { step?: number } = 
     throw e;
   }
 }
+
+/** Shorthand for `loadRunModel` (the public API's name). */
+export const loadRun = loadRunModel;

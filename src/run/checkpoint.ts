@@ -1,5 +1,5 @@
 /**
- * Writing and reading the trainer's step checkpoints (layout: run-dir.ts).
+ * Writing and reading the trainer's step checkpoints (layout: layout.ts).
  *
  * A save writes everything into `.tmp-step-NNNNNNNN-<pid>/` (state.json last), then renames it to
  * `step-NNNNNNNN/` and fsyncs the run dir: a checkpoint either exists complete or not at all, whatever
@@ -14,9 +14,14 @@ import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { SafetensorsReader } from '../io/safetensors.js';
 import type { HostTensor } from '../io/safetensors.js';
-import type { AdamW } from './adamw.js';
-import { listCheckpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, stepDirName, type TrainState } from './run-dir.js';
-import { writeWeightsFile } from './weights-io.js';
+import { writeWeightsFile } from '../io/weights-io.js';
+import { listCheckpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, stepDirName, type TrainState } from './layout.js';
+
+/** What a checkpoint needs of the optimizer: its step count and its moment tensors by file name (AdamW). */
+export interface OptimizerSnapshot {
+  readonly step: number;
+  stateTensors(): Map<string, tf.Tensor>;
+}
 
 export const KILL_ENV = 'MGLLAVA_TEST_KILL_AT';
 
@@ -51,7 +56,7 @@ export interface SaveInput {
   trainable: Map<string, tf.Tensor>;
   /** More weight files of the step (file name -> weights), written before state.json (the warm-up heads). */
   extraFiles?: Record<string, Map<string, tf.Tensor>>;
-  optimizer: AdamW;
+  optimizer: OptimizerSnapshot;
   /** Complete checkpoints to keep (save_total_limit). */
   keep: number;
 }

@@ -5,8 +5,8 @@
  * error listing the offending names and the model is left untouched.
  */
 import * as tf from '@tensorflow/tfjs';
-import { SafetensorsReader, writeSafetensors, type LazyTensor } from '../io/safetensors.js';
-import { hostTensorFromTf } from '../io/host-tensor.js';
+import { SafetensorsReader, writeSafetensors, type LazyTensor } from './safetensors.js';
+import { hostTensorFromTf } from './host-tensor.js';
 import { WeightLoadError } from '../nn/module.js';
 
 export interface LoadFileOptions {

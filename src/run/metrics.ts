@@ -6,8 +6,13 @@
  *
  * The warm-up stage adds `parts` (its heads' losses) to its lines, counts images in `tokens_per_s`, and
  * ends with one evaluation line `{step, eval: {...}}` (no loss) holding its per-head accuracies.
+ *
+ * Besides the training lines: `{step, heldout: {...}}` after a held-out evaluation (train.eval_steps), and
+ * `{step, warning: {...}}` when a divergence warning fired (divergence.ts). The `loss` of a training line is
+ * the MEAN over the steps of its window; the console's progress shows the last step's loss.
  */
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { RunDirError } from './layout.js';
 
 export interface MetricsLine {
   step: number;
@@ -35,6 +40,29 @@ export interface MetricsEvalLine {
   step: number;
   eval: Record<string, unknown>;
 }
+
+/** A held-out evaluation during training (train.eval_records every train.eval_steps). */
+export interface MetricsHeldOutLine {
+  step: number;
+  heldout: {
+    /** Token-weighted mean cross-entropy over the held-out records' supervised tokens. */
+    loss: number;
+    tokens: number;
+    /** Normalised exact-match accuracy of the greedy answers (infer/eval.ts rules), and its counts. */
+    accuracy: number;
+    correct: number;
+    questions: number;
+    byCategory?: Record<string, number>;
+  };
+}
+
+/** A divergence warning (a loss spike or a gradient-norm explosion), as printed. */
+export interface MetricsWarningLine {
+  step: number;
+  warning: { kind: 'loss_spike' | 'grad_norm'; value: number; median: number; ratio: number; lr: number; records: string[] };
+}
+
+export type MetricsRecord = MetricsLine | MetricsEvalLine | MetricsHeldOutLine | MetricsWarningLine;
 
 export interface StepRecord {
   step: number;
@@ -95,7 +123,7 @@ export class MetricsFile {
     keepLines: number,
   ) {
     const lines = existsSync(file) ? readLines(file) : [];
-    if (lines.length < keepLines) throw new Error(`${file} has ${lines.length} lines, the checkpoint expects at least ${keepLines}`);
+    if (lines.length < keepLines) throw new RunDirError(`${file} has ${lines.length} lines, the checkpoint expects at least ${keepLines}`);
     writeFileSync(file, lines.slice(0, keepLines).map((l) => `${l}\n`).join(''));
     this.count = keepLines;
   }
@@ -105,7 +133,7 @@ export class MetricsFile {
     return this.count;
   }
 
-  append(line: MetricsLine | MetricsEvalLine): void {
+  append(line: MetricsRecord): void {
     appendFileSync(this.file, `${JSON.stringify(line)}\n`);
     this.count++;
   }
@@ -117,12 +145,18 @@ function readLines(file: string): string[] {
     .filter((l) => l.trim() !== '');
 }
 
-export function readMetrics(file: string): MetricsLine[] {
+/** Every line of metrics.jsonl, in order. */
+export function readMetricsRecords(file: string): MetricsRecord[] {
   return readLines(file).map((l, i) => {
     try {
-      return JSON.parse(l) as MetricsLine;
+      return JSON.parse(l) as MetricsRecord;
     } catch (e) {
-      throw new Error(`${file}:${i + 1}: not a metrics line: ${(e as Error).message}`);
+      throw new RunDirError(`${file}:${i + 1}: not a metrics line: ${(e as Error).message}`);
     }
   });
+}
+
+/** The training lines of metrics.jsonl (those with a `loss`), in order. */
+export function readMetrics(file: string): MetricsLine[] {
+  return readMetricsRecords(file).filter((r): r is MetricsLine => 'loss' in r);
 }
