@@ -52,22 +52,23 @@ function maxRelErr(a: tf.Tensor, b: tf.Tensor): number {
 }
 
 describe('train step', () => {
-  it('N micro-batches equal one big batch (grads and updated weights, 1e-5 relative)', () => {
+  it('N micro-batches equal one big batch (grads and updated weights, 1e-5 relative)', async () => {
     const all = samples();
     const model = new MGLLaVA(CONFIG, { rng: new Rng(3) });
     const trainable = model.trainableWeights('finetune');
     const start = new Map([...trainable].map(([n, v]) => [n, v.clone()]));
-    const runs = [4, 2, 1].map((micro) => {
+    const runs = [];
+    for (const micro of [4, 2, 1]) {
       const batches = split(all, micro);
-      const acc = accumulateGradients({ model, trainable, batches });
+      const acc = await accumulateGradients({ model, trainable, batches });
       // Then one clipped AdamW step from the same start.
       const opt = new AdamW(trainable, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.1 });
-      const r = trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 0.5 });
+      const r = await trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 0.5 });
       const updated = new Map([...trainable].map(([n, v]) => [n, v.clone()]));
       for (const [n, v] of trainable) v.assign(start.get(n)!);
       opt.dispose();
-      return { micro, acc, r, updated };
-    });
+      runs.push({ micro, acc, r, updated });
+    }
     const [big, ...others] = runs;
     expect(big!.acc.supervisedTokens).toBe(all.reduce((s, x) => s + x.labels.filter((l) => l !== IGN).length, 0));
     for (const o of others) {
@@ -83,7 +84,7 @@ describe('train step', () => {
     model.dispose();
   });
 
-  it('the clip folded into AdamW (applyGradients) equals clipping first: bit for bit, clipped or not', () => {
+  it('the clip folded into AdamW (applyGradients) equals clipping first: bit for bit, clipped or not', async () => {
     for (const maxNorm of [0.05, 100]) {
       const make = () => new Map([['a', tf.variable(tf.randomNormal([7, 5], 0, 1, 'float32', 3))], ['b', tf.variable(tf.randomNormal([9], 0, 1, 'float32', 4))]]);
       const grads = new Map([['a', tf.randomNormal([7, 5], 0, 2, 'float32', 5)], ['b', tf.randomNormal([9], 0, 2, 'float32', 6)]]);
@@ -91,10 +92,10 @@ describe('train step', () => {
       const [o1, o2] = [new AdamW(p1), new AdamW(p2)];
       const before = tf.memory().numTensors;
       for (let step = 0; step < 3; step++) {
-        const clipped = clipByGlobalNorm(grads, maxNorm);
+        const clipped = await clipByGlobalNorm(grads, maxNorm);
         o1.apply(clipped.grads, 1e-2);
         tf.dispose([...clipped.grads.values()]);
-        const r = applyGradients(grads, 1, o2, 1e-2, maxNorm);
+        const r = await applyGradients(grads, 1, o2, 1e-2, maxNorm);
         expect(r.applied).toBe(true);
         expect(r.gradNorm).toBe(clipped.norm);
       }
@@ -111,20 +112,20 @@ describe('train step', () => {
     expect(supervisedTokens(b)).toBe(6 + 9 + 4 + 7);
   });
 
-  it('is leak-free across steps', () => {
+  it('is leak-free across steps', async () => {
     const model = new MGLLaVA(CONFIG, { rng: new Rng(4) });
     const trainable = model.trainableWeights('pretrain');
     const opt = new AdamW(trainable);
     const batches = split(samples(), 2);
-    trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
+    await trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
     const before = tf.memory().numTensors;
-    for (let i = 0; i < 3; i++) trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
+    for (let i = 0; i < 3; i++) await trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
     expect(tf.memory().numTensors).toBe(before);
     opt.dispose();
     model.dispose();
   });
 
-  it('skips a non-finite step without touching weights or optimizer', () => {
+  it('skips a non-finite step without touching weights or optimizer', async () => {
     const model = new MGLLaVA(CONFIG, { rng: new Rng(5) });
     const trainable = model.trainableWeights('pretrain');
     const opt = new AdamW(trainable);
@@ -134,13 +135,13 @@ describe('train step', () => {
     const saved = frozenW.clone();
     frozenW.assign(tf.fill(frozenW.shape, NaN));
     const before = new Map([...trainable].map(([n, v]) => [n, v.clone()]));
-    const r = trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
+    const r = await trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 });
     expect(r.applied).toBe(false);
     expect(Number.isFinite(r.loss)).toBe(false);
     expect(opt.step).toBe(0);
     for (const [n, v] of trainable) expect(maxRelErr(before.get(n)!, v), n).toBe(0);
     frozenW.assign(saved);
-    expect(trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 }).applied).toBe(true);
+    expect((await trainStep({ model, trainable, optimizer: opt, batches, lr: 1e-3, maxNorm: 1 })).applied).toBe(true);
     tf.dispose([saved, ...before.values()]);
     opt.dispose();
     model.dispose();

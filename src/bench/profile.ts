@@ -32,8 +32,11 @@ export interface ProfileOptions {
   byShape?: string[];
 }
 
-/** Run `fn` with every kernel of the current backend timed; the kernels are restored afterwards. */
-export function profileKernels<T>(fn: () => T, opts: ProfileOptions = {}): { result: T; profile: KernelProfile } {
+/**
+ * Run `fn` with every kernel of the current backend timed; the kernels are restored afterwards. `fn` may be
+ * async (reads are asynchronous on webgpu, where a kernel's time is only the time to record its dispatch).
+ */
+export async function profileKernels<T>(fn: () => T | Promise<T>, opts: ProfileOptions = {}): Promise<{ result: T; profile: KernelProfile }> {
   const backend = tf.getBackend();
   const configs = tf.getKernelsForBackend(backend);
   const stats = new Map<string, KernelStat>();
@@ -65,7 +68,7 @@ export function profileKernels<T>(fn: () => T, opts: ProfileOptions = {}): { res
   const c0 = process.cpuUsage();
   let result: T;
   try {
-    result = fn();
+    result = await fn();
   } finally {
     configs.forEach((c, i) => ((c as { kernelFunc: KernelFunc }).kernelFunc = originals[i]!));
   }

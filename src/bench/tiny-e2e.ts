@@ -16,7 +16,7 @@ import { applyGradients } from '../train/grad-step.js';
 import { Rng } from '../util/rng.js';
 import { resizeBilinearHalfPixel } from '../nn/resize.js';
 import { medianProfile, profileKernels, type KernelProfile, type ProfileOptions } from './profile.js';
-import { nativeStatus } from '../backend/native.js';
+import { matmulPath } from '../backend/native.js';
 import { wasmThreads } from '../backend/kernels/threads.js';
 
 export const TINY_E2E: MGLLaVAConfig = {
@@ -94,8 +94,11 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-/** Time `steps` training steps after `warmup`, in one mode; the model's weights move as in training. */
-export function benchMode(model: MGLLaVA, batch: BenchBatch, mode: 'pretrain' | 'sft', warmup = 3, steps = 10): ModeResult {
+/**
+ * Time `steps` training steps after `warmup`, in one mode; the model's weights move as in training. Phase
+ * boundaries wait for the device with an asynchronous read (webgpu queues work; wasm and cpu run synchronously).
+ */
+export async function benchMode(model: MGLLaVA, batch: BenchBatch, mode: 'pretrain' | 'sft', warmup = 3, steps = 10): Promise<ModeResult> {
   const stage: Stage = mode === 'sft' ? 'finetune' : 'pretrain';
   const vars = model.trainableWeights(stage);
   const opt = new AdamW(vars, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
@@ -109,20 +112,20 @@ export function benchMode(model: MGLLaVA, batch: BenchBatch, mode: 'pretrain' | 
     if (it === warmup) numTensorsStart = tf.memory().numTensors;
     const t0 = performance.now();
     const frozen = model.encodeFrozen(batch.pixels, batch.pixelsAux, batch.boxes);
-    frozen.vit.dataSync(); // wasm runs synchronously; this only makes the phase boundary explicit
+    await frozen.vit.data(); // the phase boundary
     const t1 = performance.now();
     const { value, grads } = tf.variableGrads(() => model.loss(frozen, batch.text).loss, list);
-    const loss = value.dataSync()[0]!;
+    const loss = (await value.data())[0]!;
     const t2 = performance.now();
     const named = new Map([...vars.keys()].map((n) => [n, grads[vars.get(n)!.name]!]));
-    applyGradients(named, loss, opt, lr, 1.0);
+    await applyGradients(named, loss, opt, lr, 1.0);
     tf.dispose([value, ...Object.values(grads)]);
-    list[0]!.dataSync();
+    await list[0]!.data();
     const t3 = performance.now();
     // Forward alone (not part of the step): splits t2 - t1 into forward and backward.
     const tf0 = performance.now();
     const fwdOnly = model.loss(frozen, batch.text).loss;
-    fwdOnly.dataSync();
+    await fwdOnly.data();
     const fwdMs = performance.now() - tf0;
     fwdOnly.dispose();
     disposeFrozen(frozen);
@@ -172,14 +175,14 @@ export interface StepBenchResult {
 }
 
 /** Both modes, each after an untimed pass (as the peer does), on a fresh model per timed run. */
-export function runStepBench(warmup = 3, steps = 10): StepBenchResult {
+export async function runStepBench(warmup = 3, steps = 10): Promise<StepBenchResult> {
   const batch = makeBenchBatch();
   const warm = new MGLLaVA(TINY_E2E, { rng: new Rng(0) });
-  if (warmup > 0) for (const mode of ['pretrain', 'sft'] as const) benchMode(warm, batch, mode, 1, 0);
+  if (warmup > 0) for (const mode of ['pretrain', 'sft'] as const) await benchMode(warm, batch, mode, 1, 0);
   warm.dispose();
   const model = new MGLLaVA(TINY_E2E, { rng: new Rng(0) });
-  const pretrain = benchMode(model, batch, 'pretrain', warmup, steps);
-  const sft = benchMode(model, batch, 'sft', warmup, steps);
+  const pretrain = await benchMode(model, batch, 'pretrain', warmup, steps);
+  const sft = await benchMode(model, batch, 'sft', warmup, steps);
   model.dispose();
   tf.dispose([batch.pixels, batch.pixelsAux]);
   return {
@@ -196,9 +199,7 @@ export function runStepBench(warmup = 3, steps = 10): StepBenchResult {
 }
 
 function matmulLabel(): string {
-  if (tf.getBackend() !== 'wasm') return tf.getBackend();
-  const n = nativeStatus();
-  return n.active ? `native ${n.isa} x${n.threads}` : 'xnnpack';
+  return matmulPath(tf.getBackend());
 }
 
 const round = (x: number) => Math.round(x * 10) / 10;
@@ -221,7 +222,7 @@ export interface ModeProfile {
  * Kernel profiles per phase, after `warmup` unprofiled steps on a fresh model: per kernel the median
  * over `repeats` profiled steps.
  */
-export function profileStep(mode: 'pretrain' | 'sft', warmup = 3, opts: ProfileOptions = {}, repeats = 5): ModeProfile {
+export async function profileStep(mode: 'pretrain' | 'sft', warmup = 3, opts: ProfileOptions = {}, repeats = 5): Promise<ModeProfile> {
   const batch = makeBenchBatch();
   const model = new MGLLaVA(TINY_E2E, { rng: new Rng(0) });
   const stage: Stage = mode === 'sft' ? 'finetune' : 'pretrain';
@@ -232,24 +233,24 @@ export function profileStep(mode: 'pretrain' | 'sft', warmup = 3, opts: ProfileO
   const got: { enc: KernelProfile[]; fb: KernelProfile[]; upd: KernelProfile[] } = { enc: [], fb: [], upd: [] };
   for (let it = 0; it < warmup + repeats; it++) {
     const last = it >= warmup;
-    const run = <T>(fn: () => T): { result: T; profile: KernelProfile | null } =>
-      last ? profileKernels(fn, opts) : { result: fn(), profile: null };
-    const enc = run(() => {
+    const run = async <T>(fn: () => Promise<T>): Promise<{ result: T; profile: KernelProfile | null }> =>
+      last ? profileKernels(fn, opts) : { result: await fn(), profile: null };
+    const enc = await run(async () => {
       const f = model.encodeFrozen(batch.pixels, batch.pixelsAux, batch.boxes);
-      f.vit.dataSync();
+      await f.vit.data();
       return f;
     });
     const frozen = enc.result;
-    const fb = run(() => {
+    const fb = await run(async () => {
       const r = tf.variableGrads(() => model.loss(frozen, batch.text).loss, list);
-      r.value.dataSync();
+      await r.value.data();
       return r;
     });
     const { value, grads } = fb.result;
-    const upd = run(() => {
+    const upd = await run(async () => {
       const named = new Map([...vars.keys()].map((n) => [n, grads[vars.get(n)!.name]!]));
-      applyGradients(named, value.dataSync()[0]!, opt, lr, 1.0);
-      list[0]!.dataSync();
+      await applyGradients(named, (await value.data())[0]!, opt, lr, 1.0);
+      await list[0]!.data();
     });
     tf.dispose([value, ...Object.values(grads)]);
     disposeFrozen(frozen);

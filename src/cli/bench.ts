@@ -4,10 +4,15 @@ import { runKernelBench, type BenchResult } from '../backend/kernels/bench.js';
 import { profileStep, runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
 import { formatProfile } from '../bench/profile.js';
 import { nativeStatus } from '../backend/native.js';
-import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
+import { runWebgpuKernelBench, type WebgpuBenchResult } from '../backend/webgpu/bench.js';
+import { runLlamaBench } from '../bench/llama-step.js';
+import { adapterLine } from '../backend/webgpu/adapter.js';
+import { webgpuAdapter } from '../backend/webgpu/backend.js';
+import { UsageError } from '../errors.js';
 
 interface BenchArgs extends GlobalArgs {
-  what: 'kernels' | 'step';
+  what: 'kernels' | 'step' | 'llama';
   json: boolean;
   steps: number;
   warmup: number;
@@ -16,16 +21,17 @@ interface BenchArgs extends GlobalArgs {
 
 export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
   command: 'bench <what>',
-  describe: 'Benchmarks: kernels (wasm kernel pack vs stock), step (tiny-e2e training step)',
+  describe: 'Benchmarks: kernels (wasm kernel pack vs stock; webgpu kernels vs a plain matmul), step (tiny-e2e training step), llama (the LLM alone, h1024 x 8 layers, 512 positions)',
   builder: (y) =>
     y
-      .positional('what', { choices: ['kernels', 'step'] as const, demandOption: true })
+      .positional('what', { choices: ['kernels', 'step', 'llama'] as const, demandOption: true })
       .option('json', { type: 'boolean', default: false, describe: 'one JSON line per result' })
       .option('steps', { type: 'number', default: 10, describe: 'step: timed steps per mode (median reported)' })
       .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' })
       .option('profile', { type: 'boolean', default: false, describe: 'step: time every kernel per phase instead (median of --steps profiled steps)' }),
   handler: async (args) => {
     if (args.what === 'step') await benchStep(args);
+    else if (args.what === 'llama') await benchLlama(args);
     else await benchKernels(args);
   },
 };
@@ -38,7 +44,7 @@ async function benchStep(args: BenchArgs): Promise<void> {
   await backendFromArgs(args);
   if (args.profile) {
     for (const mode of ['pretrain', 'sft'] as const) {
-      const p = profileStep(mode, args.warmup, { byShape: ['BatchMatMul'] }, Math.max(1, Math.min(args.steps, 10)));
+      const p = await profileStep(mode, args.warmup, { byShape: ['BatchMatMul'] }, Math.max(1, Math.min(args.steps, 10)));
       if (args.json) {
         process.stdout.write(`${JSON.stringify(p)}\n`);
         continue;
@@ -49,7 +55,7 @@ async function benchStep(args: BenchArgs): Promise<void> {
     }
     return;
   }
-  const r = runStepBench(args.warmup, args.steps);
+  const r = await runStepBench(args.warmup, args.steps);
   if (args.json) {
     const { detail, ...line } = r;
     process.stdout.write(`${JSON.stringify({ ...line, leakedTensors: detail.pretrain.numTensorsEnd - detail.pretrain.numTensorsStart + detail.sft.numTensorsEnd - detail.sft.numTensorsStart })}\n`);
@@ -75,11 +81,12 @@ function formatStep(r: StepBenchResult): string {
   return lines.join('\n');
 }
 
-/** The kernel pack lives on wasm: that is the backend measured unless another is asked for (an error). */
+/** The kernel packs live on wasm and webgpu: wasm is measured unless webgpu is asked for (another: an error). */
 async function benchKernels(args: BenchArgs): Promise<void> {
   const choice = await backendFromArgs({ ...args, backend: args.backend ?? process.env.MGLLAVA_BACKEND ?? 'wasm' });
+  if (choice.name === 'webgpu') return benchWebgpuKernels(args.json);
   if (choice.name !== 'wasm') {
-    throw new UserError(`'bench kernels' measures the wasm kernel pack; the backend is '${choice.name}' (use --backend wasm)`);
+    throw new UsageError(`'bench kernels' measures the wasm or webgpu kernel pack; the backend is '${choice.name}' (use --backend wasm or webgpu)`);
   }
   if (!args.json) process.stdout.write(`${header()}\n`);
   runKernelBench((r) => process.stdout.write(`${args.json ? JSON.stringify(r) : row(r)}\n`));
@@ -98,4 +105,30 @@ function row(r: BenchResult): string {
   const f = (x: number | null) => (x == null ? '-' : x.toFixed(1));
   const cells = [r.op, f(r.stockGflops), f(r.packGflops), f(r.plainGflops), r.ratio == null ? '-' : r.ratio.toFixed(2), f(r.stockMs), f(r.packMs)];
   return cells.map((c, i) => (i === 0 ? c.padEnd(COLS[i]![1]) : c.padStart(COLS[i]![1]))).join(' ');
+}
+
+/** webgpu: GFLOP/s against a plain matmul of the same FLOPs on the device, fused kernels against their composites. */
+async function benchWebgpuKernels(json: boolean): Promise<void> {
+  const w = [46, 9, 9, 44, 10, 9, 7];
+  const cells = (c: string[]) => c.map((x, i) => (i === 0 || i === 3 ? x.padEnd(w[i]!) : x.padStart(w[i]!))).join(' ');
+  if (!json) {
+    process.stdout.write(`webgpu on ${adapterLine(webgpuAdapter()!)}; time to the end of the GPU work, median\n`);
+    process.stdout.write(`${cells(['op', 'GFLOP/s', 'ms', 'reference', 'GFLOP/s', 'ms', 'ratio'])}\n`);
+  }
+  const f = (x: number | null) => (x == null ? '-' : x.toFixed(1));
+  await runWebgpuKernelBench((r: WebgpuBenchResult) =>
+    process.stdout.write(`${json ? JSON.stringify(r) : cells([r.op, f(r.gflops), r.ms.toFixed(2), r.reference, f(r.referenceGflops), r.referenceMs.toFixed(2), r.ratio.toFixed(2)])}\n`),
+  );
+}
+
+/** The LLM alone at hidden 1024 / 8 layers / 512 positions (bench/llama-step.ts): tokens/s of a training step. */
+async function benchLlama(args: BenchArgs): Promise<void> {
+  await backendFromArgs(args);
+  const r = await runLlamaBench(undefined, Math.max(1, args.steps), Math.max(0, args.warmup));
+  process.stdout.write(
+    args.json
+      ? `${JSON.stringify(r)}\n`
+      : `LLaMA h${r.hidden} x ${r.layers} layers, ${r.positions} positions, vocab ${r.vocab} (${(r.params / 1e6).toFixed(0)} M parameters) on ${r.backend}: ` +
+          `${r.medianStepMs} ms/step, ${r.tokensPerS} tokens/s (median of ${r.steps}); loss ${r.firstLoss.toFixed(3)} -> ${r.lastLoss.toFixed(3)}\n`,
+  );
 }

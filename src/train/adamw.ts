@@ -100,10 +100,10 @@ export function globalNorm(grads: Iterable<tf.Tensor>): tf.Scalar {
   });
 }
 
-/** clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)), with the pre-clip global norm. */
-export function clipCoefficient(grads: Map<string, tf.Tensor>, maxNorm: number): { coef: number; norm: number } {
+/** clip_grad_norm_'s factor: min(1, max_norm / (norm + 1e-6)), with the pre-clip global norm (read asynchronously: webgpu). */
+export async function clipCoefficient(grads: Map<string, tf.Tensor>, maxNorm: number): Promise<{ coef: number; norm: number }> {
   const normT = globalNorm(grads.values());
-  const norm = normT.dataSync()[0]!;
+  const norm = (await normT.data())[0]!;
   normT.dispose();
   return { coef: Math.min(1, maxNorm / (norm + 1e-6)), norm };
 }
@@ -113,11 +113,11 @@ export function clipCoefficient(grads: Map<string, tf.Tensor>, maxNorm: number):
  * Returns the clipped gradients (new tensors) and the pre-clip norm. (Training passes the
  * coefficient to AdamW.apply instead: the same float32 products, without the copies.)
  */
-export function clipByGlobalNorm(
+export async function clipByGlobalNorm(
   grads: Map<string, tf.Tensor>,
   maxNorm: number,
-): { grads: Map<string, tf.Tensor>; norm: number } {
-  const { coef, norm } = clipCoefficient(grads, maxNorm);
+): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
+  const { coef, norm } = await clipCoefficient(grads, maxNorm);
   const out = new Map<string, tf.Tensor>();
   for (const [name, g] of grads) out.set(name, coef < 1 ? tf.mul(g, coef) : g.clone());
   return { grads: out, norm };

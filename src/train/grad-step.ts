@@ -26,8 +26,8 @@ export function addGradients(acc: Map<string, tf.Tensor>, trainable: Map<string,
 }
 
 /** Clip the accumulated gradients and update, unless `loss` or their norm is not finite. Does not dispose `grads`. */
-export function applyGradients(grads: Map<string, tf.Tensor>, loss: number, optimizer: AdamW, lr: number, maxNorm: number): { gradNorm: number; applied: boolean } {
-  const { coef, norm } = clipCoefficient(grads, maxNorm);
+export async function applyGradients(grads: Map<string, tf.Tensor>, loss: number, optimizer: AdamW, lr: number, maxNorm: number): Promise<{ gradNorm: number; applied: boolean }> {
+  const { coef, norm } = await clipCoefficient(grads, maxNorm);
   const applied = Number.isFinite(loss) && Number.isFinite(norm);
   if (applied) optimizer.apply(grads, lr, coef); // the clip scaling happens inside the update
   return { gradNorm: norm, applied };

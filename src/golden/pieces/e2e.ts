@@ -100,9 +100,9 @@ export async function runE2e(piece: GoldenPiece): Promise<CheckResult[]> {
       const stage: Stage = mode === 'sft' ? 'finetune' : 'pretrain';
       const vars = model.trainableWeights(stage);
       const modeGrads = new Map([...vars.keys()].map((n) => [n, toTf(ioTensor(piece, `grad.${n}`))]));
-      const clipped = clipByGlobalNorm(modeGrads, cfg.adam.max_norm);
+      const clipped = await clipByGlobalNorm(modeGrads, cfg.adam.max_norm);
       checks.tensor(`${mode}.grad_norm`, clipped.norm, ioTensor(piece, `${mode}.grad_norm`), piece.forward);
-      const ours = clipByGlobalNorm(new Map([...vars.keys()].map((n) => [n, grads.get(n)!])), cfg.adam.max_norm);
+      const ours = await clipByGlobalNorm(new Map([...vars.keys()].map((n) => [n, grads.get(n)!])), cfg.adam.max_norm);
       checks.tensor(`${mode}.grad_norm (our grads)`, ours.norm, ioTensor(piece, `${mode}.grad_norm`), piece.grads);
       const before = new Map([...vars].map(([n, v]) => [n, v.clone()]));
       const opt = new AdamW(vars, { betas: cfg.adam.betas, eps: cfg.adam.eps, weightDecay: cfg.adam.weight_decay });
