@@ -14,6 +14,7 @@ import { MGLLaVA } from '../src/model/mgllava.js';
 import { WeightLoadError } from '../src/nn/module.js';
 import { Rng } from '../src/util/rng.js';
 import { main } from '../src/cli/main.js';
+import { EXIT } from '../src/errors.js';
 import { e2eModelSection, f32, goldenConfig, goldenParams, renamePrefix, roundTripHalf, writeE2eDirs, type Weights } from './io-fixtures.js';
 
 let root: string;
@@ -313,7 +314,7 @@ describe('mgllava import', () => {
     await writeSafetensors(path.join(d.clip, 'model.safetensors'), clip);
     const out = path.join(root, 'never.safetensors');
     const r = await run('import', '--kind', 'clip', '--from', d.clip, '--out', out);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(EXIT.weights);
     expect(r.err).toContain('mystery.weight');
     const r2 = await run('import', '--kind', 'clip', '--from', d.clip);
     expect(r2.code).not.toBe(0);

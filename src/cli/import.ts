@@ -1,21 +1,28 @@
 /**
  * `mgllava import --kind clip|convnext|llm --from DIR (--out FILE | --list)`: convert a pretrained directory
- * (HF CLIP, open_clip/timm ConvNeXt, HF LLaMA family) into one safetensors file under MG-LLaVA's checkpoint
- * names, or list what it holds and how each tensor maps.
+ * (HF CLIP, open_clip/timm ConvNeXt, HF LLaMA family; safetensors or PyTorch .bin) into one safetensors file under
+ * MG-LLaVA's checkpoint names, or list what it holds and how each tensor maps.
+ *
+ * `mgllava import --kind mgllava --from CKPT --config C.yaml --out RUN`: a released MG-LLaVA checkpoint (xtuner /
+ * mmengine .pth, DeepSpeed directory, safetensors) as a run directory (src/io/release-import.ts).
  */
 import type { CommandModule } from 'yargs';
+import { MgllavaError, UsageError, WeightsError } from '../errors.js';
 import { fromHfConfig, type LlamaConfig } from '../model/llm/config.js';
-import { WeightLoadError } from '../nn/module.js';
-import { SafetensorsError } from '../io/safetensors.js';
-import { openPretrained, PretrainedError, readLlmConfig, writeConverted, type PretrainedSource } from '../io/pretrained.js';
+import { openPretrained, readLlmConfig, writeConverted, type PretrainedSource } from '../io/pretrained.js';
 import type { PretrainedKind } from '../io/weight-maps.js';
-import { UserError, type GlobalArgs } from './command.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface ImportArgs extends GlobalArgs {
-  kind: PretrainedKind;
+  kind: PretrainedKind | 'mgllava';
   from: string;
   out?: string;
   list: boolean;
+  config?: string;
+  set: string[];
+  key?: string;
+  'allow-missing': boolean;
+  json: boolean;
 }
 
 /** One line per source tensor: name, stored dtype, shape, and what it becomes. */
@@ -38,22 +45,31 @@ export function formatPlan(src: PretrainedSource): string {
 
 export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
   command: 'import',
-  describe: 'Convert Hugging Face weights (CLIP ViT, OpenCLIP/timm ConvNeXt, LLaMA family) to one MG-LLaVA safetensors file',
+  describe: 'Convert pretrained weights (CLIP ViT, OpenCLIP/timm ConvNeXt, LLaMA family) to MG-LLaVA names, or a released MG-LLaVA checkpoint to a run',
   builder: (y) =>
     y
       .option('kind', {
         type: 'string',
-        choices: ['clip', 'convnext', 'llm'] as const,
+        choices: ['clip', 'convnext', 'llm', 'mgllava'] as const,
         demandOption: true,
-        describe: 'what the directory holds: clip (-> visual_encoder.*), convnext (-> visual_encoder_aux.*), llm (-> llm.*)',
+        describe:
+          'what --from holds: clip (-> visual_encoder.*), convnext (-> visual_encoder_aux.*), llm (-> llm.*), ' +
+          'mgllava (a released MG-LLaVA checkpoint -> a run directory; needs --config)',
       })
-      .option('from', { type: 'string', demandOption: true, describe: 'pretrained directory (config.json / open_clip_config.json + *.safetensors)' })
-      .option('out', { type: 'string', describe: 'output .safetensors file (float32, MG-LLaVA checkpoint names); required unless --list' })
-      .option('list', { type: 'boolean', default: false, describe: 'print every tensor (name, dtype, shape) and its mapping instead of converting' })
+      .option('from', { type: 'string', demandOption: true, describe: 'pretrained directory (config.json / open_clip_config.json + *.safetensors or *.bin); mgllava: the checkpoint (.pth, DeepSpeed dir, .safetensors)' })
+      .option('out', { type: 'string', describe: 'output .safetensors file (float32, MG-LLaVA checkpoint names); mgllava: the run directory to create' })
+      .option('list', { type: 'boolean', default: false, describe: 'print every tensor (name, dtype, shape) and its mapping instead of converting (clip, convnext, llm)' })
+      .option('config', { type: 'string', describe: 'mgllava: the experiment config the checkpoint belongs to (architecture, pretrained dirs, tokenizer, stage)' })
+      .option('set', { type: 'string', array: true, default: [], describe: 'mgllava: override a config key, e.g. --set model.llm.pretrained=models/vicuna-7b-v1.5' })
+      .option('key', { type: 'string', describe: 'mgllava: where the state dict is in a pickle (default: the object itself, else state_dict, module, model)' })
+      .option('allow-missing', { type: 'boolean', default: false, describe: "mgllava: start trainable weights the checkpoint lacks from the config's init instead of failing" })
+      .option('json', { type: 'boolean', default: false, describe: 'mgllava: print the report as one JSON line' })
       .example('$0 import --kind llm --from models/vicuna-7b-v1.5 --list', 'show how the checkpoint maps')
-      .example('$0 import --kind clip --from models/clip-vit-large-patch14-336 --out clip.safetensors', 'convert'),
+      .example('$0 import --kind clip --from models/clip-vit-large-patch14-336 --out clip.safetensors', 'convert')
+      .example('$0 import --kind mgllava --from iter_10805.pth --config configs/vicuna-7b/finetune.yaml --out checkpoints/mgllava-vicuna7b-release', 'a release as a run'),
   handler: async (args) => {
-    if (!args.list && !args.out) throw new UserError('import: give --out FILE.safetensors (or --list to only inspect)');
+    if (args.kind === 'mgllava') return importMgllava(args);
+    if (!args.list && !args.out) throw new UsageError('import: give --out FILE.safetensors (or --list to only inspect)');
     try {
       let llm: LlamaConfig | undefined;
       if (args.kind === 'llm') llm = fromHfConfig(readLlmConfig(args.from));
@@ -69,9 +85,33 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
         await src.reader.close();
       }
     } catch (e) {
-      if (e instanceof PretrainedError || e instanceof WeightLoadError || e instanceof SafetensorsError) throw new UserError(e.message);
-      if (e instanceof Error && /^(HF config|invalid LLaMA config)/.test(e.message)) throw new UserError(`${args.from}: ${e.message}`);
+      if (e instanceof MgllavaError) throw e;
+      // Weight-map and config errors of the pretrained loaders that are not MgllavaErrors yet.
+      if (e instanceof Error && /^(HF config|invalid LLaMA config)/.test(e.message)) throw new WeightsError(`${args.from}: ${e.message}`);
+      if (e instanceof Error && ['PretrainedError', 'WeightLoadError', 'SafetensorsError'].includes(e.name)) throw new WeightsError(e.message);
       throw e;
     }
   },
 };
+
+async function importMgllava(args: ImportArgs): Promise<void> {
+  if (!args.config) throw new UsageError('import --kind mgllava: give --config C.yaml (the experiment config the checkpoint belongs to)');
+  if (!args.out) throw new UsageError('import --kind mgllava: give --out RUN (the run directory to create)');
+  if (args.list) throw new UsageError('import --kind mgllava: --list is for clip, convnext and llm (convert the checkpoint and read it, or import and read the report)');
+  await backendFromArgs(args);
+  const { importRelease } = await import('../io/release-import.js');
+  const log = (m: string) => process.stderr.write(`${m}\n`);
+  const r = await importRelease({ from: args.from, config: args.config, sets: args.set, out: args.out, key: args.key ?? null, allowMissing: args['allow-missing'], log: args.json ? undefined : log });
+  if (args.json) {
+    process.stdout.write(`${JSON.stringify(r)}\n`);
+    return;
+  }
+  const lines = [
+    `imported ${r.source}${r.key ? ` (state dict under '${r.key}')` : ''} as ${r.stage} run ${r.runDir}, step ${r.step}: ` +
+      `${r.trained} trainable + ${r.frozen} frozen weights from the checkpoint`,
+  ];
+  if (r.missing.length) lines.push(`started from the config's init (--allow-missing): ${r.missing.length}: ${r.missing.join(', ')}`);
+  if (r.notImported.length) lines.push(`not imported (frozen in this config, taken from its pretrained dirs): ${r.notImported.length}: ${r.notImported.slice(0, 10).join(', ')}${r.notImported.length > 10 ? ', ...' : ''}`);
+  if (r.unmapped.length) lines.push(`not weights of this model, ignored: ${r.unmapped.length}: ${r.unmapped.slice(0, 10).map((u) => `${u.name} (${u.why})`).join(', ')}${r.unmapped.length > 10 ? ', ...' : ''}`);
+  process.stdout.write(`${lines.join('\n')}\n`);
+}

@@ -125,6 +125,11 @@ export class TorchStateReader implements TensorReader {
     return { dtype: t.dtype, shape: [...t.shape], byteLength: t.byteLength };
   }
 
+  /** The whole saved object of the (first) checkpoint: dicts are Maps (src/io/pickle.ts), e.g. mmengine's `meta`. */
+  savedObject(): unknown {
+    return this.checkpoints[0]?.root;
+  }
+
   /** The checkpoint files read (one, or the shards of an index). */
   files(): string[] {
     return this.checkpoints.map((c) => c.file);
