@@ -45,6 +45,11 @@ export function viewScale(auxSize: number): number {
   return Math.max(1, Math.floor(512 / auxSize));
 }
 
+/** Pixel size of one font dot: the 3x5 digits stay readable at any panel size (3 at 512 px, 4 at 768). */
+export function glyphSize(panel: number): number {
+  return Math.max(2, Math.floor(panel / 170));
+}
+
 /** Output size of renderView. */
 export function viewSize(auxSize: number): { width: number; height: number; panel: number } {
   const panel = auxSize * viewScale(auxSize);
@@ -102,7 +107,7 @@ export function renderView(v: ViewInput): RgbImage {
       }
     }
   }
-  const glyph = Math.max(1, Math.floor(scale / 2)); // font pixel size
+  const glyph = glyphSize(panel);
   for (const { b, k } of drawn) {
     const colour = BOX_COLOURS[(k - 1) % BOX_COLOURS.length]!;
     drawNumber(put, String(k), clampPx(Math.round(Math.min(b[0]!, b[2]!) * scale)), clampPx(Math.round(Math.min(b[1]!, b[3]!) * scale)), glyph, colour, panel);
