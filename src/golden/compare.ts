@@ -20,17 +20,17 @@ export interface CheckResult {
   note?: string;
 }
 
-type Values = tf.Tensor | Float32Array | Int32Array | number[] | number;
+/** Host values (a tensor goes through `Checks`, which reads it asynchronously). */
+type HostValues = Float32Array | Int32Array | number[] | number;
+type Values = tf.Tensor | HostValues;
 
-function toArray(v: Values): { data: ArrayLike<number>; shape: number[] | null } {
-  // A tensor is read synchronously: wasm and cpu only. Runners pass tensors through `Checks`, which reads them with data().
-  if (v instanceof tf.Tensor) return { data: v.dataSync(), shape: v.shape };
+function toArray(v: HostValues): { data: ArrayLike<number>; shape: number[] | null } {
   if (typeof v === 'number') return { data: [v], shape: [] };
   return { data: v, shape: null };
 }
 
-/** Compare `actual` to `expected` elementwise: |a - e| <= atol + rtol * |e|. Shapes must agree. */
-export function compareTensor(name: string, actual: Values, expected: HostTensor, tol: Tolerance): CheckResult {
+/** Compare host values `actual` to `expected` elementwise: |a - e| <= atol + rtol * |e|. Sizes must agree. */
+export function compareTensor(name: string, actual: HostValues, expected: HostTensor, tol: Tolerance): CheckResult {
   const a = toArray(actual);
   const e = expected.data;
   if (a.shape && (a.shape.length !== expected.shape.length || a.shape.some((d, i) => d !== expected.shape[i]))) {
@@ -54,7 +54,7 @@ export function compareTensor(name: string, actual: Values, expected: HostTensor
 }
 
 /** Integer tensors (ids, labels, masks) must match exactly. */
-export function compareExact(name: string, actual: Values, expected: HostTensor): CheckResult {
+export function compareExact(name: string, actual: HostValues, expected: HostTensor): CheckResult {
   return compareTensor(name, actual, expected, { atol: 0, rtol: 0 });
 }
 
