@@ -10,7 +10,7 @@
 //      so the built package needs no wabt at run time.
 import { spawnSync } from 'node:child_process';
 import { copyFile, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -20,6 +20,24 @@ const src = path.join(root, 'src');
 const dist = path.join(root, 'dist');
 const lenient = process.argv.includes('--lenient');
 
+// One build at a time in a checkout (several test runs may find dist/ stale at once): a lock directory,
+// taken over when older than 10 minutes (a killed build).
+const lock = path.join(dist, '.build-lock');
+mkdirSync(dist, { recursive: true });
+for (;;) {
+  try {
+    mkdirSync(lock);
+    break;
+  } catch (e) {
+    if (e.code !== 'EEXIST') throw e;
+    try {
+      if (Date.now() - statSync(lock).mtimeMs > 600_000) rmSync(lock, { recursive: true, force: true });
+    } catch {}
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+process.on('exit', () => rmSync(lock, { recursive: true, force: true }));
+
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 const args = [tsc, '-p', path.join(root, 'tsconfig.build.json'), ...(lenient ? ['--noEmitOnError', 'false'] : [])];
 const typed = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' });
@@ -28,6 +46,7 @@ if (typed.status !== 0 && !lenient) process.exit(typed.status ?? 1);
 // 2. Orphans: dist/x.js, x.d.ts whose src/x.ts (or .mjs, .wat, .wasm produced below) no longer exists.
 async function prune(dir) {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.name.startsWith('.')) continue; // .tsbuildinfo, .build-lock
     const file = path.join(dir, entry.name);
     if (entry.isDirectory()) {
       await prune(file);
@@ -36,7 +55,7 @@ async function prune(dir) {
     }
     const rel = path.relative(dist, file);
     const stem = rel.replace(/\.d\.ts$|\.js$/, '');
-    if (stem === rel) continue; // not a compiled file (.tsbuildinfo, the SIMD binaries)
+    if (stem === rel) continue; // not a compiled file (the SIMD binaries and their text)
     if (!existsSync(path.join(src, `${stem}.ts`))) await rm(file);
   }
 }
