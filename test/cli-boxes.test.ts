@@ -81,6 +81,20 @@ describe('mgllava boxes', () => {
     expect(existsSync(journalPath(out2))).toBe(false);
   });
 
+  it('takes per-image tags from a JSON tag file; an image without tags is named and skipped', async () => {
+    const tagsFile = path.join(setup.root, 'ram-tags.json');
+    await writeFile(tagsFile, JSON.stringify({ 'a.png': 'dog | ball', 'sub/c.png': ['cat'], 'broken.png': 'dog' }));
+    const out = path.join(setup.root, 'per-image.json');
+    const r = await capture(['boxes', '--detector', owl, '--images', images, '--tags-file', tagsFile, '--out', out, '--progress', 'off', '--json']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.err).toMatch(/skipped "b\.jpg": no tags for "b\.jpg"/);
+    expect(r.err).toMatch(/skipped "broken\.png"/);
+    const boxes = await loadBoxes(out);
+    expect([...boxes.entries.keys()]).toEqual(['a.png', 'sub/c.png']);
+    for (const l of boxes.entries.get('a.png')!.labels) expect(['dog', 'ball']).toContain(l);
+    expect(new Set(boxes.entries.get('sub/c.png')!.labels)).toEqual(new Set(['cat']));
+  });
+
   it('names bad options', async () => {
     const out = path.join(setup.root, 'x.json');
     expect((await capture(['boxes', '--detector', owl, '--out', out])).err).toMatch(/--images DIR or --records R/);

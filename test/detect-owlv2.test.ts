@@ -167,8 +167,17 @@ describe('queries', () => {
 
   it('parses tag lists (commas, lines, RAM++ bars), trims and drops repeats', async () => {
     expect(parseTags(' dog, cat |red ball\n\ndog ,')).toEqual(['dog', 'cat', 'red ball']);
-    expect((await resolveTags({})).tags).toHaveLength(80);
-    expect((await resolveTags({ tags: 'a,b' })).tags).toEqual(['a', 'b']);
+    expect((await resolveTags({})).shared).toHaveLength(80);
+    expect((await resolveTags({ tags: 'a,b' })).shared).toEqual(['a', 'b']);
+    const perImage = path.join(dir, 'tags.json');
+    await writeFile(perImage, JSON.stringify({ 'a.png': 'dog | frisbee | grass', r2: ['cat', ' sofa '] }));
+    const t = await resolveTags({ tagsFile: perImage });
+    expect(t.shared).toBeNull();
+    expect(t.tagsFor('a.png')).toEqual(['dog', 'frisbee', 'grass']);
+    expect(t.tagsFor('r2')).toEqual(['cat', 'sofa']);
+    expect(t.tagsFor('r3')).toBeUndefined();
+    await writeFile(perImage, JSON.stringify({ x: 3 }));
+    await expect(resolveTags({ tagsFile: perImage })).rejects.toThrow(/tags of "x" must be/);
     await expect(resolveTags({ tags: ' , ' })).rejects.toThrow(UsageError);
     await expect(resolveTags({ tags: 'a', tagsFile: 'x' })).rejects.toThrow(/not both/);
     await expect(resolveTags({ tagsFile: path.join(dir, 'nope.txt') })).rejects.toThrow(/nope\.txt/);
@@ -305,6 +314,22 @@ describe('detection session', () => {
     // a higher threshold keeps fewer boxes
     const strict = await session.detectFile(path.join(dir, 'a.png'), { threshold: 0.6 });
     for (const s of strict.scores) expect(s).toBeGreaterThan(0.6);
+  });
+
+  it("caches each tag's embedding: a list assembled from cached tags detects the same as one encoded in a batch", async () => {
+    session.setTags(['dog', 'cat', 'ball']);
+    const batched = await session.detectFile(path.join(dir, 'a.png'));
+    const fresh = await Owlv2Session.open(path.join(dir, 'owl'));
+    try {
+      fresh.setTags(['ball']);
+      fresh.setTags(['cat']);
+      const before = tf.memory().numTensors;
+      fresh.setTags(['dog', 'cat', 'ball']); // one new embedding (dog); the query tensor is replaced
+      expect(tf.memory().numTensors).toBe(before + 1);
+      expect(await fresh.detectFile(path.join(dir, 'a.png'))).toEqual(batched);
+    } finally {
+      fresh.dispose();
+    }
   });
 
   it('encodes tags once per list; detectBoxes reuses an open session', async () => {

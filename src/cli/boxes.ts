@@ -34,7 +34,10 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
       .option('images', { type: 'string', describe: 'image folder: every image in it (keys = paths relative to it), or the image root of --records' })
       .option('records', { type: 'string', describe: 'LLaVA records (JSON/JSONL): one entry per record with an image, keyed by record id' })
       .option('tags', { type: 'string', describe: 'comma-separated tags to look for, queried as "a photo of {tag}" (default: the 80 COCO classes)' })
-      .option('tags-file', { type: 'string', describe: 'file of tags, one per line or comma-separated' })
+      .option('tags-file', {
+        type: 'string',
+        describe: 'file of tags, one per line or comma-separated; or a JSON object of per-image tags {id: "dog | frisbee"} (e.g. RAM++ output)',
+      })
       .option('threshold', { type: 'number', default: 0.2, describe: 'score threshold (sigmoid of the best query logit, strict >)' })
       .option('raw', { type: 'boolean', default: false, describe: "store every detection over the threshold (MG-LLaVA's offline files) instead of the per-label NMS (IoU 0.2) result" })
       .option('pad-value', { type: 'number', default: 0.5, describe: 'padding to a square before resizing: 0.5 (the transformers MG-LLaVA used) or 0 (newer transformers)' })
@@ -53,7 +56,7 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
     if (!(args.threshold >= 0 && args.threshold < 1)) throw new UsageError(`--threshold must be in [0, 1), got ${args.threshold}`);
     if (!(args['pad-value'] >= 0 && args['pad-value'] <= 1)) throw new UsageError(`--pad-value must be in [0, 1], got ${args['pad-value']}`);
     const { resolveTags } = await import('../detect/queries.js');
-    const { tags, source } = await resolveTags({ tags: args.tags, tagsFile: args['tags-file'] });
+    const tagging = await resolveTags({ tags: args.tags, tagsFile: args['tags-file'] });
     const run = await import('../detect/boxes-run.js');
     run.checkOutput({ out: args.out, resume: args.resume, overwrite: args.overwrite });
     let jobs;
@@ -70,14 +73,16 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
     const { Owlv2Session } = await import('../detect/detect.js');
     const session = await Owlv2Session.open(args.detector);
     try {
-      session.setTags(tags);
-      process.stderr.write(`detector ${args.detector} (${session.imageSize} px, ${session.patches} patches); ${tags.length} tags from ${source}\n`);
+      if (tagging.shared) session.setTags(tagging.shared); // encoded once, before the first image
+      const what = tagging.shared ? `${tagging.shared.length} tags from ${tagging.source}` : `tags from ${tagging.source}`;
+      process.stderr.write(`detector ${args.detector} (${session.imageSize} px, ${session.patches} patches); ${what}\n`);
       const progress = args.progress === 'auto' ? (process.stderr.isTTY ? 'bar' : 'lines') : args.progress;
       const s = await run.runBoxesJobs(session, jobs, {
         out: args.out,
         resume: args.resume,
         overwrite: args.overwrite,
         progress,
+        tagging,
         detect: { threshold: args.threshold, nms: args.raw ? null : 0.2, padValue: args['pad-value'], image: { exifOrientation: args['exif-orientation'] } },
       });
       const spi = s.secondsPerImage === null ? '' : `, ${s.secondsPerImage.toFixed(2)} s/image`;

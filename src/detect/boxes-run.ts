@@ -12,10 +12,11 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { appendFile, readdir, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
-import { MgllavaError, UsageError, fsError } from '../errors.js';
+import { DataError, MgllavaError, UsageError, fsError } from '../errors.js';
 import { ImageError, resolveImagePath } from '../data/image.js';
 import { loadBoxes, loadRecords, type BoxEntry } from '../data/records.js';
 import type { DetectOptions, Owlv2Session } from './detect.js';
+import type { Tagging } from './queries.js';
 
 /** One box entry to produce: its id and image file (or why the image cannot be used). */
 export interface BoxJob {
@@ -80,6 +81,8 @@ export interface BoxesRunOptions {
   /** Replace an existing `out` (and a stale journal) instead of refusing. */
   overwrite: boolean;
   detect: DetectOptions;
+  /** The tags of each image (resolveTags). */
+  tagging: Tagging;
   progress: ProgressMode;
   /** Notes (skipped images, resume counts); default stderr. */
   log?: (line: string) => void;
@@ -205,7 +208,7 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
   const bar = reporter(opts.progress, todo.length, log);
   if (resumed) bar.note(`resuming: ${resumed} of ${jobs.length} images already have boxes`);
   const skipped: { id: string; reason: string }[] = [];
-  const byFile = new Map<string, string>(); // one detection per image file shared by several records
+  const byFile = new Map<string, string>(); // one detection per image file (and tag list) shared by several records
   let detected = 0;
   let boxes = 0;
   let seconds = 0;
@@ -214,7 +217,11 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
       let text: string | undefined;
       try {
         if (!job.file) throw new ImageError('missing', job.id, job.problem ?? 'no image');
-        text = byFile.get(job.file);
+        const tags = opts.tagging.tagsFor(job.id);
+        if (!tags?.length) throw new DataError(`no tags for ${JSON.stringify(job.id)} in ${opts.tagging.source}`);
+        session.setTags(tags); // a no-op when the list is the previous image's
+        const key = opts.tagging.shared ? job.file : `${job.file}\n${tags.join('\n')}`;
+        text = byFile.get(key);
         if (text === undefined) {
           const t0 = performance.now();
           const entry = await session.detectFile(job.file, opts.detect);
@@ -222,10 +229,11 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
           detected++;
           boxes += entry.boxes.length;
           text = JSON.stringify(entry);
-          byFile.set(job.file, text);
+          byFile.set(key, text);
         }
       } catch (e) {
-        if (!(e instanceof ImageError)) throw e;
+        // Problems of this image (unreadable, no tags, a tag too long for the queries): name it and go on.
+        if (!(e instanceof DataError) && !(e instanceof UsageError)) throw e;
         skipped.push({ id: job.id, reason: e.message });
         bar.note(`skipped ${JSON.stringify(job.id)}: ${e.message}`);
       }

@@ -32,10 +32,17 @@ export interface DetectOptions {
   image?: DecodeOptions;
 }
 
-/** An open detector with the text embeddings of its current tags. */
+/** Tags whose queries go through the text tower in one batch. */
+const TEXT_BATCH = 256;
+
+/**
+ * An open detector with the text embeddings of its current tags. Each tag's embedding is computed once and
+ * cached, so per-image tag lists (RAM++ output) cost one text-tower pass per distinct tag over a whole dataset.
+ */
 export class Owlv2Session {
   private queries: tf.Tensor3D | null = null; // [1,Q,P]
   private tagList: string[] = [];
+  private readonly embeddings = new Map<string, tf.Tensor1D>(); // tag -> [P]
 
   constructor(
     readonly model: Owlv2Detector,
@@ -58,14 +65,18 @@ export class Owlv2Session {
     return this.model.config.vision.imageSize;
   }
 
-  /** Encode the tags' queries once; every later image reuses them. */
+  /** The tags every following image is searched for (their queries are encoded once, then cached). */
   setTags(tags: readonly string[]): void {
     if (tags.length === 0) throw new Error('Owlv2Session.setTags: no tags');
-    const tokens = tokenizeQueries(this.tokenizer, tags.map(queryText), this.model.config.text);
-    const next = tf.tidy(() => {
-      const { embeds } = this.model.queryEmbeds(tokens);
-      return embeds.expandDims(0) as tf.Tensor3D; // [1,Q,P]
-    });
+    if (tags.length === this.tagList.length && tags.every((t, i) => t === this.tagList[i])) return;
+    const missing = [...new Set(tags)].filter((t) => !this.embeddings.has(t));
+    for (let i = 0; i < missing.length; i += TEXT_BATCH) {
+      const batch = missing.slice(i, i + TEXT_BATCH);
+      const tokens = tokenizeQueries(this.tokenizer, batch.map(queryText), this.model.config.text);
+      const rows = tf.tidy(() => tf.unstack(this.model.queryEmbeds(tokens).embeds) as tf.Tensor1D[]); // Q x [P]
+      batch.forEach((t, j) => this.embeddings.set(t, rows[j]!));
+    }
+    const next = tf.tidy(() => tf.stack(tags.map((t) => this.embeddings.get(t)!)).expandDims(0) as tf.Tensor3D); // [1,Q,P]
     this.queries?.dispose();
     this.queries = next;
     this.tagList = [...tags];
@@ -105,6 +116,8 @@ export class Owlv2Session {
   dispose(): void {
     this.queries?.dispose();
     this.queries = null;
+    for (const e of this.embeddings.values()) e.dispose();
+    this.embeddings.clear();
     this.model.dispose();
   }
 
@@ -126,7 +139,7 @@ export function toBoxEntry(r: MgllavaBoxes): BoxEntry {
 export async function detectBoxes(detector: string | Owlv2Session, image: string, tags: readonly string[], opts: DetectOptions = {}): Promise<BoxEntry> {
   const session = typeof detector === 'string' ? await Owlv2Session.open(detector) : detector;
   try {
-    if (session.tags.length !== tags.length || session.tags.some((t, i) => t !== tags[i])) session.setTags(tags);
+    session.setTags(tags);
     return await session.detectFile(image, opts);
   } finally {
     if (typeof detector === 'string') session.dispose();

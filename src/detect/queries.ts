@@ -5,7 +5,7 @@
  * the position embeddings), so a tag too long for 16 tokens is an error naming it.
  */
 import { readFile } from 'node:fs/promises';
-import { UsageError, fsError } from '../errors.js';
+import { DataError, UsageError, fsError } from '../errors.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
 import type { Owlv2TextConfig } from '../model/detector/config.js';
 import type { QueryTokens } from '../model/detector/text-tower.js';
@@ -26,8 +26,37 @@ export function parseTags(text: string): string[] {
   return [...seen];
 }
 
-/** --tags / --tags-file / the bundled COCO vocabulary (neither given). */
-export async function resolveTags(opts: { tags?: string; tagsFile?: string }): Promise<{ tags: string[]; source: string }> {
+/** Which tags each image is searched for. */
+export interface Tagging {
+  /** One list for every image, or null when the tags are per image. */
+  shared: string[] | null;
+  /** The tags of the image with this box id (record id or relative path); undefined: none given. */
+  tagsFor(id: string): string[] | undefined;
+  /** Where the tags came from, for messages. */
+  source: string;
+}
+
+const sharedTagging = (tags: string[], source: string): Tagging => ({ shared: tags, tagsFor: () => tags, source });
+
+/**
+ * A JSON tag file maps box ids to their image's tags, e.g. RAM++'s output per image:
+ * `{"000123": "dog | frisbee | grass", "000124": ["cat", "sofa"]}`.
+ */
+function perImageTagging(json: unknown, file: string): Tagging {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new DataError(`${file}: a JSON tag file must be an object {id: "tag1, tag2" or ["tag1", "tag2"]}`);
+  }
+  const map = new Map<string, string[]>();
+  for (const [id, v] of Object.entries(json as Record<string, unknown>)) {
+    if (typeof v === 'string') map.set(id, parseTags(v));
+    else if (Array.isArray(v) && v.every((t) => typeof t === 'string')) map.set(id, parseTags(v.join(',')));
+    else throw new DataError(`${file}: tags of ${JSON.stringify(id)} must be a string or a list of strings`);
+  }
+  return { shared: null, tagsFor: (id) => map.get(id), source: `${file} (tags per image)` };
+}
+
+/** --tags / --tags-file (a list, or a JSON object of per-image lists) / the bundled COCO vocabulary (neither given). */
+export async function resolveTags(opts: { tags?: string; tagsFile?: string }): Promise<Tagging> {
   if (opts.tags !== undefined && opts.tagsFile !== undefined) throw new UsageError('give --tags or --tags-file, not both');
   if (opts.tagsFile !== undefined) {
     let text: string;
@@ -36,16 +65,25 @@ export async function resolveTags(opts: { tags?: string; tagsFile?: string }): P
     } catch (e) {
       throw fsError(e, opts.tagsFile, 'reading the tag list');
     }
+    if (text.trimStart().startsWith('{')) {
+      let json: unknown;
+      try {
+        json = JSON.parse(text);
+      } catch (e) {
+        throw new DataError(`${opts.tagsFile}: not valid JSON (${(e as Error).message})`);
+      }
+      return perImageTagging(json, opts.tagsFile);
+    }
     const tags = parseTags(text);
     if (!tags.length) throw new UsageError(`--tags-file ${opts.tagsFile}: no tags in it (one per line or comma-separated)`);
-    return { tags, source: opts.tagsFile };
+    return sharedTagging(tags, opts.tagsFile);
   }
   if (opts.tags !== undefined) {
     const tags = parseTags(opts.tags);
     if (!tags.length) throw new UsageError('--tags: no tags given (e.g. --tags "dog, cat, red ball")');
-    return { tags, source: '--tags' };
+    return sharedTagging(tags, '--tags');
   }
-  return { tags: [...COCO_CLASSES], source: 'the bundled COCO vocabulary (80 classes)' };
+  return sharedTagging([...COCO_CLASSES], 'the bundled COCO vocabulary (80 classes)');
 }
 
 /** Token ids of the special tokens, from the tokenizer when it names them, else from config.json. */
