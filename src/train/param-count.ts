@@ -1,15 +1,19 @@
 /**
  * Parameter counts per top-level module, from the config alone (no weight is allocated: a dry run of a
- * 7B config must be able to say it will not fit before trying). test/train-dry-run.test.ts checks every
- * formula against built models.
+ * 7B config must be able to say it will not fit before trying, and works from config.json files without
+ * the weight files). test/train-dry-run.test.ts checks every formula against built models.
+ *
+ * With LoRA the LLM is two entries: `llm` (the base weights, frozen) and `llm.lora` (the adapters, under
+ * `llm.model.layers.N.*.lora_{A,B}.weight`; trained by the finetune stage).
  */
 import type { MGLLaVAConfig, Stage } from '../model/mgllava.js';
 import { headDimOf, type LlamaConfig } from '../model/llm/config.js';
+import { loraMembers, resolveLoraTargets, type LoraConfig } from '../model/llm/lora.js';
 import type { ClipVitConfig } from '../model/vision/clip-vit.js';
 import type { ConvNextConfig } from '../model/vision/convnext.js';
 
 export interface ModuleCount {
-  /** Top-level checkpoint prefix without the dot (visual_encoder, fuse_module, llm, ...). */
+  /** Top-level checkpoint prefix without the dot (visual_encoder, fuse_module, llm, ...); `llm.lora` for the adapters. */
   module: string;
   params: number;
   trainable: boolean;
@@ -45,6 +49,38 @@ function llama(c: LlamaConfig): number {
   return c.vocabSize * h + c.numLayers * layer + h + (c.tieWordEmbeddings ? 0 : c.vocabSize * h);
 }
 
+/** in / out widths of the decoder's linears, by our (unfused) name. */
+export function llamaLinearShapes(c: LlamaConfig): Record<string, { in: number; out: number }> {
+  const h = c.hiddenSize;
+  const hd = headDimOf(c);
+  const q = c.numHeads * hd;
+  const kv = c.numKvHeads * hd;
+  const i = c.intermediateSize;
+  return {
+    q_proj: { in: h, out: q },
+    k_proj: { in: h, out: kv },
+    v_proj: { in: h, out: kv },
+    o_proj: { in: q, out: h },
+    gate_proj: { in: h, out: i },
+    up_proj: { in: h, out: i },
+    down_proj: { in: i, out: h },
+  };
+}
+
+/** One decoder layer's adapters: per adapted module its input width, summed output width (fused: the members'). */
+export function loraModules(c: LlamaConfig, lora: LoraConfig): { module: string; in: number; out: number }[] {
+  const shapes = llamaLinearShapes(c);
+  return resolveLoraTargets(lora, c.weightFormat ?? 'llama').map((module) => {
+    const members = loraMembers(module).map((m) => shapes[m]!);
+    return { module, in: members[0]!.in, out: members.reduce((n, m) => n + m.out, 0) };
+  });
+}
+
+/** Adapter parameters of the whole LLM: r * (in + out) per adapted module and layer. */
+export function loraParams(c: LlamaConfig, lora: LoraConfig): number {
+  return c.numLayers * loraModules(c, lora).reduce((n, m) => n + lora.r * (m.in + m.out), 0);
+}
+
 function projector(inDim: number, outDim: number, depth: number): number {
   return linear(inDim, outDim) + (depth - 1) * linear(outDim, outDim);
 }
@@ -73,6 +109,8 @@ export function countParameters(c: MGLLaVAConfig, stage: Stage): ModuleCount[] {
     if (ml) out.push({ module: 'multi_level_linear', params: aux.dims.reduce((n, ch) => n + linear(ch, ml), 0), trainable: true });
     out.push({ module: 'bbox_projector', params: projector(ml ?? concat, h, c.objects.projectorDepth), trainable: true });
   }
-  out.push({ module: 'llm', params: llama(c.llm), trainable: stage === 'finetune' });
+  const lora = c.lora ?? null;
+  out.push({ module: 'llm', params: llama(c.llm), trainable: stage === 'finetune' && !lora });
+  if (lora) out.push({ module: 'llm.lora', params: loraParams(c.llm, lora), trainable: stage === 'finetune' });
   return out;
 }
