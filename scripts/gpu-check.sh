@@ -80,7 +80,9 @@ const pieces = g ? Object.fromEntries(Object.entries(g.pieces).map(([n, p]) => [
 const result = {
   ok: errors.length === 0 && g != null && g.ok === true,
   adapter: doctor ? { ...doctor.webgpu.adapter, deviceLimits: doctor.webgpu.deviceLimits, dawn: doctor.webgpu.dawn, tfjsBackendWebgpu: doctor.webgpu.tfjsBackendWebgpu } : null,
-  golden: g ? { dir: golden, passed: Object.values(g.pieces).filter((p) => p.ok).length, failed: Object.values(g.pieces).filter((p) => !p.ok).length, pieces } : { skipped: `no golden set at ${golden} (set MGLLAVA_GOLDEN_DIR)` },
+  golden: g
+    ? { dir: golden, passed: Object.values(g.pieces).filter((p) => p.ok).length, failed: Object.values(g.pieces).filter((p) => !p.ok).length, pieces }
+    : read('golden', 'rc') == null ? { skipped: `no golden set at ${golden} (set MGLLAVA_GOLDEN_DIR)` } : null,
   tinyE2e: { webgpu: step(stepGpu), wasm: step(stepWasm) },
   llama: llama ? { hidden: llama.hidden, layers: llama.layers, positions: llama.positions, vocab: llama.vocab, params: llama.params, steps: llama.steps, medianStepMs: llama.medianStepMs, tokensPerS: llama.tokensPerS, loss: [llama.firstLoss, llama.lastLoss] } : null,
   seconds: { ...seconds, total: Math.round(Number(total) / 1000) },
