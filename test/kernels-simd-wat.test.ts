@@ -140,15 +140,16 @@ describe('the pack refuses another tfjs release', () => {
   });
 
   it('selecting the wasm backend fails with that error when the loaded tfjs-backend-wasm reports another version', () => {
-    // A fresh process (this one registered the pack at setup): fake the release the wasm package reports.
+    // A fresh process (this one registered the pack at setup) on the built code (test/global-setup.ts keeps
+    // dist/ current): fake the release the wasm package reports.
     const script = `
       import { createRequire } from 'node:module';
       createRequire(import.meta.url)('@tensorflow/tfjs-backend-wasm').version_wasm = '4.99.0';
-      const { selectBackend } = await import('./src/backend/select.ts');
+      const { selectBackend } = await import('./dist/backend/select.js');
       try { await selectBackend('wasm'); console.log('selected'); }
       catch (e) { console.log(e.constructor.name, e.category, e.message); }
     `;
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: REPO, encoding: 'utf8', env: { ...process.env, MGLLAVA_NATIVE: 'off' } });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: REPO, encoding: 'utf8', env: { ...process.env, MGLLAVA_NATIVE: 'off' } });
     expect(r.stdout, r.stderr).toMatch(/^\w*Error backend wasm kernel pack: found @tensorflow\/tfjs-backend-wasm 4\.99\.0 \(written for 4\.22\.0\)/);
   });
 });
