@@ -8,8 +8,8 @@
  */
 import type { CommandModule } from 'yargs';
 import { MgllavaError, UsageError, WeightsError } from '../errors.js';
-import { fromHfConfig, type LlamaConfig } from '../model/llm/config.js';
-import { openPretrained, readLlmConfig, writeConverted, type PretrainedSource } from '../io/pretrained.js';
+import type { LlamaConfig } from '../model/llm/config.js';
+import type { PretrainedSource } from '../io/pretrained.js';
 import type { PretrainedKind } from '../io/weight-maps.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
 
@@ -70,6 +70,9 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
   handler: async (args) => {
     if (args.kind === 'mgllava') return importMgllava(args);
     if (!args.list && !args.out) throw new UsageError('import: give --out FILE.safetensors (or --list to only inspect)');
+    // Loaded here, not at startup: the pretrained loaders pull in tfjs (see the command table in main.ts).
+    const { openPretrained, readLlmConfig, writeConverted } = await import('../io/pretrained.js');
+    const { fromHfConfig } = await import('../model/llm/config.js');
     try {
       let llm: LlamaConfig | undefined;
       if (args.kind === 'llm') llm = fromHfConfig(readLlmConfig(args.from));
