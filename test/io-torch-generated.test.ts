@@ -183,6 +183,13 @@ describe('hostile generated checkpoints', () => {
     }
   });
 
+  it('a stride-0 view may not blow a tiny storage up to gigabytes', async () => {
+    const t: GenTensor = { name: 'e', storage: storageOf('F32', 1), offset: 0, shape: [100_000, 100_000], stride: [0, 0], how: 'v2' };
+    await expectRefused(await file(zipCheckpoint([t])), /would expand 4 bytes of storage '0' to 40000000000 bytes/);
+    const ok: GenTensor = { ...t, shape: [3, 5] };
+    await expectReadsAs(await file(zipCheckpoint([ok])), [ok], null);
+  });
+
   it('a pickle naming a storage the archive lacks is refused', async () => {
     const s = storageOf('F32', 4);
     const t: GenTensor = { name: 'w', storage: { ...s, key: '42' }, offset: 0, shape: [4], stride: [1], how: 'v2' };

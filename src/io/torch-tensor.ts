@@ -99,6 +99,12 @@ export class UnsupportedTensor {
   constructor(readonly what: string) {}
 }
 
+/**
+ * A view may read more bytes than its storage holds only through stride 0 or overlapping strides (`expand`):
+ * beyond this many extra bytes it is refused, so a tiny storage cannot ask for terabytes.
+ */
+export const MAX_VIEW_EXPANSION = 1 << 30;
+
 /** Reads covering at most this much more than the tensor itself are done in one go, then gathered. */
 const GATHER_SLACK = 16 << 20;
 
@@ -347,6 +353,10 @@ export function torchHooks(o: TorchHooksOptions): PickleHooks {
         `a tensor of shape [${shape}] (stride [${strides}], offset ${offset}) reaches element ${numel === 0 ? offset : last} of storage ` +
           `'${storage.key}', which has ${capacity} ${torchDTypeName(dtype)} elements (corrupt or hostile file)`,
       );
+    }
+    const bytes = numel * FILE_DTYPES[dtype].size;
+    if (bytes > storageBytes + MAX_VIEW_EXPANSION) {
+      return fail(`a tensor of shape [${shape}] (stride [${strides}]) would expand ${storageBytes} bytes of storage '${storage.key}' to ${bytes} bytes (refused above ${MAX_VIEW_EXPANSION} extra)`);
     }
     return new TorchTensor(o.file, dtype, shape, strides, offset, storage);
   };
