@@ -17,6 +17,7 @@ import { getTemplate, TEMPLATES } from '../data/templates.js';
 import { imageTokensOf, objectTokenRoom, positionBudget, samplePositions } from '../data/token-budget.js';
 import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/tokenizer.js';
 import { saveView } from '../data/view.js';
+import { writeWordVocab } from '../data/word-vocab.js';
 import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import { DataError, fsError } from '../errors.js';
@@ -420,9 +421,36 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
   },
 };
 
+interface VocabArgs extends GlobalArgs {
+  records: string[];
+  out: string;
+  template: string;
+}
+
+const vocabCommand: CommandModule<GlobalArgs, VocabArgs> = {
+  command: 'vocab',
+  describe: "Write a word-level tokenizer.json over your records' words (for a small LLM trained from scratch)",
+  builder: (y) =>
+    y
+      .option('records', { type: 'string', array: true, demandOption: true, describe: 'LLaVA records files (give every split: train, eval)' })
+      .option('out', { type: 'string', demandOption: true, describe: 'folder for tokenizer.json + tokenizer_config.json' })
+      .option('template', { type: 'string', default: DATA_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
+      .example('$0 data vocab --records my-data/train.json --records my-data/eval.json --out my-data', 'then data.tokenizer: {type: hf, path: my-data/tokenizer.json}') as Argv<VocabArgs>,
+  handler: async (args) => {
+    await requireFolder(args.out, 'output folder');
+    const r = await writeWordVocab(args.records, getTemplate(args.template), args.out);
+    for (const b of r.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
+    process.stdout.write(
+      `${r.file}: ${r.vocabSize} ids from ${r.records} records${r.bad.length ? ` (${r.bad.length} unreadable, their words left out)` : ''}: ` +
+        `set model.llm.vocab_size to at least ${r.vocabSize}\n`,
+    );
+  },
+};
+
 export const dataCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'data <command>',
-  describe: 'Dataset tools: check, show, synth',
-  builder: (y) => y.command(checkCommand).command(showCommand).command(synthCommand).demandCommand(1, 'Name a data command: check, show or synth.'),
+  describe: 'Dataset tools: check, show, synth, vocab',
+  builder: (y) =>
+    y.command(checkCommand).command(showCommand).command(synthCommand).command(vocabCommand).demandCommand(1, 'Name a data command: check, show, synth or vocab.'),
   handler: () => undefined,
 };

@@ -180,7 +180,8 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
 }
 
 /** The literal text a template wraps around turns (no system prompt: training uses none). */
-function templateText(t: PromptTemplate): string[] {
+/** The words a template adds around the conversation (they join a word-level vocabulary). */
+export function templateText(t: PromptTemplate): string[] {
   return [formatTemplate(t.INSTRUCTION, { input: ' ', round: 1 }), t.SUFFIX, t.SEP];
 }
 
