@@ -10,12 +10,14 @@
  * seconds per image, the process's peak RSS and the backend's peak tensor memory (wasm heap).
  * Heavy: the large model is 438 M parameters (1.75 GB) and ~2.9 T multiply-adds per image.
  */
+import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { selectBackend } from '../src/backend/select.js';
 import { wasmPeakBytes, resetWasmPeak } from '../src/backend/memory.js';
 import { OWLV2_PRESETS, gridOf } from '../src/model/detector/config.js';
 import { Owlv2Detector } from '../src/model/detector/owlv2.js';
 import { Owlv2Session } from '../src/detect/detect.js';
+import { owlv2Preprocess } from '../src/detect/preprocess.js';
 import type { TextTokenizer } from '../src/data/tokenizer.js';
 import { Rng } from '../src/util/rng.js';
 
@@ -54,6 +56,7 @@ async function benchSize(size: 'base' | 'large') {
   const cfg = OWLV2_PRESETS[size];
   const rng = new Rng(1);
   resetWasmPeak();
+  const tensorsBefore = tf.memory().numTensors;
   let t = performance.now();
   const model = new Owlv2Detector(cfg, { rng: new Rng(0) });
   const buildS = (performance.now() - t) / 1000;
@@ -65,12 +68,20 @@ async function benchSize(size: 'base' | 'large') {
     session.setTags(Array.from({ length: numTags }, (_, i) => `tag ${i}`));
     const textS = (performance.now() - t) / 1000;
     const perImage: number[] = [];
+    const cpuPerImage: number[] = [];
+    let preprocessS = 0;
     let boxes = 0;
     for (let i = 0; i < numImages; i++) {
       const img = { width, height, data: Uint8Array.from({ length: width * height * 3 }, () => Math.floor(rng.next() * 256)) };
       t = performance.now();
+      owlv2Preprocess(img, { size: cfg.vision.imageSize }); // the host-side part alone (detectImage repeats it)
+      preprocessS = (performance.now() - t) / 1000;
+      const cpu0 = process.cpuUsage();
+      t = performance.now();
       const r = await session.detectImage(img);
       perImage.push((performance.now() - t) / 1000);
+      const cpu = process.cpuUsage(cpu0);
+      cpuPerImage.push((cpu.user + cpu.system) / 1e6);
       boxes += r.boxes.length;
     }
     return {
@@ -83,13 +94,18 @@ async function benchSize(size: 'base' | 'large') {
       buildSeconds: +buildS.toFixed(1),
       textSecondsOnce: +textS.toFixed(2),
       secondsPerImage: perImage.map((s) => +s.toFixed(1)),
+      /** CPU seconds of the process per image: close to the wall time on an idle machine with one native thread. */
+      cpuSecondsPerImage: cpuPerImage.map((s) => +s.toFixed(1)),
+      preprocessSeconds: +preprocessS.toFixed(2),
+      loadAverage: os.loadavg()[0]!.toFixed(1),
       boxes,
       peakRssMB: mb(process.resourceUsage().maxRSS * 1024),
       peakTensorMB: mb(wasmPeakBytes()),
-      numTensorsAfter: tf.memory().numTensors,
     };
   } finally {
     session.dispose();
+    const left = tf.memory().numTensors - tensorsBefore;
+    if (left !== 0) throw new Error(`${size}: ${left} tensors left after dispose`);
   }
 }
 
@@ -101,7 +117,8 @@ for (const size of sizes.length ? sizes : (['base', 'large'] as const)) {
   if (!json) {
     process.stdout.write(
       `${r.size} (${r.imageSize} px, ${r.patches} patches, ${(r.parameters / 1e6).toFixed(1)} M params) on ${choice.name}: ` +
-        `${r.secondsPerImage.join(', ')} s/image (${r.image}, ${r.tags} tags; text ${r.textSecondsOnce} s once; build ${r.buildSeconds} s), ` +
+        `${r.secondsPerImage.join(', ')} s/image (CPU ${r.cpuSecondsPerImage.join(', ')} s; preprocessing ${r.preprocessSeconds} s; ${r.image}, ${r.tags} tags; ` +
+        `text ${r.textSecondsOnce} s once; build ${r.buildSeconds} s; load average ${r.loadAverage}), ` +
         `peak RSS ${r.peakRssMB} MB, peak tensors ${r.peakTensorMB ?? '-'} MB\n`,
     );
   }

@@ -1,7 +1,7 @@
 /**
  * Boxes for new images: an OWLv2 detector with a fixed tag list, as MG-LLaVA generates its box JSON.
  *
- *   tags -> "a photo of {tag}" queries -> text tower, ONCE per tag list (kept as [1,Q,P])
+ *   tags -> "a photo of {tag}" queries -> text tower, once per distinct tag (cached; the image's list -> [1,Q,P])
  *   image -> decode -> owlv2Preprocess -> image features -> class head (logits [1,N,Q]) + box head
  *         -> mgllavaBoxes: threshold 0.2, .int() boxes in original-image pixels, per-label NMS 0.2
  *

@@ -127,7 +127,10 @@ export function operatorMatrix(op: AxisOperator): Float32Array {
 /** HF rescale: float32(u8 * (1/255)), HWC. */
 export function rescaleImage(img: RgbImage): FloatImage {
   const f = 1 / 255;
-  return { data: Float32Array.from(img.data, (v) => v * f), height: img.height, width: img.width, channels: 3 };
+  const src = img.data;
+  const out = new Float32Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = src[i]! * f;
+  return { data: out, height: img.height, width: img.width, channels: 3 };
 }
 
 /** Pad bottom and right to a square of side max(H,W) with `value`; the image stays at the top left. */
@@ -149,32 +152,39 @@ const blurs = (sigma: number) => sigma > 1e-15;
 
 /**
  * Row `y` of the blurred image (H pass then W pass, each rounded to float32), or the source row itself when
- * neither axis is blurred. `gh`/`gw` null: no blur along that axis.
+ * neither axis is blurred. `gh`/`gw` null: no blur along that axis. `cols`: the only columns the caller reads
+ * (the W pass skips the others; null = all).
  */
-function blurredRow(img: FloatImage, y: number, gh: AxisOperator | null, gw: AxisOperator | null): Float32Array {
+function blurredRow(img: FloatImage, y: number, gh: AxisOperator | null, gw: AxisOperator | null, cols: Int32Array | null): Float32Array {
   const { width: w, channels: ch, data } = img;
   const rowLen = w * ch;
   let row: Float32Array;
   if (gh) {
-    row = new Float32Array(rowLen);
     const acc = new Float64Array(rowLen);
-    for (let t = 0; t < gh.taps; t++) {
-      const src = gh.index[y * gh.taps + t]! * rowLen;
-      const wt = gh.weight[y * gh.taps + t]!;
+    const { taps, index, weight } = gh;
+    for (let t = 0; t < taps; t++) {
+      const src = index[y * taps + t]! * rowLen;
+      const wt = weight[y * taps + t]!;
       for (let i = 0; i < rowLen; i++) acc[i]! += wt * data[src + i]!;
     }
-    row.set(acc);
+    row = Float32Array.from(acc);
   } else {
     row = data.subarray(y * rowLen, (y + 1) * rowLen);
   }
   if (!gw) return row;
   const out = new Float32Array(rowLen);
-  for (let x = 0; x < w; x++) {
-    for (let c = 0; c < ch; c++) {
-      let s = 0;
-      for (let t = 0; t < gw.taps; t++) s += gw.weight[x * gw.taps + t]! * row[gw.index[x * gw.taps + t]! * ch + c]!;
-      out[x * ch + c] = s;
+  const { taps, index, weight } = gw;
+  const acc = new Float64Array(ch);
+  const n = cols ? cols.length : w;
+  for (let k = 0; k < n; k++) {
+    const x = cols ? cols[k]! : k;
+    acc.fill(0);
+    for (let t = 0; t < taps; t++) {
+      const wt = weight[x * taps + t]!;
+      const src = index[x * taps + t]! * ch;
+      for (let c = 0; c < ch; c++) acc[c]! += wt * row[src + c]!;
     }
+    for (let c = 0; c < ch; c++) out[x * ch + c] = acc[c]!;
   }
   return out;
 }
@@ -187,7 +197,7 @@ export function gaussianBlur(img: FloatImage, outHeight: number, outWidth: numbe
   const gw = blurs(sw) ? gaussianOperator(img.width, sw) : null;
   const out = new Float32Array(img.data.length);
   const rowLen = img.width * img.channels;
-  for (let y = 0; y < img.height; y++) out.set(blurredRow(img, y, gh, gw), y * rowLen);
+  for (let y = 0; y < img.height; y++) out.set(blurredRow(img, y, gh, gw, null), y * rowLen);
   return { ...img, data: out };
 }
 
@@ -205,17 +215,20 @@ export function owlv2Resize(img: FloatImage, outHeight: number, outWidth: number
   const zw = zoomOperator(w, outWidth);
   let lo = Infinity;
   let hi = -Infinity;
-  for (const v of data) {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
     if (v < lo) lo = v;
     if (v > hi) hi = v;
   }
+  // The zoom reads only these source columns (at most 2 per output column): the W blur computes no others.
+  const cols = gw ? Int32Array.from(new Set(Array.from(zw.index).filter((_, i) => zw.weight[i] !== 0))).sort() : null;
   // Blurred rows are needed in increasing order (the zoom is monotone, except where mirroring folds back at
   // the edges): a small cache keyed by row keeps each one computed once.
   const cache = new Map<number, Float32Array>();
   const rowOf = (y: number): Float32Array => {
     let r = cache.get(y);
     if (!r) {
-      r = blurredRow(img, y, gh, gw);
+      r = blurredRow(img, y, gh, gw, cols);
       cache.set(y, r);
       if (cache.size > 8) cache.delete(cache.keys().next().value!);
     }
@@ -223,6 +236,7 @@ export function owlv2Resize(img: FloatImage, outHeight: number, outWidth: number
   };
   const out = new Float32Array(outHeight * outWidth * ch);
   const col = new Float64Array(w * ch); // one output row after the H zoom (float64, as scipy keeps it)
+  const acc = new Float64Array(ch);
   for (let k = 0; k < outHeight; k++) {
     col.fill(0);
     for (let t = 0; t < zh.taps; t++) {
@@ -231,12 +245,19 @@ export function owlv2Resize(img: FloatImage, outHeight: number, outWidth: number
       const r = rowOf(zh.index[k * zh.taps + t]!);
       for (let i = 0; i < col.length; i++) col[i]! += wt * r[i]!;
     }
+    const zi = zw.index;
+    const zwt = zw.weight;
     for (let l = 0; l < outWidth; l++) {
+      acc.fill(0);
+      for (let t = 0; t < zw.taps; t++) {
+        const wt = zwt[l * zw.taps + t]!;
+        const src = zi[l * zw.taps + t]! * ch;
+        for (let c = 0; c < ch; c++) acc[c]! += wt * col[src + c]!;
+      }
+      const o = (k * outWidth + l) * ch;
       for (let c = 0; c < ch; c++) {
-        let s = 0;
-        for (let t = 0; t < zw.taps; t++) s += zw.weight[l * zw.taps + t]! * col[zw.index[l * zw.taps + t]! * ch + c]!;
-        const v = Math.fround(s);
-        out[(k * outWidth + l) * ch + c] = v < lo ? lo : v > hi ? hi : v;
+        const v = Math.fround(acc[c]!);
+        out[o + c] = v < lo ? lo : v > hi ? hi : v;
       }
     }
   }
@@ -247,10 +268,11 @@ export function owlv2Resize(img: FloatImage, outHeight: number, outWidth: number
 export function normalizeChannels(img: FloatImage, mean: readonly number[] = OWLV2_MEAN, std: readonly number[] = OWLV2_STD): Float32Array {
   const f = Math.fround;
   const ch = img.channels;
-  const m = Array.from({ length: ch }, (_, c) => f(mean[c]!));
-  const s = Array.from({ length: ch }, (_, c) => f(std[c]!));
-  const out = new Float32Array(img.data.length);
-  for (let i = 0; i < out.length; i++) out[i] = f(img.data[i]! - m[i % ch]!) / s[i % ch]!;
+  const m = Float32Array.from({ length: ch }, (_, c) => mean[c]!);
+  const s = Float32Array.from({ length: ch }, (_, c) => std[c]!);
+  const src = img.data;
+  const out = new Float32Array(src.length);
+  for (let p = 0; p < src.length; p += ch) for (let c = 0; c < ch; c++) out[p + c] = f(src[p + c]! - m[c]!) / s[c]!;
   return out;
 }
 
