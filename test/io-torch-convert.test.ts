@@ -96,11 +96,11 @@ describe('mgllava convert', () => {
     let live = 0;
     let peak = 0;
     const read = TorchTensor.prototype.read;
-    const spy = vi.spyOn(TorchTensor.prototype, 'read').mockImplementation(async function (this: TorchTensor) {
+    const spy = vi.spyOn(TorchTensor.prototype, 'read').mockImplementation(async function (this: TorchTensor, into?: Uint8Array) {
       live++;
       peak = Math.max(peak, live);
       try {
-        return await read.call(this);
+        return await read.call(this, into);
       } finally {
         live--;
       }

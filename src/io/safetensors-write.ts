@@ -19,6 +19,7 @@ import { SafetensorsError } from './safetensors-error.js';
 import { assertLittleEndianHost, elementCount, fileDTypeOf, FILE_DTYPES, isFileDType, type FileDType, type HostDType, type HostTensor } from './dtype.js';
 import { encodeHeader, type HeaderEntryOut } from './safetensors-header.js';
 import { readFully } from './safetensors-read.js';
+import { fsError } from '../errors.js';
 
 /** A tensor whose data is produced on demand (e.g. read back from a tf.Variable at export time). */
 export interface LazyTensor {
@@ -27,7 +28,10 @@ export interface LazyTensor {
   load(): HostTensor | Promise<HostTensor>;
 }
 
-/** A tensor written unconverted in a file dtype: `load()` returns its little-endian bytes, produced on demand. */
+/**
+ * A tensor written unconverted in a file dtype: `load()` returns its little-endian bytes, produced on demand. The
+ * writer is done with them before it calls the next tensor's `load()`, so loaders may hand out one reused buffer.
+ */
 export interface RawTensor {
   fileDtype: FileDType;
   shape: number[];
@@ -326,7 +330,7 @@ export async function buildFiles(
     return built;
   } catch (err) {
     await Promise.all(built.map((b) => removeQuietly(b.temp)));
-    throw err;
+    throw fsError(err, dest, 'writing'); // ENOSPC, EACCES, ...: one line naming the file
   } finally {
     await spool?.discard();
   }

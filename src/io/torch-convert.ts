@@ -53,10 +53,21 @@ export async function convertTorchCheckpoint(input: string, out: string, o: Conv
     if (reader.files().some((f) => real(f) === real(out))) throw new UsageError(`--out ${out} is the input file`);
     const names = reader.keys();
     if (names.length === 0) throw new WeightsError(`${source}: the state dict${reader.stateKey ? ` under '${reader.stateKey}'` : ''} holds no tensors (${reader.skipped.length} other entries)`);
+    // One buffer, as large as the largest tensor, holds each tensor in turn: the writer consumes a tensor's bytes
+    // before it loads the next, and fresh memory per tensor costs page faults on every byte (slow on VMs).
+    let scratch: Uint8Array | null = null;
+    const largest = Math.max(...names.map((n) => reader.tensor(n).byteLength));
     const tensors = new Map<string, RawTensor>();
     for (const name of names) {
       const t = reader.tensor(name);
-      tensors.set(name, { fileDtype: t.dtype, shape: [...t.shape], load: () => reader.readRaw(name) });
+      tensors.set(name, {
+        fileDtype: t.dtype,
+        shape: [...t.shape],
+        load: () => {
+          scratch ??= new Uint8Array(largest);
+          return reader.readRaw(name, scratch.subarray(0, t.byteLength));
+        },
+      });
     }
     const written = await writeShardedSafetensors(path.dirname(out), tensors, {
       maxShardBytes: o.maxShardBytes,

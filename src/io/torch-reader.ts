@@ -135,10 +135,10 @@ export class TorchStateReader implements TensorReader {
     return this.checkpoints.map((c) => c.file);
   }
 
-  /** Contiguous little-endian bytes in the saved dtype. */
-  async readRaw(name: string): Promise<Uint8Array> {
+  /** Contiguous little-endian bytes in the saved dtype (into `into`, exactly the tensor's size, when given). */
+  async readRaw(name: string, into?: Uint8Array): Promise<Uint8Array> {
     if (this.closed) throw new WeightsError(`${this.source}: tensor '${name}' read after close`);
-    return this.tensor(name).read();
+    return this.tensor(name).read(into);
   }
 
   /** float32 / int32, widened or narrowed as safetensors tensors are (src/io/dtype.ts). */

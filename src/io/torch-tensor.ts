@@ -152,14 +152,22 @@ export class TorchTensor {
     return true;
   }
 
-  /** The tensor's elements, contiguous row-major, little-endian, in its saved dtype (read now, by file offset). */
-  async read(): Promise<Uint8Array> {
+  /**
+   * The tensor's elements, contiguous row-major, little-endian, in its saved dtype (read now, by file offset), in a
+   * new array or in `into` (exactly `byteLength` bytes: a caller streaming many tensors reuses one buffer).
+   */
+  async read(into?: Uint8Array): Promise<Uint8Array> {
     const es = this.elementSize;
     let out: Uint8Array;
-    try {
-      out = new Uint8Array(this.byteLength);
-    } catch (e) {
-      throw new ResourceError(`${this.file}: cannot allocate ${this.byteLength} bytes for a ${torchDTypeName(this.dtype)} tensor of shape [${this.shape}]`, { cause: e });
+    if (into) {
+      if (into.length !== this.byteLength) throw new Error(`TorchTensor.read: target of ${into.length} bytes for a tensor of ${this.byteLength}`);
+      out = into;
+    } else {
+      try {
+        out = new Uint8Array(this.byteLength);
+      } catch (e) {
+        throw new ResourceError(`${this.file}: cannot allocate ${this.byteLength} bytes for a ${torchDTypeName(this.dtype)} tensor of shape [${this.shape}]`, { cause: e });
+      }
     }
     if (this.numel === 0) return out;
     if (this.contiguous) {
