@@ -28,7 +28,9 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
       .option('json', { type: 'boolean', default: false, describe: 'one JSON line per result' })
       .option('steps', { type: 'number', default: 10, describe: 'step: timed steps per mode (median reported)' })
       .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' })
-      .option('profile', { type: 'boolean', default: false, describe: 'step: time every kernel per phase instead (median of --steps profiled steps)' }),
+      .option('profile', { type: 'boolean', default: false, describe: 'step: time every kernel per phase instead (median of --steps profiled steps)' })
+      .example('$0 bench step', 'ms per tiny-e2e training step, pretrain and sft')
+      .example('$0 bench kernels --json', 'the kernel pack against the stock kernels, one JSON line per case'),
   handler: async (args) => {
     if (args.what === 'step') await benchStep(args);
     else if (args.what === 'llama') await benchLlama(args);

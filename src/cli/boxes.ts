@@ -50,7 +50,9 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
       .option('resume', { type: 'boolean', default: false, describe: 'continue an interrupted run (or add new images to an existing --out)' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace an existing --out' })
       .option('progress', { choices: ['auto', 'bar', 'lines', 'off'] as const, default: 'auto' as const, describe: 'a bar on a terminal, a line every 5 % otherwise (auto)' })
-      .option('json', { type: 'boolean', default: false, describe: 'print a JSON summary as the last line' }) as Argv<BoxesArgs>,
+      .option('json', { type: 'boolean', default: false, describe: 'print a JSON summary as the last line' })
+      .example('$0 boxes --detector models/owlv2-base-patch16-ensemble --images my-data/images --out my-data/boxes.json', 'boxes for every image of a folder')
+      .example('$0 boxes --detector models/owlv2-base-patch16-ensemble --records my-data/train.json --images my-data/images --tags cat,dog --out my-data/boxes.json', 'per record, for two tags') as Argv<BoxesArgs>,
   handler: async (args) => {
     if (!args.images && !args.records) throw new UsageError('boxes: give --images DIR or --records R', { hint: "'mgllava boxes --help' lists the options" });
     if (!(args.threshold >= 0 && args.threshold < 1)) throw new UsageError(`--threshold must be in [0, 1), got ${args.threshold}`);

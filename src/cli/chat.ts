@@ -6,19 +6,15 @@
 import { access } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
-import { ConfigError } from '../config/load.js';
-import { SafetensorsError } from '../io/safetensors.js';
-import { WeightLoadError } from '../nn/module.js';
-import { ImageError } from '../data/image.js';
 import type { BoxEntry } from '../data/records.js';
-import { getTemplate } from '../data/templates.js';
-import { ChatLengthError, ChatSession } from '../infer/chat.js';
-import { BoxEntryError, findBoxEntry } from '../infer/box-entry.js';
+import type { ChatSession } from '../infer/chat.js';
 import type { VisualTokens } from '../infer/generate.js';
-import { disposeVisual, loadImageInput, visualTokensFor } from '../infer/visual.js';
-import { RunDirError, loadRunModel, type RunModel } from '../train/run-dir.js';
-import { Rng } from '../util/rng.js';
-import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+import type { RunModel } from '../model/factory.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
+import { UsageError } from '../errors.js';
+
+/** Answer budget without --max-new-tokens: this many tokens, or fewer when the run's context has less room left. */
+const DEFAULT_ANSWER_TOKENS = 256;
 
 interface ChatArgs extends GlobalArgs {
   run: string;
@@ -29,9 +25,10 @@ interface ChatArgs extends GlobalArgs {
   step?: number;
   temperature: number;
   'top-p': number;
-  'max-new-tokens': number;
+  'max-new-tokens'?: number;
   system?: string;
   seed: number;
+  'show-boxes'?: string;
 }
 
 /** Options chat and eval share. */
@@ -41,21 +38,14 @@ export function runOptions<T>(y: Argv<T>) {
     .option('step', { type: 'number', describe: 'checkpoint step of the run directory (default: the newest complete one)' });
 }
 
-/** loadRunModel with its errors turned into user errors. */
+/** The run's model at `step` (default: the newest complete one). */
 export async function openRun(run: string, step: number | undefined): Promise<RunModel> {
-  try {
-    return await loadRunModel(run, step === undefined ? {} : { step });
-  } catch (e) {
-    if (e instanceof RunDirError || e instanceof ConfigError || e instanceof WeightLoadError || e instanceof SafetensorsError) {
-      throw new UserError((e as Error).message);
-    }
-    throw e;
-  }
+  const { loadRunModel } = await import('../model/factory.js');
+  return loadRunModel(run, step === undefined ? {} : { step });
 }
 
 export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
   command: 'chat <run> [prompt]',
-  describe: 'Answer a prompt about an image with a trained run (REPL without a prompt)',
   builder: (y) =>
     runOptions(y)
       .positional('prompt', { type: 'string', describe: 'the question; without it, an interactive session (/reset, /exit)' })
@@ -69,37 +59,46 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
       .option('box-id', { type: 'string', describe: 'key of the entry to use in --boxes (e.g. a record id)' })
       .option('temperature', { type: 'number', default: 0, describe: '0 = greedy; > 0 samples from softmax(logits / T)' })
       .option('top-p', { type: 'number', default: 1, describe: 'nucleus sampling mass in (0, 1] (with --temperature > 0)' })
-      .option('max-new-tokens', { type: 'number', default: 256, describe: 'answer length budget in tokens' })
+      .option('max-new-tokens', {
+        type: 'number',
+        describe: `answer length budget in tokens [default: what fits in the run's data.max_length after the prompt, at most ${DEFAULT_ANSWER_TOKENS}]`,
+      })
       .option('system', { type: 'string', describe: "system text for the template's SYSTEM slot (MG-LLaVA trains without one)" })
-      .option('seed', { type: 'number', default: 0, describe: 'sampling seed (same seed, same answers)' }) as Argv<ChatArgs>,
+      .option('seed', { type: 'number', default: 0, describe: 'sampling seed (same seed, same answers)' })
+      .option('show-boxes', { type: 'string', describe: 'write a PNG of the image as the model sees it: aux image with the object-token boxes numbered, low-res view beside it' })
+      .example('$0 chat checkpoints/tiny-shapes-finetune --image data/tiny-shapes/images/eval-00003.png --boxes data/tiny-shapes/boxes.json --box-id eval-00003-small_color "what color is the small square ?"', 'one answer')
+      .example('$0 chat checkpoints/tiny-shapes-finetune --image photo.png', 'an interactive session about an image (/reset, /exit)') as Argv<ChatArgs>,
   handler: async (args) => {
-    if (args['box-id'] !== undefined && !args.boxes) throw new UserError('--box-id needs --boxes');
-    if (args.boxes && !args.image) throw new UserError('--boxes needs --image');
-    if (!(Number.isInteger(args['max-new-tokens']) && args['max-new-tokens'] >= 1)) throw new UserError(`--max-new-tokens must be an integer >= 1, got ${args['max-new-tokens']}`);
-    if (!(args.temperature >= 0)) throw new UserError(`--temperature must be >= 0, got ${args.temperature}`);
-    if (!(args['top-p'] > 0 && args['top-p'] <= 1)) throw new UserError(`--top-p must be in (0, 1], got ${args['top-p']}`);
+    if (args['box-id'] !== undefined && !args.boxes) throw new UsageError('--box-id needs --boxes');
+    if (args.boxes && !args.image) throw new UsageError('--boxes needs --image');
+    if (args['show-boxes'] && !args.image) throw new UsageError('--show-boxes needs --image');
+    const maxNew = args['max-new-tokens'];
+    if (maxNew !== undefined && !(Number.isInteger(maxNew) && maxNew >= 1)) throw new UsageError(`--max-new-tokens must be an integer >= 1, got ${maxNew}`);
+    if (!(args.temperature >= 0)) throw new UsageError(`--temperature must be >= 0, got ${args.temperature}`);
+    if (!(args['top-p'] > 0 && args['top-p'] <= 1)) throw new UsageError(`--top-p must be in (0, 1], got ${args['top-p']}`);
     if (args.image) await requireFile(args.image, 'image');
+    const { checkOutputFile } = await import('../data/check.js');
+    if (args['show-boxes']) await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)');
+    const { findBoxEntry } = await import('../infer/box-entry.js');
     let entry: BoxEntry | null = null;
     if (args.boxes) {
-      try {
-        entry = (await findBoxEntry(args.boxes, args.image!, args['box-id'])).entry;
-      } catch (e) {
-        if (e instanceof BoxEntryError) throw new UserError(e.message);
-        throw e;
-      }
+      entry = (await findBoxEntry(args.boxes, args.image!, args['box-id'])).entry;
     }
     await backendFromArgs(args);
+    const { getTemplate } = await import('../data/templates.js');
+    const { imageOptionsOf } = await import('../data/image.js');
+    const { saveView, viewOfInput } = await import('../data/view.js');
+    const { ChatSession } = await import('../infer/chat.js');
+    const { disposeVisual, imageSizesOf, loadImageInput, visualTokensFor } = await import('../infer/visual.js');
+    const { Rng } = await import('../util/rng.js');
     const run = await openRun(args.run, args.step);
     let visual: VisualTokens | null = null;
     try {
       if (args.image) {
         if (!entry && run.model.objects) process.stderr.write(`note: no --boxes: ${args.image} gets the dummy box (one empty object token)\n`);
-        try {
-          visual = visualTokensFor(run.model, [await loadImageInput(run.model, args.image, entry)])[0]!;
-        } catch (e) {
-          if (e instanceof ImageError) throw new UserError(e.message);
-          throw e;
-        }
+        const input = await loadImageInput(run.model, args.image, entry, imageOptionsOf(run.config.data));
+        if (args['show-boxes']) await saveView(args['show-boxes'], viewOfInput(input, imageSizesOf(run.model.config)));
+        visual = visualTokensFor(run.model, [input])[0]!;
       }
       const session = new ChatSession({
         model: run.model,
@@ -107,19 +106,14 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
         template: getTemplate(run.config.data.template),
         visual,
         system: args.system,
-        maxNewTokens: args['max-new-tokens'],
+        maxNewTokens: maxNew ?? { fit: DEFAULT_ANSWER_TOKENS },
         maxLength: run.config.data.max_length,
         temperature: args.temperature,
         topP: args['top-p'],
         rng: new Rng(args.seed),
       });
       if (args.prompt !== undefined) {
-        try {
-          await session.ask(args.prompt, { onToken: (d) => process.stdout.write(d) });
-        } catch (e) {
-          if (e instanceof ChatLengthError) throw new UserError(e.message);
-          throw e;
-        }
+        await session.ask(args.prompt, { onToken: (d) => process.stdout.write(d) });
         process.stdout.write('\n');
       } else {
         process.stderr.write(
@@ -139,11 +133,12 @@ async function requireFile(file: string, what: string): Promise<void> {
   try {
     await access(file);
   } catch {
-    throw new UserError(`${what} not found: ${file}`);
+    throw new UsageError(`${what} not found: ${file}`);
   }
 }
 
 async function repl(session: ChatSession): Promise<void> {
+  const { ChatLengthError } = await import('../infer/chat.js');
   const tty = process.stdin.isTTY === true;
   const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: '> ', terminal: tty });
   let answering: AbortController | null = null;

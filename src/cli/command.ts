@@ -1,21 +1,27 @@
-/** Shared pieces of the CLI: the global options every command takes, and error reporting. */
+/**
+ * Shared pieces of the CLI: the global options every command takes, and the backend. Light on purpose (no
+ * tfjs): every command module imports it, and `--help` must not pay for tfjs.
+ */
 import type { Argv } from 'yargs';
-import { selectBackend, type BackendChoice } from '../backend/select.js';
+import type { BackendChoice } from '../backend/select.js';
 import { UsageError } from '../errors.js';
 
 export interface GlobalArgs {
   backend?: string;
 }
 
+/** The options every command takes (also listed by `mgllava --help`, usage.ts). */
+export const GLOBAL_OPTIONS = [{ name: 'backend', describe: 'TensorFlow.js backend: tensorflow | webgpu | wasm | cpu | auto (default: MGLLAVA_BACKEND or auto)' }] as const;
+
 export function withGlobalOptions<T>(y: Argv<T>): Argv<T & GlobalArgs> {
-  return y.option('backend', {
-    type: 'string',
-    describe: "TensorFlow.js backend: tensorflow | webgpu | wasm | cpu | auto (default: MGLLAVA_BACKEND or auto)",
-  }) as Argv<T & GlobalArgs>;
+  let out: Argv<T> = y;
+  for (const o of GLOBAL_OPTIONS) out = out.option(o.name, { type: 'string', describe: o.describe });
+  return out as Argv<T & GlobalArgs>;
 }
 
-/** Initialise the backend named by --backend / MGLLAVA_BACKEND (or the best that loads). */
-export function backendFromArgs(args: GlobalArgs): Promise<BackendChoice> {
+/** Initialise the backend named by --backend / MGLLAVA_BACKEND (or the best that loads); loads tfjs. */
+export async function backendFromArgs(args: GlobalArgs): Promise<BackendChoice> {
+  const { selectBackend } = await import('../backend/select.js');
   return selectBackend(args.backend ?? null);
 }
 

@@ -177,7 +177,9 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
   builder: (y) =>
     datasetOptions(y)
       .option('skip-bad', { type: 'string', describe: 'write the bad records to this JSONL report and exit 0' })
-      .option('image-check', { choices: ['decode', 'header'] as const, default: 'decode' as const, describe: 'decode every image fully, or read headers only' }) as Argv<CheckArgs>,
+      .option('image-check', { choices: ['decode', 'header'] as const, default: 'decode' as const, describe: 'decode every image fully, or read headers only' })
+      .example('$0 data check --config my-finetune.yaml', 'every bad record of the config\'s dataset before a long run')
+      .example('$0 data check --records r.json --boxes b.json --images imgs --tokenizer llama2 --skip-bad bad.jsonl', 'write the bad ones to a report and exit 0') as Argv<CheckArgs>,
   handler: async (args) => {
     const r = resolveData(args);
     // Every path is checked before the (long) check runs: one line naming the file, not a stack trace.
@@ -386,7 +388,9 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
       .option('size', { type: 'number', default: 200, describe: 'longest canvas side; sides are drawn from [0.6*size, size]' })
       .option('template', { type: 'string', default: DATA_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
       .option('overwrite', { type: 'boolean', default: false, describe: 'replace the files of an existing synthetic dataset in --out' })
-      .option('json', { type: 'boolean', default: false }) as Argv<SynthArgs>,
+      .option('json', { type: 'boolean', default: false })
+      .example('$0 data synth --out data/tiny-shapes', "the demo's dataset (3000 + 400 images)")
+      .example('$0 data synth --out /tmp/shapes --train 24 --eval 8 --seed 3', 'a small one for a quick test') as Argv<SynthArgs>,
   handler: async (args) => {
     let summary;
     try {
@@ -451,6 +455,13 @@ export const dataCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'data <command>',
   describe: 'Dataset tools: check, show, synth, vocab',
   builder: (y) =>
-    y.command(checkCommand).command(showCommand).command(synthCommand).command(vocabCommand).demandCommand(1, 'Name a data command: check, show, synth or vocab.'),
+    y
+      .command(checkCommand)
+      .command(showCommand)
+      .command(synthCommand)
+      .command(vocabCommand)
+      .demandCommand(1, 'Name a data command: check, show, synth or vocab.')
+      .example('$0 data check --config my-finetune.yaml', 'check a dataset')
+      .example('$0 data show 0 --config my-finetune.yaml', 'record 0 as the model sees it'),
   handler: () => undefined,
 };

@@ -1,6 +1,6 @@
 /** `mgllava doctor`: which backend runs, why, and what the machine offers. */
 import type { CommandModule } from 'yargs';
-import { runtimeInfo, type RuntimeInfo } from '../backend/info.js';
+import type { RuntimeInfo } from '../backend/info.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface DoctorArgs extends GlobalArgs {
@@ -9,10 +9,14 @@ interface DoctorArgs extends GlobalArgs {
 
 export const doctorCommand: CommandModule<GlobalArgs, DoctorArgs> = {
   command: 'doctor',
-  describe: 'Report the chosen TensorFlow.js backend, why, GPU/CUDA status, wasm threads and the memory ceiling',
-  builder: (y) => y.option('json', { type: 'boolean', default: false, describe: 'print one JSON object' }),
+  builder: (y) =>
+    y
+      .option('json', { type: 'boolean', default: false, describe: 'print one JSON object' })
+      .example('$0 doctor', 'which backend runs and why, and where matrix products run')
+      .example('$0 doctor --backend webgpu --json', 'the webgpu adapter and its limits, as JSON'),
   handler: async (args) => {
     await backendFromArgs(args);
+    const { runtimeInfo } = await import('../backend/info.js');
     const info = runtimeInfo();
     process.stdout.write(args.json ? `${JSON.stringify(info)}\n` : formatInfo(info));
   },

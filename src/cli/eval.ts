@@ -5,14 +5,11 @@
  */
 import { access } from 'node:fs/promises';
 import path from 'node:path';
-import { SingleBar } from 'cli-progress';
 import type { Argv, CommandModule } from 'yargs';
-import { getTemplate } from '../data/templates.js';
-import { EvalInputError, runEval, type EvalSummary } from '../infer/eval.js';
-import { imageFolder } from '../train/build-data.js';
-import { stepDirName } from '../train/run-dir.js';
+import type { EvalSummary } from '../infer/eval.js';
 import { openRun, runOptions } from './chat.js';
-import { backendFromArgs, UserError, type GlobalArgs } from './command.js';
+import { backendFromArgs, type GlobalArgs } from './command.js';
+import { UsageError } from '../errors.js';
 
 interface EvalArgs extends GlobalArgs {
   run: string;
@@ -29,7 +26,6 @@ interface EvalArgs extends GlobalArgs {
 
 export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
   command: 'eval <run>',
-  describe: 'Accuracy of a trained run on an eval set (normalised exact match, per category)',
   builder: (y) =>
     runOptions(y)
       .option('records', { type: 'string', demandOption: true, describe: 'eval records (.json array or .jsonl), one question per record, `category` field' })
@@ -40,6 +36,8 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       .option('batch-size', { type: 'number', default: 16, describe: 'questions generated together' })
       .option('limit', { type: 'number', describe: 'evaluate only the first N records' })
       .option('max-new-tokens', { type: 'number', default: 32, describe: 'answer length budget in tokens' })
+      .example('$0 eval checkpoints/tiny-shapes-finetune --records data/tiny-shapes/eval.json', 'accuracy overall and per category')
+      .example('$0 eval checkpoints/tiny-shapes-finetune --step 400 --records data/tiny-shapes/eval.json --limit 50 --json', 'one JSON line (with the matmul path that ran)')
       .epilog(
         "Each record is one question: its first human message(s) with the first gpt message as the reference (later turns " +
           'are not asked), answered greedily with the run\'s template. Correct = equal after normalisation: NFKC, lower case, ' +
@@ -47,14 +45,22 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       ) as Argv<EvalArgs>,
   handler: async (args) => {
     for (const [flag, v] of [['--batch-size', args['batch-size']], ['--max-new-tokens', args['max-new-tokens']], ['--limit', args.limit]] as const) {
-      if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new UserError(`${flag} must be an integer >= 1, got ${v}`);
+      if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new UsageError(`${flag} must be an integer >= 1, got ${v}`);
     }
     try {
       await access(args.records);
     } catch {
-      throw new UserError(`eval records not found: ${args.records}`);
+      throw new UsageError(`eval records not found: ${args.records}`);
     }
-    await backendFromArgs(args);
+    if (args.out) await (await import('../data/check.js')).checkOutputFile(args.out, 'the predictions file (--out)'); // before any evaluation
+    const backend = await backendFromArgs(args);
+    const { SingleBar } = await import('cli-progress');
+    const { getTemplate } = await import('../data/templates.js');
+    const { imageOptionsOf } = await import('../data/image.js');
+    const { runEval } = await import('../infer/eval.js');
+    const { imageFolder } = await import('../train/build-data.js');
+    const { stepDirName } = await import('../run/layout.js');
+    const { matmulPath } = await import('../backend/native.js');
     const run = await openRun(args.run, args.step);
     try {
       const stem = path.basename(args.records).replace(/\.(jsonl?|json)$/, '');
@@ -74,6 +80,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
           batchSize: args['batch-size'],
           limit: args.limit,
           maxNewTokens: args['max-new-tokens'],
+          image: imageOptionsOf(run.config.data),
           onProgress: (done, total) => {
             if (!bar) return;
             if (!started) bar.start(total, 0);
@@ -81,17 +88,17 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
             bar.update(done);
           },
         });
-      } catch (e) {
-        if (e instanceof EvalInputError) throw new UserError(e.message);
-        throw e;
       } finally {
         bar?.stop();
       }
       if (args.json) {
         const { accuracy, byCategory, count, correct, predictions, seconds } = summary;
-        process.stdout.write(`${JSON.stringify({ accuracy, byCategory, count, correct, predictions, step: run.step, seconds: round(seconds, 2) })}\n`);
+        // The matmul path: answers can differ in the last bits between the native addon and XNNPACK.
+        const runtime = { backend: backend.name, matmul: matmulPath(backend.name) };
+        process.stdout.write(`${JSON.stringify({ accuracy, byCategory, count, correct, predictions, step: run.step, seconds: round(seconds, 2), runtime })}\n`);
       } else {
         process.stdout.write(report(summary, args.records, run.runDir, run.step));
+        process.stdout.write(`backend ${backend.name}, matmul ${matmulPath(backend.name)}\n`);
       }
     } finally {
       run.model.dispose();

@@ -1,7 +1,5 @@
 /** `mgllava golden --dir DIR`: check the model against a golden set from the PyTorch reference. */
 import type { CommandModule } from 'yargs';
-import { formatReport, runGolden } from '../golden/run.js';
-import { RUNNERS } from '../golden/pieces/index.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface GoldenArgs extends GlobalArgs {
@@ -12,14 +10,17 @@ interface GoldenArgs extends GlobalArgs {
 
 export const goldenCommand: CommandModule<GlobalArgs, GoldenArgs> = {
   command: 'golden',
-  describe: 'Build each piece of a golden manifest from its config, run it and compare outputs and gradients',
   builder: (y) =>
     y
       .option('dir', { type: 'string', demandOption: true, describe: 'golden set folder (holds manifest.json)' })
       .option('only', { type: 'string', describe: 'comma-separated piece names (e.g. clip_vit,boxes.json)' })
-      .option('json', { type: 'boolean', default: false, describe: 'print one JSON object instead of the table' }),
+      .option('json', { type: 'boolean', default: false, describe: 'print one JSON object instead of the table' })
+      .example('$0 golden --dir ../shared/golden/public', 'every piece of the public golden set')
+      .example('$0 golden --dir ../shared/golden/public --only llama_b,fuse_v0 --json', 'two pieces, as JSON'),
   handler: async (args) => {
     await backendFromArgs(args);
+    const { formatReport, runGolden } = await import('../golden/run.js');
+    const { RUNNERS } = await import('../golden/pieces/index.js');
     const only = args.only ? args.only.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
     const report = await runGolden(args.dir, RUNNERS, only);
     if (args.json) {

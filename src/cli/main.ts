@@ -1,5 +1,10 @@
 /**
- * CLI entry: one table of subcommands, each a function in its own file.
+ * CLI entry: one table of subcommands, each a module of its own, loaded only when its command runs.
+ *
+ * Startup: `mgllava --help`, `mgllava` and an unknown command load no command module (no tfjs, no sharp): the
+ * command list comes from the table below. A command's module is imported when its name is on the command
+ * line, and the modules import their heavy dependencies inside their handlers, so `mgllava pretrain --help`
+ * and a mistyped flag return at once too.
  *
  * Argument errors (unknown flag, missing required option, bad value) stop here, before any handler runs:
  * yargs validates the whole command line first and `.fail()` throws a UsageError. Every error a command
@@ -7,24 +12,82 @@
  * exit code for an MgllavaError, a stack trace and "this is a bug" for anything else.
  */
 import { readFileSync } from 'node:fs';
-import yargs, { type Argv, type CommandModule } from 'yargs';
+import type { Argv, CommandModule } from 'yargs';
 import { reportError, UsageError } from '../errors.js';
 import { withGlobalOptions } from './command.js';
-import { doctorCommand } from './doctor.js';
-import { benchCommand } from './bench.js';
-import { dataCommand } from './data.js';
-import { goldenCommand } from './golden.js';
-import { exportCommand } from './export.js';
-import { importCommand } from './import.js';
-import { convertCommand } from './convert.js';
-import { chatCommand } from './chat.js';
-import { evalCommand } from './eval.js';
-import { boxesCommand } from './boxes.js';
-import { finetuneCommand, pretrainCommand } from './train.js';
-import { warmupCommand } from './warmup.js';
+import { commandList, rephrase, unknownOptions } from './usage.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const COMMANDS: CommandModule<any, any>[] = [doctorCommand, goldenCommand, benchCommand, dataCommand, exportCommand, importCommand, convertCommand, chatCommand, evalCommand, boxesCommand, warmupCommand, pretrainCommand, finetuneCommand];
+type AnyCommand = CommandModule<any, any>;
+
+/**
+ * A command: its yargs command string and one-line description (what `mgllava --help` lists; the module's own
+ * `command` must be the same, test/cli-help.test.ts checks), and how to load its CommandModule.
+ * To add a command, append one entry: `{ command, describe, load: () => import('./x.js').then((m) => m.xCommand) }`.
+ */
+export interface CommandEntry {
+  command: string;
+  describe: string;
+  load: () => Promise<AnyCommand>;
+}
+
+export const COMMANDS: readonly CommandEntry[] = [
+  { command: 'doctor', describe: 'Report the chosen TensorFlow.js backend, why, GPU/CUDA status, wasm threads and the memory ceiling', load: () => import('./doctor.js').then((m) => m.doctorCommand) },
+  { command: 'golden', describe: 'Build each piece of a golden manifest from its config, run it and compare outputs and gradients', load: () => import('./golden.js').then((m) => m.goldenCommand) },
+  {
+    command: 'bench <what>',
+    describe: 'Benchmarks: kernels (wasm kernel pack vs stock; webgpu kernels vs a plain matmul), step (tiny-e2e training step), llama (the LLM alone, h1024 x 8 layers, 512 positions)',
+    load: () => import('./bench.js').then((m) => m.benchCommand),
+  },
+  { command: 'data <command>', describe: 'Dataset tools: check, show, synth, vocab', load: () => import('./data.js').then((m) => m.dataCommand) },
+  { command: 'demo', describe: 'The whole pipeline on the synthetic shapes dataset: data, warm-up, pretrain, finetune, eval, export (--ablation: what each granularity adds)', load: () => import('./demo.js').then((m) => m.demoCommand) },
+  { command: 'export <run>', describe: 'Export a run to the PyTorch MG-LLaVA/XTuner or Hugging Face layout', load: () => import('./export.js').then((m) => m.exportCommand) },
+  {
+    command: 'import',
+    describe: 'Convert pretrained weights (CLIP ViT, OpenCLIP/timm ConvNeXt, LLaMA family) to MG-LLaVA names, or a released MG-LLaVA checkpoint to a run',
+    load: () => import('./import.js').then((m) => m.importCommand),
+  },
+  {
+    command: 'convert <in>',
+    describe: 'Convert a PyTorch checkpoint (.pth/.bin/.pt, DeepSpeed dir, HF .bin shards) to safetensors without running it',
+    load: () => import('./convert.js').then((m) => m.convertCommand),
+  },
+  { command: 'chat <run> [prompt]', describe: 'Answer a prompt about an image with a trained run (REPL without a prompt)', load: () => import('./chat.js').then((m) => m.chatCommand) },
+  { command: 'eval <run>', describe: 'Accuracy of a trained run on an eval set (normalised exact match, per category)', load: () => import('./eval.js').then((m) => m.evalCommand) },
+  {
+    command: 'boxes',
+    describe: 'Detect object boxes for a folder of images or a record file with OWLv2 (the box JSON training reads)',
+    load: () => import('./boxes.js').then((m) => m.boxesCommand),
+  },
+  {
+    command: 'warmup',
+    describe: 'Stage 0: train the encoders on object annotations with throw-away heads (a stand-in for pretrained CLIP/ConvNeXt weights; skip it with real weights)',
+    load: () => import('./warmup.js').then((m) => m.warmupCommand),
+  },
+  { command: 'pretrain', describe: 'Stage 1: train fusion + projectors with frozen encoders and LLM', load: () => import('./train.js').then((m) => m.pretrainCommand) },
+  { command: 'finetune', describe: 'Stage 2: train fusion + projectors + LLM, from the pretrain checkpoint (init.from)', load: () => import('./train.js').then((m) => m.finetuneCommand) },
+];
+
+/** The first word of a command string ('chat <run> [prompt]' -> 'chat'). */
+const nameOf = (command: string) => command.split(' ')[0]!;
+
+/**
+ * The table as yargs commands: the real module for every command named on the command line (any bare word
+ * equal to a command name: loading one too many costs time, never correctness), a stub for the others (it
+ * only lists the command and lets yargs suggest it for a typo; it never runs).
+ */
+async function commandsFor(argv: readonly string[]): Promise<AnyCommand[]> {
+  const words = new Set(argv.filter((a) => !a.startsWith('-')));
+  return Promise.all(
+    COMMANDS.map(async (e): Promise<AnyCommand> => {
+      if (!words.has(nameOf(e.command))) {
+        return { command: e.command, describe: e.describe, builder: (y) => y.strict(false), handler: () => { throw new Error(`command ${e.command} ran without its module`); } };
+      }
+      const m = await e.load();
+      return { ...m, describe: e.describe };
+    }),
+  );
+}
 
 /** The package version (package.json sits two levels above this file in src/ and in a compiled dist/). */
 function packageVersion(): string {
@@ -35,49 +98,19 @@ function packageVersion(): string {
   }
 }
 
-/** Edit distance with adjacent transpositions (optimal string alignment), for "did you mean" on a mistyped flag. */
-function editDistance(a: string, b: string): number {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
-  for (let i = 1; i <= a.length; i++) {
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
-    }
-  }
-  return d[a.length]![b.length]!;
-}
-
-/** yargs' validation messages in our words: "--progress: 'sideways' is not one of auto, bar, lines, off". */
-function rephrase(msg: string): string {
-  const invalid = [...msg.matchAll(/Argument: (\S+), Given: (.*?), Choices: (.*)/g)];
-  if (invalid.length) return invalid.map((m) => `--${m[1]}: ${m[2]} is not one of ${m[3]!.replace(/"/g, '')}`).join('; ');
-  const missing = /^Missing required arguments?: (.*)$/.exec(msg);
-  if (missing) return `missing required option ${missing[1]!.split(', ').map((n) => `--${n}`).join(', ')}`;
-  return msg.replace(/\s*\n\s*/g, ' ');
-}
-
-/** yargs' "Unknown arguments: max-step, maxStep" -> "unknown option --max-step (did you mean --max-steps?)". */
-function unknownOptions(msg: string, known: string[]): string | null {
-  const m = /^Unknown arguments?: (.*)$/.exec(msg);
-  if (!m) return null;
-  const dashed = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-  const given = m[1]!.split(', ');
-  // yargs also lists the camelCase twin of a dashed name: keep one spelling.
-  const names = given.filter((n) => !(/[A-Z]/.test(n) && given.includes(dashed(n))));
-  const flag = (n: string) => (n.length === 1 ? `-${n}` : `--${n}`);
-  const parts = names.map((n) => {
-    const best = known
-      .map((k) => ({ k, d: editDistance(n, k) }))
-      .filter((x) => x.d <= Math.max(1, Math.floor(n.length / 3)))
-      .sort((a, b) => a.d - b.d)[0];
-    return best ? `${flag(n)} (did you mean ${flag(best.k)}?)` : flag(n);
-  });
-  return `unknown option${parts.length > 1 ? 's' : ''} ${parts.join(', ')}`;
-}
-
 export async function main(argv: string[]): Promise<number> {
   const debug = process.env.MGLLAVA_DEBUG === '1';
+  const columns = Math.min(110, process.stdout.columns || 110);
+  // `mgllava`, `mgllava --help`: the command list from the table, without loading yargs or any command.
+  if (argv.length === 0 || (argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h'))) {
+    process.stdout.write(commandList(COMMANDS, columns));
+    return 0;
+  }
+  if (argv.length === 1 && argv[0] === '--version') {
+    process.stdout.write(`${packageVersion()}\n`);
+    return 0;
+  }
+  const { default: yargs } = await import('yargs');
   let cli: Argv | null = null;
   /** The command words of this command line ("data check"), for the usage hint. */
   const commandPath = (): string => {
@@ -99,7 +132,7 @@ export async function main(argv: string[]): Promise<number> {
     .version(packageVersion())
     // Never process.exit (output must flush, tests call main()): --help / --version return and run no handler.
     .exitProcess(false)
-    .wrap(Math.min(110, process.stdout.columns || 110))
+    .wrap(columns)
     // yargs types numbers but accepts "abc" as NaN: refuse it before any handler runs.
     .middleware((args) => {
       for (const [k, v] of Object.entries(args)) {
@@ -107,18 +140,15 @@ export async function main(argv: string[]): Promise<number> {
       }
     }, true)
     .fail((msg, err, usage) => {
-      if (err) throw err;
+      // A command's own error passes through; a .check() message (a string) or yargs' own YError is a usage error.
+      if (err instanceof Error && err.name !== 'YError') throw err;
+      msg = msg ?? (err instanceof Error ? err.message : null);
       const cmd = commandPath();
       const known = Object.keys((usage as unknown as { getDescriptions(): Record<string, unknown> }).getDescriptions());
       const what = unknownOptions(msg ?? '', known) ?? rephrase(msg ?? 'bad command line');
       throw new UsageError(`${cmd ? `${cmd}: ` : ''}${what}`, { hint: `'mgllava ${cmd ? `${cmd} ` : ''}--help' lists the ${cmd ? 'options' : 'commands'}` });
     });
-  for (const c of COMMANDS) cli.command(c);
-  if (argv.length === 0) {
-    // `mgllava` alone: the command list (not an error).
-    process.stdout.write(`${await cli.getHelp()}\n`);
-    return 0;
-  }
+  for (const c of await commandsFor(argv)) cli.command(c);
   try {
     await cli.parseAsync();
     // Handlers report failure through process.exitCode (never process.exit: output must flush).

@@ -23,10 +23,14 @@ export interface ChatOptions extends SamplingOptions {
   visual: VisualTokens | null;
   /** System text for the first turn (MG-LLaVA trains without one). */
   system?: string;
-  maxNewTokens: number;
+  /**
+   * The answer budget: a number of tokens, or `{ fit: n }`: n tokens, or fewer when the trained context
+   * (`maxLength`) has less room left after the prompt.
+   */
+  maxNewTokens: number | { fit: number };
   /**
    * Positions the model was trained on (the run's data.max_length): a turn whose prompt (image and
-   * object tokens included) plus maxNewTokens would exceed it is refused with a ChatLengthError.
+   * object tokens included) plus the answer budget would exceed it is refused with a ChatLengthError.
    */
   maxLength?: number;
 }
@@ -73,18 +77,32 @@ export class ChatSession {
     return ids.length + (v ? v.image.shape[0] + (v.objects?.shape[0] ?? 0) - 1 : 0);
   }
 
+  /** The answer budget of a prompt of `positions` positions (throws when nothing fits). */
+  private budget(positions: number): number {
+    const max = this.o.maxLength;
+    const want = this.o.maxNewTokens;
+    if (typeof want === 'number') {
+      if (max !== undefined && positions + want > max) {
+        throw new ChatLengthError(
+          `the conversation needs ${positions} prompt positions + ${want} new tokens, ` +
+            `more than the ${max} the model was trained on (data.max_length): /reset the history or lower --max-new-tokens`,
+        );
+      }
+      return want;
+    }
+    const room = max === undefined ? want.fit : Math.min(want.fit, max - positions);
+    if (room < 1) {
+      throw new ChatLengthError(`the conversation needs ${positions} prompt positions, the model was trained on ${max} (data.max_length): no room for an answer; /reset the history`);
+    }
+    return room;
+  }
+
   async ask(userText: string, a: AskOptions = {}): Promise<Generation> {
     const ids = this.promptIds(userText);
-    const max = this.o.maxLength;
-    if (max !== undefined && this.positions(ids) + this.o.maxNewTokens > max) {
-      throw new ChatLengthError(
-        `the conversation needs ${this.positions(ids)} prompt positions + ${this.o.maxNewTokens} new tokens, ` +
-          `more than the ${max} the model was trained on (data.max_length): /reset the history or lower --max-new-tokens`,
-      );
-    }
+    const maxNewTokens = this.budget(this.positions(ids));
     const [g] = await generate(this.o.model, [{ ids, visual: this.o.visual }], {
       tokenizer: this.o.tokenizer,
-      maxNewTokens: this.o.maxNewTokens,
+      maxNewTokens,
       stopWords: stopWords(this.o.template, this.o.tokenizer.eosToken),
       temperature: this.o.temperature,
       topP: this.o.topP,

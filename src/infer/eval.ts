@@ -20,18 +20,19 @@ import { rename, writeFile } from 'node:fs/promises';
 import { IMAGE_TOKEN } from '../data/constants.js';
 import { buildChatPrompt, llavaToTurns, pyStrip } from '../data/conversation.js';
 import { formatBadRecord } from '../data/check.js';
-import { ImageError, resolveImagePath } from '../data/image.js';
-import { loadBoxes, loadRecords, type BoxEntry, type LlavaRecord } from '../data/records.js';
+import { ImageError, resolveImagePath, type DecodeOptions } from '../data/image.js';
+import { loadBoxes, loadRecords, recordCategory, type BoxEntry, type LlavaRecord } from '../data/records.js';
 import { stopWords, type PromptTemplate } from '../data/templates.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
 import type { MGLLaVA } from '../model/mgllava.js';
 import { generate, type VisualTokens } from './generate.js';
 import { answersMatch } from './normalize.js';
 import { disposeVisual, loadImageInput, visualTokensFor, type ImageInput } from './visual.js';
+import { MgllavaError } from '../errors.js';
 
-export class EvalInputError extends Error {
+export class EvalInputError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'data');
     this.name = 'EvalInputError';
   }
 }
@@ -54,6 +55,8 @@ export interface EvalOptions {
   limit?: number;
   /** Answer length budget (default 32 tokens). */
   maxNewTokens?: number;
+  /** EXIF policy and pixel budget of the run (`imageOptionsOf(run.config.data)`; default: the reference's). */
+  image?: DecodeOptions;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -118,12 +121,12 @@ export async function runEval(o: EvalOptions): Promise<EvalSummary> {
   let generatedTokens = 0;
   let imagesEncoded = 0;
   try {
-    let pending = loadBatchImages(o.model, batches[0] ?? [], cache);
+    let pending = loadBatchImages(o.model, batches[0] ?? [], cache, new Set(), o.image);
     for (let k = 0; k < batches.length; k++) {
       const batch = batches[k]!;
       const loaded = await pending;
       // Decode the next batch's images while this one generates (host work overlaps the awaits of generate).
-      pending = loadBatchImages(o.model, batches[k + 1] ?? [], cache, new Set(loaded.keys()));
+      pending = loadBatchImages(o.model, batches[k + 1] ?? [], cache, new Set(loaded.keys()), o.image);
       pending.catch(() => undefined); // surfaced when awaited
       const keys = [...loaded.keys()];
       for (let i = 0; i < keys.length; i += IMAGES_PER_ENCODE) {
@@ -186,8 +189,8 @@ export function score(predictions: readonly Prediction[]): CategoryScore & { byC
 }
 
 function categoryOf(r: LlavaRecord): string | null {
-  const c = r.extra.category;
-  return typeof c === 'string' || typeof c === 'number' ? String(c) : null;
+  const c = recordCategory(r);
+  return 'category' in c ? c.category : null;
 }
 
 /** Read and check everything; an error lists every problem found (file, record, reason). */
@@ -220,6 +223,11 @@ async function checkInputs(o: EvalOptions): Promise<EvalItem[]> {
   const items: EvalItem[] = [];
   for (const [index, r] of records.entries()) {
     const at = `${r.source.file}${r.source.line !== undefined ? `:${r.source.line}` : ` [#${r.source.index}]`}: record ${JSON.stringify(r.id)}`;
+    const cat = recordCategory(r);
+    if ('problem' in cat) {
+      problems.push(`${at}: ${cat.problem}`);
+      continue;
+    }
     const turn = llavaToTurns(r.conversations)[0];
     if (!turn) {
       problems.push(`${at}: no human message before a gpt message (nothing to ask)`);
@@ -276,6 +284,7 @@ async function loadBatchImages(
   batch: readonly EvalItem[],
   cache: Map<string, VisualTokens>,
   skip: Set<string> = new Set(),
+  image: DecodeOptions = {},
 ): Promise<Map<string, ImageInput>> {
   const todo = new Map<string, EvalItem>();
   for (const it of batch) if (it.key && !cache.has(it.key) && !skip.has(it.key) && !todo.has(it.key)) todo.set(it.key, it);
@@ -283,7 +292,7 @@ async function loadBatchImages(
   await Promise.all(
     [...todo].map(async ([key, it]) => {
       try {
-        out.set(key, await loadImageInput(model, it.imageFile!, it.boxes));
+        out.set(key, await loadImageInput(model, it.imageFile!, it.boxes, image));
       } catch (e) {
         throw new EvalInputError(`eval: record ${JSON.stringify(it.record.id)} (${it.record.source.file}): ${(e as Error).message}`);
       }

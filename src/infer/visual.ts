@@ -11,18 +11,16 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { preprocessBoxes, type Box } from '../data/boxes.js';
-import { prepareImage, type ImageSizes } from '../data/image.js';
+import { prepareImage, type DecodeOptions, type ImageSizes } from '../data/image.js';
 import type { BoxEntry } from '../data/records.js';
-import { disposeFrozen, type MGLLaVA, type MGLLaVAConfig } from '../model/mgllava.js';
+import { disposeFrozen, imageSizesOf, type MGLLaVA } from '../model/mgllava.js';
 import type { VisualTokens } from './generate.js';
 
 /** `chat_preprocess_multi_modal`'s box rule (REFERENCE (i)): NMS IoU 0.2, per-label cap when > 100 boxes. */
 export const INFERENCE_BOX_RULE = { nmsThreshold: 0.2, limitNum: 100 } as const;
 
-/** Aux and low-res sides of a model. A low-res-only model has no aux encoder: its aux image is the low-res size. */
-export function imageSizesOf(c: MGLLaVAConfig): ImageSizes {
-  return { auxSize: c.visionAux?.imageSize ?? c.vision.imageSize, lowresSize: c.vision.imageSize };
-}
+/** Aux and low-res sides of a model (defined with the model). */
+export { imageSizesOf };
 
 /** One image ready for the frozen encoders (HWC float32). */
 export interface ImageInput {
@@ -34,10 +32,13 @@ export interface ImageInput {
 
 const NO_BOXES: BoxEntry = { boxes: [], labels: [], scores: [] };
 
-/** Read and preprocess one image with its detector entry (null: no detections, the dummy box). */
-export async function loadImageInput(model: MGLLaVA, file: string, entry: BoxEntry | null): Promise<ImageInput> {
+/**
+ * Read and preprocess one image with its detector entry (null: no detections, the dummy box). `image`: the
+ * run's EXIF policy and pixel budget, `imageOptionsOf(run.config.data)` (default: the reference's, ignore).
+ */
+export async function loadImageInput(model: MGLLaVA, file: string, entry: BoxEntry | null, image: DecodeOptions = {}): Promise<ImageInput> {
   const sizes = imageSizesOf(model.config);
-  const img = await prepareImage(file, sizes);
+  const img = await prepareImage(file, { ...sizes, ...image });
   const boxes = model.objects
     ? preprocessBoxes(entry ?? NO_BOXES, { origW: img.width, origH: img.height, auxSize: sizes.auxSize, ...INFERENCE_BOX_RULE }).boxes
     : null;

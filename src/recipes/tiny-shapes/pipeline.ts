@@ -1,29 +1,33 @@
 /**
- * The pieces `npm run demo` and `npm run demo:ablation` are made of: the synthetic dataset (made once per
- * seed and options), the stage-0 encoder warm-up, pretrain -> finetune (with a bounded "train on" when the
- * small-object questions are still at chance), eval, export. Library functions, called in one process: the
- * finetune reuses the frozen features the pretrain cached (same images, same warm-up encoders).
+ * The pieces `mgllava demo` and `mgllava demo --ablation` are made of: the synthetic dataset (made once per
+ * seed and options), the stage-0 encoder warm-up, pretrain -> finetune, eval, export, each as one call that
+ * logs a line and returns a `StageRecord` for the summary table. Called in one process: the finetune is handed
+ * the feature cache its pretrain filled (same images, same warm-up encoders), explicitly.
  *
- * Everything is relative to the working directory (the configs' paths are), configs are found next to
- * this script. Progress goes to `log` (one line per stage + the trainer's plain lines).
+ * Paths are relative to the working directory (the configs' are); the configs are the package's
+ * `configs/tiny-shapes/`.
  */
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from '../src/config/load.js';
-import { synthDataset, SYNTH_FILES } from '../src/data/synth.js';
-import { DEFAULT_ANNOTATE } from '../src/data/synth/annotate.js';
-import { DEFAULT_SCENE } from '../src/data/synth/scene.js';
-import { getTemplate } from '../src/data/templates.js';
-import { exportRun, type ExportResult } from '../src/io/export.js';
-import { runEval, type EvalSummary } from '../src/infer/eval.js';
-import { loadRunModel } from '../src/model/factory.js';
-import { runDirOf } from '../src/run/layout.js';
-import { train, type TrainResult } from '../src/train/trainer.js';
+import { loadConfig } from '../../config/load.js';
+import { synthDataset, SYNTH_FILES } from '../../data/synth.js';
+import { DEFAULT_ANNOTATE } from '../../data/synth/annotate.js';
+import { DEFAULT_SCENE } from '../../data/synth/scene.js';
+import { getTemplate } from '../../data/templates.js';
+import { DataError } from '../../errors.js';
+import { runEval, type EvalSummary } from '../../infer/eval.js';
+import { exportRun, type ExportResult } from '../../io/export.js';
+import { loadRunModel } from '../../model/factory.js';
+import { runDirOf } from '../../run/layout.js';
+import type { FeatureCache } from '../../train/feature-cache.js';
+import { train, type TrainResult } from '../../train/trainer.js';
+import { warmup, type WarmupResult } from '../../train/warmup.js';
 
-export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const CONFIGS = path.join(REPO, 'configs', 'tiny-shapes');
+/** The package root (src/recipes/tiny-shapes/ or dist/recipes/tiny-shapes/ is three levels below it). */
+export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const CONFIGS = path.join(PACKAGE_ROOT, 'configs', 'tiny-shapes');
 
 /** Small-object colour questions below this accuracy count as "not learned" (chance is 1/6). */
 export const SMALL_LEARNED = 0.5;
@@ -43,8 +47,8 @@ export interface StageRecord {
   note: string;
 }
 
-/** A config path as the user would type it (relative to the repository). */
-export const configName = (file: string) => path.relative(REPO, file);
+/** A config path as the user would type it (relative to the package). */
+export const configName = (file: string) => path.relative(PACKAGE_ROOT, file);
 
 export const secondsSince = (t0: number) => (performance.now() - t0) / 1000;
 export const pct = (x: number) => `${(100 * x).toFixed(1)} %`;
@@ -81,7 +85,7 @@ export async function ensureDataset(d: DataSpec, log: Log): Promise<StageRecord>
   let overwrite = false; // a folder without dataset.json is not ours: synthDataset refuses it if it is not empty
   if (existsSync(manifestFile)) {
     const m = JSON.parse(await readFile(manifestFile, 'utf8')) as Record<string, unknown>;
-    if (m.format !== 'mgllava-synth') throw new Error(`${d.dir} holds a dataset that is not a synthetic one (${manifestFile}); move it away or pick another folder`);
+    if (m.format !== 'mgllava-synth') throw new DataError(`${d.dir} holds a dataset that is not a synthetic one (${manifestFile}); move it away or pick another folder`);
     const have = Object.fromEntries(Object.keys(want).map((k) => [k, k === 'boxes' ? { jitter: (m.boxes as { jitter?: number })?.jitter, extras: (m.boxes as { extras?: number[] })?.extras } : m[k]]));
     const complete = SYNTH_FILES.every((f) => existsSync(path.join(d.dir, f)));
     if (complete && JSON.stringify(have) === JSON.stringify(want)) {
@@ -106,7 +110,7 @@ export interface StageConfig {
   sets: string[];
 }
 
-const lastMean = (r: TrainResult) => {
+const lastMean = (r: { losses: { loss: number; applied: boolean }[] }) => {
   const xs = r.losses.filter((l) => l.applied).slice(-10).map((l) => l.loss);
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN;
 };
@@ -116,51 +120,45 @@ export function runDirFor(c: StageConfig): string {
   return path.resolve(runDirOf(loadConfig(c.file, c.sets).config));
 }
 
-/** A fresh run (an earlier run of the same name is removed first, unless `resume`). */
-export async function trainStage(stage: 'pretrain' | 'finetune', label: string, c: StageConfig, log: Log, o: { resume?: boolean } = {}): Promise<{ record: StageRecord; result: TrainResult }> {
+/** Remove an earlier run of the same name (a fresh run), unless resuming. */
+async function freshRunDir(label: string, c: StageConfig, log: Log, resume: boolean): Promise<void> {
   const runDir = runDirFor(c);
-  if (!o.resume && existsSync(runDir)) {
+  if (!resume && existsSync(runDir)) {
     log.line(`[${label}] removing the previous run ${path.relative(process.cwd(), runDir)}`);
     await rm(runDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A pretrain or finetune run (an earlier run of the same name is removed first, unless `resume`).
+ * `featureCache`: the cache of the run before it (reused when its fingerprint matches); the result carries
+ * this run's cache for the next one.
+ */
+export async function trainStage(
+  stage: 'pretrain' | 'finetune',
+  label: string,
+  c: StageConfig,
+  log: Log,
+  o: { resume?: boolean; featureCache?: FeatureCache | null } = {},
+): Promise<{ record: StageRecord; result: TrainResult }> {
+  await freshRunDir(label, c, log, o.resume === true);
   log.line(`[${label}] mgllava ${stage} --config ${configName(c.file)}${c.sets.map((s) => ` --set ${s}`).join('')}${o.resume ? ' --resume auto' : ''}`);
   const t0 = performance.now();
-  const result = await train({ configFile: c.file, sets: c.sets, stage, resume: o.resume ? 'auto' : null, progress: 'lines', out: log.stream, err: log.stream });
+  const result = await train({ configFile: c.file, sets: c.sets, stage, resume: o.resume ? 'auto' : null, progress: 'lines', out: log.stream, err: log.stream, featureCache: o.featureCache });
   const record: StageRecord = { stage: label, seconds: secondsSince(t0), loss: lastMean(result), steps: result.step, note: path.relative(process.cwd(), result.runDir) };
   log.line(`[${label}] done in ${record.seconds.toFixed(1)} s: ${result.step} steps, loss ${record.loss!.toFixed(4)} (mean of the last 10 steps)`);
   return { record, result };
 }
 
-// ---------------------------------------------------------------------------------------------- warm-up
-
-/**
- * Stage 0 through its library entry (src/train/warmup.ts, `mgllava warmup`), when it exists. Returns null
- * when the warm-up stage is not available in this checkout (the caller then trains on random frozen encoders).
- */
-export async function warmupStage(c: StageConfig, log: Log, o: { resume?: boolean } = {}): Promise<{ record: StageRecord; runDir: string } | null> {
-  const modFile = path.join(REPO, 'src', 'train', 'warmup.ts');
-  if (!existsSync(c.file) || !existsSync(modFile)) {
-    log.line(`[warmup] NOT AVAILABLE (${existsSync(c.file) ? modFile : c.file} missing): the encoders stay random; DEMO-STUDY.md says accuracy will plateau far below the targets`);
-    return null;
-  }
-  const mod = (await import(modFile)) as {
-    warmup?: (o: { configFile: string; sets?: string[]; resume?: string | null; progress?: string; out?: NodeJS.WriteStream; err?: NodeJS.WriteStream }) => Promise<TrainResult>;
-  };
-  if (typeof mod.warmup !== 'function') {
-    log.line(`[warmup] NOT AVAILABLE (${modFile} exports no warmup()): the encoders stay random`);
-    return null;
-  }
-  const runDir = runDirFor(c);
-  if (!o.resume && existsSync(runDir)) {
-    log.line(`[warmup] removing the previous run ${path.relative(process.cwd(), runDir)}`);
-    await rm(runDir, { recursive: true, force: true });
-  }
+/** Stage 0 (`mgllava warmup`): the encoder warm-up (an earlier run of the same name is removed first, unless `resume`). */
+export async function warmupStage(c: StageConfig, log: Log, o: { resume?: boolean } = {}): Promise<{ record: StageRecord; result: WarmupResult }> {
+  await freshRunDir('warmup', c, log, o.resume === true);
   log.line(`[warmup] mgllava warmup --config ${configName(c.file)}${c.sets.map((s) => ` --set ${s}`).join('')}`);
   const t0 = performance.now();
-  const result = await mod.warmup({ configFile: c.file, sets: c.sets, resume: o.resume ? 'auto' : null, progress: 'lines', out: log.stream, err: log.stream });
+  const result = await warmup({ configFile: c.file, sets: c.sets, resume: o.resume ? 'auto' : null, progress: 'lines', out: log.stream, err: log.stream });
   const record: StageRecord = { stage: 'warmup', seconds: secondsSince(t0), loss: lastMean(result), steps: result.step, note: path.relative(process.cwd(), result.runDir) };
   log.line(`[warmup] done in ${record.seconds.toFixed(1)} s: ${result.step} steps, loss ${record.loss!.toFixed(4)}`);
-  return { record, runDir: result.runDir };
+  return { record, result };
 }
 
 // ---------------------------------------------------------------------------------------------- eval, export
@@ -209,28 +207,13 @@ export function smallAccuracy(s: EvalSummary): number | null {
   return s.byCategory[SMALL_CATEGORY]?.accuracy ?? null;
 }
 
-// ---------------------------------------------------------------------------------------------- arguments
+// ---------------------------------------------------------------------------------------------- run size
 
-/** The options both demo scripts take: where to run, and the run size (defaults: the study's recipe). */
-export const COMMON_OPTIONS = {
-  workdir: 'string',
-  resume: 'flag',
-  smoke: 'flag',
-  backend: 'string',
-  'train-images': 'number',
-  'eval-images': 'number',
-  'warmup-steps': 'number',
-  'pretrain-steps': 'number',
-  'finetune-steps': 'number',
-  'batch-size': 'number',
-  'eval-limit': 'number',
-} as const;
-
+/** How big a demo or ablation run is; null: the config's own value. */
 export interface RunSize {
   smoke: boolean;
   trainImages: number;
   evalImages: number;
-  /** null: the config's own value. */
   warmupSteps: number | null;
   pretrainSteps: number | null;
   finetuneSteps: number | null;
@@ -238,47 +221,29 @@ export interface RunSize {
   evalLimit: number | null;
 }
 
-/** A number option, or its default (`--smoke` picks the few-step defaults). */
-export function numberArg(args: Record<string, string | number | boolean>, key: string, dflt: number | null): number | null {
-  return typeof args[key] === 'number' ? (args[key] as number) : dflt;
-}
+/** The size options as given (undefined: not given). */
+export type RunSizeOptions = { smoke?: boolean } & { [K in Exclude<keyof RunSize, 'smoke'>]?: number };
 
-/** The run size from COMMON_OPTIONS: the study's recipe, or a handful of images and steps with --smoke. */
-export function runSize(args: Record<string, string | number | boolean>): RunSize {
-  const smoke = args.smoke === true;
-  const num = (k: string, dflt: number | null) => numberArg(args, k, dflt);
+/** The study's recipe, or with `smoke` a handful of images and steps; explicit options win either way. */
+export function runSize(o: RunSizeOptions): RunSize {
+  const smoke = o.smoke === true;
   return {
     smoke,
-    trainImages: num('train-images', smoke ? 12 : 3000)!,
-    evalImages: num('eval-images', smoke ? 4 : 400)!,
-    warmupSteps: num('warmup-steps', smoke ? 2 : null),
-    pretrainSteps: num('pretrain-steps', smoke ? 2 : null),
-    finetuneSteps: num('finetune-steps', smoke ? 3 : null),
-    batchSize: num('batch-size', smoke ? 4 : null),
-    evalLimit: num('eval-limit', null),
+    trainImages: o.trainImages ?? (smoke ? 12 : 3000),
+    evalImages: o.evalImages ?? (smoke ? 4 : 400),
+    warmupSteps: o.warmupSteps ?? (smoke ? 2 : null),
+    pretrainSteps: o.pretrainSteps ?? (smoke ? 2 : null),
+    finetuneSteps: o.finetuneSteps ?? (smoke ? 3 : null),
+    batchSize: o.batchSize ?? (smoke ? 4 : null),
+    evalLimit: o.evalLimit ?? null,
   };
 }
 
-/** `--name value` / `--flag` arguments (the scripts take a handful; no parser dependency needed). */
-export function parseArgs(argv: string[], spec: Record<string, 'flag' | 'number' | 'string'>): Record<string, string | number | boolean> {
-  const out: Record<string, string | number | boolean> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--') continue;
-    const m = /^--([\w-]+)(?:=(.*))?$/.exec(a);
-    const kind = m ? spec[m[1]!] : undefined;
-    if (!m || !kind) throw new Error(`unknown argument ${a}; known: ${Object.keys(spec).map((k) => `--${k}`).join(' ')}`);
-    if (kind === 'flag') {
-      out[m[1]!] = true;
-      continue;
-    }
-    const raw = m[2] ?? argv[++i];
-    if (raw === undefined) throw new Error(`--${m[1]} needs a value`);
-    if (kind === 'number') {
-      const v = Number(raw);
-      if (!Number.isFinite(v)) throw new Error(`--${m[1]} must be a number, got ${raw}`);
-      out[m[1]!] = v;
-    } else out[m[1]!] = raw;
-  }
-  return out;
+/** The --set overrides a run size adds to a stage. */
+export function sizeSets(size: RunSize, steps: number | null): string[] {
+  return [
+    ...(steps !== null ? [`train.max_steps=${steps}`] : []),
+    ...(size.batchSize !== null ? [`train.batch_size=${size.batchSize}`] : []),
+    ...(size.smoke ? ['train.save_steps=1000', 'train.log_steps=1'] : []),
+  ];
 }

@@ -1,0 +1,102 @@
+/**
+ * The command table and help (issues 11 item 6, 17 item 6): every command's --help teaches with an example;
+ * the table's command strings and descriptions match the modules; `mgllava`, `--help`, a command's `--help`
+ * and a mistyped flag load neither tfjs nor sharp (what made `--help` take seconds).
+ */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { COMMANDS, main } from '../src/cli/main.js';
+
+const REPO = path.resolve(import.meta.dirname, '..');
+const tmp = mkdtempSync(path.join(tmpdir(), 'mgllava-help-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
+  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
+  const l = vi.spyOn(console, 'log').mockImplementation((s) => void out.push(`${String(s)}\n`)); // yargs prints help there
+  try {
+    return { code: await main(argv), out: out.join(''), err: err.join('') };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+    l.mockRestore();
+    process.exitCode = undefined;
+  }
+}
+
+describe('command table', () => {
+  it.each(COMMANDS.map((c) => [c.command, c] as const))('%s: the module has the same command string and description', async (_, entry) => {
+    const m = await entry.load();
+    expect(m.command).toBe(entry.command);
+    if (m.describe !== undefined) expect(m.describe).toBe(entry.describe);
+  });
+});
+
+describe('--help', () => {
+  const names = [...COMMANDS.map((c) => c.command.split(' ')[0]!), 'data check', 'data show', 'data synth', 'data vocab'];
+  it.each(names)('mgllava %s --help shows its options and at least one example', async (words) => {
+    const argv = words.split(' ');
+    const r = await cli([...argv, '--help']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/Options:/);
+    expect(r.out).toMatch(/Examples:\n {2}mgllava /);
+  });
+
+  it('`mgllava --help` lists every command of the table with its description', async () => {
+    const r = await cli(['--help']);
+    expect(r.code).toBe(0);
+    for (const c of COMMANDS) expect(r.out).toContain(`mgllava ${c.command}`);
+    expect(r.out).toMatch(/--backend {3}TensorFlow\.js backend/);
+    expect((await cli([])).out).toBe(r.out);
+  });
+});
+
+describe('startup loads only what the command line needs', () => {
+  // Runs the compiled CLI in a child and reports which heavy CommonJS packages it loaded.
+  const probe = path.join(tmp, 'probe.mjs');
+  writeFileSync(
+    probe,
+    `import { createRequire } from 'node:module';
+const req = createRequire(${JSON.stringify(path.join(REPO, 'package.json'))});
+const { main } = await import(${JSON.stringify(path.join(REPO, 'dist/cli/main.js'))});
+const write = process.stdout.write.bind(process.stdout);
+process.stdout.write = () => true;
+process.stderr.write = () => true;
+const log = console.log;
+console.log = () => undefined;
+const code = await main(process.argv.slice(2));
+process.stdout.write = write;
+console.log = log;
+const heavy = Object.keys(req.cache).filter((k) => /node_modules\\/(@tensorflow|sharp)\\//.test(k)).map((k) => k.replace(/.*node_modules\\//, '').split('/').slice(0, 2).join('/'));
+console.log(JSON.stringify({ code, heavy: [...new Set(heavy)] }));
+`,
+  );
+  const run = (...argv: string[]) => {
+    const r = spawnSync(process.execPath, [probe, ...argv], { encoding: 'utf8', cwd: tmp });
+    expect(r.status, r.stderr).toBe(0);
+    return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { code: number; heavy: string[] };
+  };
+
+  it('--help, no command, --version, a command --help and a mistyped flag load neither tfjs nor sharp', () => {
+    expect(run('--help')).toEqual({ code: 0, heavy: [] });
+    expect(run()).toEqual({ code: 0, heavy: [] });
+    expect(run('--version')).toEqual({ code: 0, heavy: [] });
+    for (const c of ['pretrain', 'finetune', 'warmup', 'eval', 'chat', 'export', 'doctor', 'golden', 'demo']) {
+      expect(run(c, '--help'), c).toEqual({ code: 0, heavy: [] });
+      expect(run(c, 'x', '--no-such-flag'), c).toEqual({ code: 1, heavy: [] });
+    }
+  });
+
+  it('a command that computes loads tfjs then (doctor)', () => {
+    const r = run('doctor', '--backend', 'cpu');
+    expect(r.code).toBe(0);
+    expect(r.heavy).toContain('@tensorflow/tfjs-core');
+  });
+});
