@@ -25,9 +25,11 @@ import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, typ
 import { SafetensorsReader, writeSafetensors, writeShardedSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 import { convertedReader, openPretrained, plannedTargets, readPretrainedConfigs, unknownSources, type PretrainedSource } from './pretrained.js';
 import { writeTorchPth } from './torch-pth.js';
+import { exportMerge, exportPeft, mergeLora } from './peft.js';
+import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { llmHfPlan, llmHfTensor, PART_PREFIX } from './weight-maps.js';
 
-export type ExportFormat = 'xtuner' | 'hf';
+export type ExportFormat = 'xtuner' | 'hf' | 'peft';
 
 export class ExportError extends Error {
   constructor(message: string) {
@@ -72,6 +74,8 @@ export interface ExportOptions {
   pth?: boolean;
   /** Write into a non-empty `out` (files of the same names are replaced). */
   overwrite?: boolean;
+  /** xtuner / hf of a LoRA run: the LLM weights with the adapters merged, W + scaling * B A (src/io/peft.ts). */
+  merge?: boolean;
 }
 
 export interface ExportResult {
@@ -184,18 +188,24 @@ const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
 
 async function exportXtuner(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
   const llmTrained = r.state.stage === 'finetune';
-  // Only the step's trained weights: the reference never saves frozen ones.
-  const weights = await RunWeights.open([path.join(r.stepDir, MODEL_FILE)]);
+  const lora = exportMerge(r.config, 'xtuner', o.merge ?? false);
+  // Only the step's trained weights: the reference never saves frozen ones. Merged LoRA: every LLM weight (base + adapters).
+  const llmDir = r.config.model.llm.pretrained;
+  const weights = lora
+    ? await RunWeights.open([path.join(r.stepDir, MODEL_FILE), path.join(r.runDir, BASE_FILE)], llmDir ? [async () => pretrainedSource(await openPretrained(llmDir, 'llm', modelConfigFrom(r.config.model, readPretrainedConfigs(r.config.model)).llm))] : [])
+    : await RunWeights.open([path.join(r.stepDir, MODEL_FILE)]);
   try {
-    const all = weights.select(() => true);
-    const chosen = weights.select((n) => isXtunerKey(n, llmTrained));
-    const skipped = [...all.keys()].filter((n) => !chosen.has(n));
+    const all = weights.select((n) => !lora || !n.startsWith('visual_encoder'));
+    const picked = weights.select((n) => isXtunerKey(n, llmTrained));
+    const lazyChosen = lora ? mergeLora(weights.lazy(picked), lora) : weights.lazy(picked);
+    const chosen = new Map([...lazyChosen].map(([n, t]) => [n, { shape: t.shape }]));
+    const skipped = [...all.keys()].filter((n) => !chosen.has(n) && !(lora && LlamaForCausalLM.isLoraWeight(n)));
     if (chosen.size === 0) throw new ExportError(`${r.stepDir}/${MODEL_FILE} holds no fuse_module/projector/llm weights to export`);
     const files = [MODEL_FILE];
     const meta = { source: 'mgllava', run: path.basename(r.runDir), stage: r.state.stage, iter: r.step, seed: r.config.seed, config_hash: r.state.configHash };
-    await writeSafetensors(path.join(o.out, MODEL_FILE), weights.lazy(chosen), { format: 'pt', ...Object.fromEntries(Object.entries(meta).map(([k, v]) => [k, String(v)])) });
+    await writeSafetensors(path.join(o.out, MODEL_FILE), lazyChosen, { format: 'pt', ...Object.fromEntries(Object.entries(meta).map(([k, v]) => [k, String(v)])) });
     if (o.pth ?? true) {
-      await writeTorchPth(path.join(o.out, XTUNER_PTH_FILE), weights.lazy(chosen), { meta });
+      await writeTorchPth(path.join(o.out, XTUNER_PTH_FILE), lazyChosen, { meta });
       files.push(XTUNER_PTH_FILE);
     }
     await writeFile(
@@ -270,7 +280,10 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
     llmDir ? [async () => pretrainedSource(await openPretrained(llmDir, 'llm', llm))] : [],
   );
   try {
-    const llmWeights = weights.select((n) => n.startsWith(PART_PREFIX.llm));
+    const lora = exportMerge(r.config, 'hf', o.merge ?? false);
+    // Adapters go in merged (--merge) or not at all (a pretrain run's untrained ones).
+    const llmSelected = weights.select((n) => n.startsWith(PART_PREFIX.llm) && (lora !== null || !LlamaForCausalLM.isLoraWeight(n)));
+    const llmWeights = lora ? mergeLora(weights.lazy(llmSelected), lora) : weights.lazy(llmSelected); // merged: W + scaling * B A
     if (llmWeights.size === 0) throw new ExportError(`run ${r.runDir}: no llm.* weights in the step, ${BASE_FILE} or a pretrained dir`);
     const plan = llmHfPlan(
       [...llmWeights].map(([name, t]) => ({ name, shape: t.shape })),
@@ -283,7 +296,7 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
         shape: p.shape,
         load: async () => {
           const src = new Map<string, HostTensor>();
-          for (const s of p.sources) src.set(s, await llmWeights.get(s)!.source.read(s));
+          for (const s of p.sources) src.set(s, await llmWeights.get(s)!.load());
           return llmHfTensor(p, src, llm);
         },
       });
@@ -327,6 +340,7 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
 export async function exportRun(run: string, o: ExportOptions): Promise<ExportResult> {
   const r = await openRun(run, o.step);
   await prepareOut(o.out, o.overwrite ?? false);
+  if (o.format === 'peft') return exportPeft(r, o.out);
   return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
 }
 

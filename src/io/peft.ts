@@ -17,7 +17,11 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { WeightsError } from '../errors.js';
+import { MgllavaError, UsageError, WeightsError } from '../errors.js';
+import type { ExperimentConfig } from '../config/schema.js';
+import { modelConfigFrom } from '../config/build-model.js';
+import { readPretrainedConfigs } from './pretrained.js';
+import type { ExportResult } from './export.js';
 import type { LlamaWeightFormat } from '../model/llm/config.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { loraMembers, loraScaling, resolveLoraTargets, LLAMA_LORA_TARGETS, PHI3_LORA_TARGETS, type LoraConfig, type LoraTarget } from '../model/llm/lora.js';
@@ -290,4 +294,92 @@ export function mergeLora(weights: Map<string, LazyTensor>, config: LoraConfig):
 /** The target module names a LoRA config resolves to for a checkpoint layout (PEFT's `target_modules`). */
 export function targetModules(config: LoraConfig, format: LlamaWeightFormat | undefined): LoraTarget[] {
   return resolveLoraTargets(config, format ?? 'llama');
+}
+
+/** The LoRA config a run was trained with, null when it has no adapters. */
+export function runLora(config: ExperimentConfig): LoraConfig | null {
+  const section = config.model.llm.lora;
+  if (!section) return null;
+  return resolveLoraConfig(section, section.from ? readAdapterConfig(section.from) : null);
+}
+
+/**
+ * The adapters to merge into a full-weight export (`--format xtuner|hf --merge`), or null. A LoRA run's
+ * LLM weights exist only as base + adapters, so a full-weight export of one needs --merge (or --format peft);
+ * --merge on a run without adapters is refused rather than ignored.
+ */
+export function exportMerge(config: ExperimentConfig, format: string, merge: boolean): LoraConfig | null {
+  const lora = runLora(config);
+  if (merge && !lora) throw new UsageError(`--merge: run '${config.name}' has no LoRA adapters (model.llm.lora is not set); export it without --merge`);
+  if (lora && !merge && config.stage === 'finetune') {
+    throw new UsageError(`run '${config.name}' trained LoRA adapters: export --format ${format} --merge (W + scaling * B A), or --format peft for the adapters alone`);
+  }
+  return merge ? lora : null;
+}
+
+/** A run checkpoint as the exporter sees it. */
+export interface PeftRunInfo {
+  runDir: string;
+  stepDir: string;
+  step: number;
+  state: { stage: string; configHash: string };
+  config: ExperimentConfig;
+}
+
+/** The MG-LLaVA modules written beside the adapter (the reference's key names). */
+const MM_PREFIXES = ['fuse_module.', 'projector.', 'bbox_projector.', 'multi_level_linear.'];
+export const PEFT_MM_FILE = 'mm_modules.safetensors';
+
+/**
+ * `mgllava export RUN --format peft`: the step's adapters as a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors), the projectors and fusion it trained beside them (mm_modules.safetensors), and
+ * mgllava.json describing both.
+ */
+export async function exportPeft(r: PeftRunInfo, out: string): Promise<ExportResult> {
+  const lora = runLora(r.config);
+  if (!lora) throw new UsageError(`--format peft: run '${r.config.name}' has no LoRA adapters (model.llm.lora is not set); use --format xtuner or hf`);
+  const llm = modelConfigFrom(r.config.model, readPretrainedConfigs(r.config.model)).llm;
+  const config = { ...lora, targets: resolveLoraTargets(lora, llm.weightFormat ?? 'llama') };
+  const file = path.join(r.stepDir, 'model.safetensors');
+  const reader = await SafetensorsReader.open(file);
+  try {
+    const lazy = (n: string): LazyTensor => ({ dtype: 'float32', shape: reader.info(n).shape, load: () => reader.read(n) });
+    const names = reader.keys().sort();
+    const adapters = new Map(names.filter((n) => LlamaForCausalLM.isLoraWeight(n)).map((n) => [n, lazy(n)]));
+    const mm = new Map(names.filter((n) => MM_PREFIXES.some((p) => n.startsWith(p))).map((n) => [n, lazy(n)]));
+    const skipped = names.filter((n) => !adapters.has(n) && !mm.has(n));
+    if (adapters.size === 0) {
+      throw new MgllavaError(`${file} holds no LoRA weights: step ${r.step} is a ${r.state.stage} checkpoint, which does not train the adapters`, 'run');
+    }
+    const meta = { source: 'mgllava', run: path.basename(r.runDir), step: String(r.step), config_hash: r.state.configHash };
+    const files = await writePeftAdapter(out, { config, baseModel: r.config.model.llm.pretrained ?? null, adapters, metadata: meta });
+    if (mm.size) {
+      await writeSafetensors(path.join(out, PEFT_MM_FILE), mm, { format: 'pt', ...meta });
+      files.push(PEFT_MM_FILE);
+    }
+    await writeFile(
+      path.join(out, 'mgllava.json'),
+      `${JSON.stringify(
+        {
+          format: 'mgllava-peft-export',
+          version: 1,
+          run: path.basename(r.runDir),
+          step: r.step,
+          stage: r.state.stage,
+          config_hash: r.state.configHash,
+          adapter: { files: [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE], tensors: adapters.size, scaling: loraScaling(config) },
+          mm_modules: { file: mm.size ? PEFT_MM_FILE : null, keys: [...mm].map(([n, t]) => ({ name: n, shape: t.shape })) },
+          load:
+            "PEFT: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), '<this dir>'); mgllava: model.llm.lora.from: '<this dir>' " +
+            '(the projectors: init.from a run, or load mm_modules.safetensors)',
+        },
+        null,
+        2,
+      )}\n`,
+    );
+    files.push('mgllava.json');
+    return { format: 'peft', out, runDir: r.runDir, step: r.step, stage: r.state.stage, files, tensors: adapters.size, skipped };
+  } finally {
+    await reader.close();
+  }
 }

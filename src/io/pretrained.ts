@@ -33,6 +33,7 @@ import {
 } from './weight-maps.js';
 import type { LlamaConfig } from '../model/llm/config.js';
 import { readAdapterConfig } from './peft.js';
+import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { MgllavaError } from '../errors.js';
 
 export class PretrainedError extends MgllavaError {
@@ -282,7 +283,8 @@ export async function loadPretrainedPart(model: MGLLaVA, kind: PretrainedKind, d
   const prefix = PART_PREFIX[kind];
   const part = kind === 'clip' ? model.vision : kind === 'convnext' ? model.visionAux : model.llm;
   if (!part) throw new PretrainedError(`model.vision_aux.pretrained = ${dir}, but the model has no high-resolution encoder`);
-  const target = part.weightMap(prefix);
+  // LoRA adapters are never in a pretrained LLM directory (they start fresh or from model.llm.lora.from).
+  const target = new Map([...part.weightMap(prefix)].filter(([n]) => !LlamaForCausalLM.isLoraWeight(n)));
   const src = await openPretrained(dir, kind, model.config.llm);
   try {
     checkPlan(

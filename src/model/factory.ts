@@ -20,6 +20,8 @@ import { loadWeightsFile } from '../io/weights-io.js';
 import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint } from '../run/layout.js';
 import { Rng } from '../util/rng.js';
 import { MGLLaVA, type MGLLaVAConfig, type Stage } from './mgllava.js';
+import { LlamaForCausalLM } from './llm/llama.js';
+import { loadAdapterWeights } from '../io/peft.js';
 
 /** Checkpoint-name prefixes of the encoders (what a warm-up checkpoint holds, what init.encoders_from loads). */
 export const ENCODER_PREFIXES = ['visual_encoder.', 'visual_encoder_aux.'] as const;
@@ -45,9 +47,11 @@ export function pretrainedPrefixes(m: ModelSection): string[] {
   return out;
 }
 
+/** Whether a weight comes from a pretrained directory: LoRA adapters from `model.llm.lora.from` only, never from the LLM's. */
 export function fromPretrained(m: ModelSection): (name: string) => boolean {
   const prefixes = pretrainedPrefixes(m);
-  return (name) => prefixes.some((p) => name.startsWith(p));
+  const adapters = !!m.llm.lora?.from;
+  return (name) => (LlamaForCausalLM.isLoraWeight(name) ? adapters : prefixes.some((p) => name.startsWith(p)));
 }
 
 /** Names that go into base.safetensors: not trained by the config's stage, not from a pretrained dir. */
@@ -61,6 +65,8 @@ async function loadPretrainedFor(model: MGLLaVA, m: ModelSection, log?: (message
   for (const r of await loadPretrained(model, m)) {
     log?.(`pretrained ${r.kind}: ${r.loaded} weights from ${r.file}${r.ignored.length ? ` (${r.ignored.length} source tensors not used)` : ''}`);
   }
+  const from = m.llm.lora?.from;
+  if (from) log?.(`model.llm.lora.from: ${await loadAdapterWeights(model.llm, from)} adapter weights from ${from}`);
 }
 
 /** The MG-LLaVA module config of an experiment (architecture from the YAML or the pretrained dirs' config.json). */

@@ -33,6 +33,8 @@ export interface MetricsLine {
   skipped: number;
   /** Named loss parts (warm-up heads): means over the window's applied steps. */
   parts?: Record<string, number>;
+  /** Measured peak backend memory since the run (this invocation) started, bytes (src/backend/peak-memory.ts). */
+  peak_memory_bytes?: number;
 }
 
 /** A final evaluation (warm-up accuracies), appended after the training lines. */
@@ -89,7 +91,7 @@ export class MetricsWindow {
   }
 
   /** The line for the window so far (and a new window). */
-  flush(numTensors: number, elapsedS: number): MetricsLine {
+  flush(numTensors: number, elapsedS: number, peakMemoryBytes?: number): MetricsLine {
     const s = this.steps;
     if (s.length === 0) throw new Error('MetricsWindow.flush: empty window');
     this.steps = [];
@@ -110,6 +112,7 @@ export class MetricsWindow {
       steps: s.length,
       skipped: s.length - ok.length,
       ...(Object.keys(parts).length ? { parts } : {}),
+      ...(peakMemoryBytes !== undefined ? { peak_memory_bytes: peakMemoryBytes } : {}),
     };
   }
 }

@@ -16,6 +16,7 @@ import { MetricsWindow, type MetricsFile } from '../run/metrics.js';
 import { DivergenceMonitor, formatDivergence, summarizeDivergence, type DivergenceWarning } from './divergence.js';
 import { createProgress, formatDuration, type Progress, type ProgressMode } from './progress.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
+import { peakMemory, resetPeakMemory, type PeakMemory } from '../backend/peak-memory.js';
 
 /** Training went wrong in a way the user must act on (non-finite steps, a resume that does not fit). */
 export class TrainError extends MgllavaError {
@@ -120,6 +121,8 @@ export interface LoopResult {
   warnings: DivergenceWarning[];
   /** Where the arithmetic ran (backend, matrix products: native addon or XNNPACK). */
   runtime: { backend: string; matmul: string };
+  /** Measured peak backend memory of this invocation's steps (model, optimizer and the steps' tensors); absent for a dry run. */
+  peakMemory?: PeakMemory;
 }
 
 /**
@@ -137,6 +140,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
   let lastSaved = step;
   const elapsed0 = o.state?.elapsedSeconds ?? 0;
   const t0 = performance.now();
+  resetPeakMemory(); // from what is in use now (model, optimizer): the peak of the steps
   const window = new MetricsWindow();
   const divergence = new DivergenceMonitor();
   const recent: number[] = [];
@@ -212,7 +216,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
       if (recent.length > 20) recent.shift();
       const saveNow = step % t.save_steps === 0 || step === o.stopAt || interrupted;
       const logNow = step % t.log_steps === 0 || saveNow;
-      const logged = logNow ? window.flush(numTensors, elapsed0 + (performance.now() - t0) / 1000) : null;
+      const logged = logNow ? window.flush(numTensors, elapsed0 + (performance.now() - t0) / 1000, peakMemory().bytes) : null;
       if (logged) metrics.append(logged);
       const perStep = recent.reduce((a, b) => a + b, 0) / recent.length / 1000;
       log.update(
@@ -234,7 +238,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
       if (o.heldOut && !interrupted && (step % o.heldOut.every === 0 || step === o.stopAt)) await o.heldOut.run(step);
       if (saveNow) await save();
     }
-    if (window.size) metrics.append(window.flush(tf.memory().numTensors, elapsed0 + (performance.now() - t0) / 1000)); // interrupted mid-window
+    if (window.size) metrics.append(window.flush(tf.memory().numTensors, elapsed0 + (performance.now() - t0) / 1000, peakMemory().bytes)); // interrupted mid-window
     if (step > lastSaved) await save();
   } finally {
     process.off('SIGINT', onSigint);
@@ -242,7 +246,8 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
   const wall = (performance.now() - t0) / 1000;
   const ran = step - startStep;
   if (ran > 0) {
-    const extra = [o.summary?.(), `matmul ${runtime.matmul}`].filter(Boolean).join('; ');
+    const peak = peakMemory();
+    const extra = [o.summary?.(), `matmul ${runtime.matmul}`, `peak memory ${(peak.bytes / 2 ** 20).toFixed(1)} MiB (${peak.source})`].filter(Boolean).join('; ');
     log.note(`${ran} steps in ${formatDuration(wall)} (${(wall / ran).toFixed(2)} s/step) on ${runtime.backend}; ${extra}`);
   }
   const warned = summarizeDivergence(divergence.warnings);
@@ -254,5 +259,6 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
     secondsPerStep: ran > 0 ? wall / ran : null,
     warnings: divergence.warnings,
     runtime,
+    peakMemory: peakMemory(),
   };
 }

@@ -26,6 +26,8 @@ export interface StepInput {
   batches: readonly Batch[];
   lr: number;
   maxNorm: number;
+  /** LoRA dropout seed of micro-batch i of this step (absent: no dropout). */
+  dropoutSeed?: (micro: number) => number;
   /** The frozen features of a micro-batch (default: `encodeBatchPerImage`; the trainer passes its feature cache). */
   frozen?: (b: Batch) => Promise<FrozenFeatures>;
 }
@@ -60,7 +62,7 @@ export function textOf(b: Batch): TextBatch {
 }
 
 /** Gradients of the weighted micro-batch loss, added into `acc`; returns the weighted loss (a scalar the caller owns). */
-async function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>): Promise<{ loss: tf.Scalar; positions: number }> {
+async function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen'>, b: Batch, weight: number, expectedTokens: number, acc: Map<string, tf.Tensor>, dropoutSeed: number | null): Promise<{ loss: tf.Scalar; positions: number }> {
   const { model, trainable } = input;
   const frozen = input.frozen ? await input.frozen(b) : encodeBatchPerImage(model, b);
   try {
@@ -69,7 +71,7 @@ async function accumulate(input: Pick<StepInput, 'model' | 'trainable' | 'frozen
     let counted = 0;
     const vars = [...trainable.values()];
     const { value, grads } = tf.variableGrads(() => {
-      const r = model.loss(frozen, text);
+      const r = model.loss(frozen, text, { dropoutSeed });
       positions = r.positions;
       counted = r.supervisedTokens;
       return tf.mul(r.loss, weight) as tf.Scalar;
@@ -94,7 +96,7 @@ export interface Accumulated {
 }
 
 /** The step's loss and its gradient, accumulated over the micro-batches (token-weighted). */
-export async function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches' | 'frozen'>): Promise<Accumulated> {
+export async function accumulateGradients(input: Pick<StepInput, 'model' | 'trainable' | 'batches' | 'frozen' | 'dropoutSeed'>): Promise<Accumulated> {
   const counts = input.batches.map(supervisedTokens);
   const total = counts.reduce((a, b) => a + b, 0);
   if (input.batches.length === 0) throw new Error('train step: no micro-batch');
@@ -104,7 +106,7 @@ export async function accumulateGradients(input: Pick<StepInput, 'model' | 'trai
   let positions = 0;
   try {
     for (const [i, b] of input.batches.entries()) {
-      const r = await accumulate(input, b, counts[i]! / total, counts[i]!, acc);
+      const r = await accumulate(input, b, counts[i]! / total, counts[i]!, acc, input.dropoutSeed?.(i) ?? null);
       losses.push(r.loss);
       positions += r.positions;
     }

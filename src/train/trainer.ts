@@ -8,9 +8,9 @@
  *   step    grad_accum micro-batches -> clipped AdamW at lrAt(step) (step.ts), the frozen encoders' outputs
  *           from the feature cache when they are frozen (feature-cache.ts)
  *
- * Determinism: the init, the data order (a pure function of seed and epoch) and the cursor are all the
- * random state a run has (no dropout, no augmentation), so the same config gives the same losses, and a
- * resumed run continues exactly where the checkpoint was taken.
+ * Determinism: the init, the data order (a pure function of seed and epoch), the cursor and LoRA's dropout
+ * masks (seeded by seed, optimizer step and micro-batch) are all the random state a run has (no augmentation),
+ * so the same config gives the same losses, and a resumed run continues exactly where the checkpoint was taken.
  */
 import path from 'node:path';
 import { memoryCeilingBytes } from '../backend/memory.js';
@@ -24,12 +24,13 @@ import type { MGLLaVA, Stage } from '../model/mgllava.js';
 import { resolveCheckpoint, runDirOf } from '../run/layout.js';
 import { buildTrainData, totalStepsOf, type TrainData } from './build-data.js';
 import { countParameters } from './param-count.js';
-import { estimateMemory, formatBytes, formatCount, formatDryRun } from './dry-run.js';
+import { dataAvailable, formatBytes, formatCount, formatDryRun, planJson, planRun, planShape } from './dry-run.js';
 import { featureCacheFor, type FeatureCache, type TrainFeatureCache } from './feature-cache.js';
 import { heldOutEvaluator } from './held-out.js';
 import { checkMaxSteps, runtimeOf, TrainError, type RunOptions } from './loop.js';
 import { runStage, type StageResult, type StageSpec } from './stage.js';
 import { trainStep } from './step.js';
+import { trainingPassSeed } from '../model/llm/lora.js';
 
 export { TrainError };
 
@@ -37,6 +38,8 @@ export interface TrainOptions extends RunOptions {
   /** The command's stage; the config's `stage` must be the same. */
   stage: Stage;
   dryRun?: boolean;
+  /** With dryRun: print the plan as one JSON line instead of the table. */
+  json?: boolean;
   /**
    * The feature cache of an earlier run in this process (`TrainResult.featureCache`): reused when its
    * fingerprint matches (same images, preprocessing and frozen encoder weights), so this run starts filled.
@@ -66,42 +69,35 @@ function checkStage(config: ExperimentConfig, file: string, stage: Stage): void 
   if (config.stage !== stage) throw new MgllavaError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`, 'usage');
 }
 
+/**
+ * The plan of a run without training: parameter counts and the memory of one step (dry-run.ts), from the
+ * config and the pretrained directories' config.json files alone (no weight is read, no model built). The step
+ * shape comes from the data when its files are there, else from the config's bounds. `json`: one line.
+ */
 async function dryRun(opts: TrainOptions): Promise<TrainResult> {
   const out = opts.out ?? process.stdout;
   const { config, file } = loadConfig(opts.configFile, opts.sets ?? []);
   checkStage(config, file, opts.stage);
   checkMaxSteps(opts.maxSteps);
   const mcfg = await modelConfigOf(config);
-  const data = await buildTrainData(config, mcfg, { imageWorkers: 0 });
+  const data = dataAvailable(config) ? await buildTrainData(config, mcfg, { imageWorkers: 0 }) : null;
   try {
-    const counts = countParameters(mcfg, opts.stage);
-    const mem = estimateMemory(mcfg, counts, { batch: config.train.batch_size, gradAccum: config.train.grad_accum, ...dataShape(data) });
+    const plan = planRun(mcfg, opts.stage, planShape(config, data ? dataShape(data) : null), countParameters(mcfg, opts.stage));
     const ceiling = memoryCeilingBytes();
-    const total = totalStepsOf(config, data.batchesPerEpoch);
-    out.write(
-      `data: ${data.dataset.size} records (${data.report.bad.length} problems), ${data.batchesPerEpoch} micro-batches of ${data.batchSize} per epoch, ` +
-        `${total} optimizer steps (grad_accum ${config.train.grad_accum})\n`,
-    );
-    out.write(formatDryRun(counts, mem, ceiling));
-    if (ceiling !== null && mem.total > ceiling) {
-      throw new MgllavaError(
-        `refusing: the estimated ${formatBytes(mem.total)} exceed the wasm ceiling of ${formatBytes(ceiling)}; ` +
-          `use --backend tensorflow, or reduce train.batch_size / data.max_length (raise the ceiling with MGLLAVA_WASM_CEILING_MB at your own risk)`,
-        'resource',
+    const total = data ? totalStepsOf(config, data.batchesPerEpoch) : 0;
+    if (opts.json) out.write(`${planJson(plan)}\n`);
+    else {
+      out.write(
+        data
+          ? `data: ${data.dataset.size} records (${data.report.bad.length} problems), ${data.batchesPerEpoch} micro-batches of ${data.batchSize} per epoch, ` +
+              `${total} optimizer steps (grad_accum ${config.train.grad_accum})\n`
+          : `data: ${config.data.records} is not there; planning from the config\n`,
       );
-    }
-    const model = await buildModel(config, { log: (m) => out.write(`${m}\n`) });
-    try {
-      const built = new Map<string, number>();
-      for (const [n, v] of model.weightMap()) {
-        const top = n.split('.')[0]!;
-        built.set(top, (built.get(top) ?? 0) + v.size);
+      out.write(formatDryRun(plan.counts, plan.memory, ceiling, { checkpointing: plan.shape.checkpointing, from: plan.shape.from, batch: plan.shape.batch }));
+      if (ceiling !== null && plan.memory.total > ceiling) {
+        out.write(`this does not fit the wasm heap (ceiling ${formatBytes(ceiling)}): a run would stop at the memory guard; use --backend tensorflow, or reduce train.batch_size / data.max_length\n`);
       }
-      const differs = counts.filter((c) => built.get(c.module) !== c.params);
-      if (differs.length) throw new Error(`internal: parameter count formula differs from the built model for ${differs.map((c) => `${c.module} (${c.params} vs ${built.get(c.module)})`).join(', ')}`);
-      out.write(`model built: ${formatCount(model.numParameters())} parameters; dry run only, nothing trained\n`);
-    } finally {
-      model.dispose();
+      out.write('dry run only: no weights read, nothing trained\n');
     }
     return {
       runDir: path.resolve(runDirOf(config)),
@@ -116,7 +112,7 @@ async function dryRun(opts: TrainOptions): Promise<TrainResult> {
       featureCache: null,
     };
   } finally {
-    await data.close();
+    await data?.close();
   }
 }
 
@@ -131,7 +127,11 @@ export function mgllavaStage(stage: Stage, o: { featureCache?: FeatureCache | nu
     stage,
     checkConfig: (config, file) => checkStage(config, file, stage),
     buildData: (config, mcfg, b) => buildTrainData(config, mcfg, b),
-    buildModel: (config, _mcfg, _data, resumed, log) => (resumed ? checkpointModel(config, resumed.ck) : buildModel(config, { log: (m) => log.note(m) })),
+    buildModel: async (config, _mcfg, _data, resumed, log) => {
+      const model = resumed ? await checkpointModel(config, resumed.ck) : await buildModel(config, { log: (m) => log.note(m) });
+      model.setActivationCheckpointing(config.train.activation_checkpointing);
+      return model;
+    },
     trainable: (model, config) => trainableSet(model, config),
     checkpointFiles: (_model, trainable) => ({ model: trainable }),
     baseWeights: (model, config) => {
@@ -159,7 +159,8 @@ export function mgllavaStage(stage: Stage, o: { featureCache?: FeatureCache | nu
       cache = t.feature_cache === 'off' || encodersTrain ? null : await featureCacheFor(config, model, data, log, o.featureCache ?? null);
       const frozen = cache?.frozen;
       return {
-        run: (batches, lr) => trainStep({ model, trainable, optimizer, batches, lr, maxNorm: t.max_norm, frozen }),
+        // LoRA dropout masks from (seed, optimizer step, micro-batch): a resumed run draws the same ones.
+        run: (batches, lr) => trainStep({ model, trainable, optimizer, batches, lr, maxNorm: t.max_norm, frozen, dropoutSeed: (k) => trainingPassSeed(config.seed, optimizer.step, k) }),
         summary: cache ? () => cache!.summary() : undefined,
       };
     },

@@ -233,6 +233,14 @@ export function withDelta(y: tf.Tensor, lp: BlockPass | null, member: string, x:
   return (d ? tf.add(y, d) : y) as tf.Tensor2D;
 }
 
+/**
+ * The dropout seed of one training pass: a function of the run's seed, the optimizer step and the micro-batch,
+ * so a resumed run draws the same masks as an uninterrupted one.
+ */
+export function trainingPassSeed(runSeed: number, step: number, micro: number): number {
+  return adapterSeed(runSeed >>> 0, step, `micro-${micro}`);
+}
+
 /** One dropout mask seed per (pass, layer, module): a 32-bit mix, so nearby seeds give unrelated masks. */
 export function adapterSeed(passSeed: number, layer: number, module: string): number {
   let h = (passSeed ^ 0x9e3779b9) >>> 0;
