@@ -74,6 +74,22 @@ describe('ChatSession', () => {
     disposeVisual(visual!);
   });
 
+  it('without a fixed budget the answer gets what fits in the trained context (at most the cap); a full context is refused', async () => {
+    const template = getTemplate('vicuna');
+    const probe = new ChatSession({ model, tokenizer: tok, template, visual: null, maxNewTokens: 2 });
+    const prompt = probe.positions(probe.promptIds('hi'));
+    // Room for 3 tokens: the budget is 3 although the cap is 256 (the README's chat example on a 128-position run).
+    const roomy = new ChatSession({ model, tokenizer: tok, template, visual: null, maxNewTokens: { fit: 256 }, maxLength: prompt + 3 });
+    const g = await roomy.ask('hi');
+    expect(g.ids.length).toBeGreaterThan(0);
+    expect(g.ids.length).toBeLessThanOrEqual(3);
+    // The cap still holds with room to spare.
+    const capped = new ChatSession({ model, tokenizer: tok, template, visual: null, maxNewTokens: { fit: 2 }, maxLength: prompt + 50 });
+    expect((await capped.ask('hi')).ids.length).toBeLessThanOrEqual(2);
+    const full = new ChatSession({ model, tokenizer: tok, template, visual: null, maxNewTokens: { fit: 256 }, maxLength: prompt });
+    await expect(full.ask('hi')).rejects.toThrow(/no room for an answer; \/reset the history/);
+  });
+
   it('sampled answers are reproducible from the seed', async () => {
     const before = tf.memory().numTensors;
     const ask = async (seed: number) => {
