@@ -125,5 +125,24 @@ describe('mgllava boxes', () => {
     expect(train.code, train.err).toBe(0);
     expect(train.out).toMatch(/step 2\/\d+ +loss \d/);
     expect(train.out).toMatch(/saved .*step-00000002/);
+
+    // chat --detector: the image's boxes are detected now, printed, and give the same answer as the same entry via --boxes
+    const run = path.join(setup.root, 'runs-owl', 'tiny-pretrain');
+    const image = path.join(imgs, `${recs[0]!.image}`);
+    const ask = ['--image', image, '--max-new-tokens', '4', 'what color is the square ?'];
+    const det = await capture(['chat', run, ...ask, '--detector', owl, '--tags-file', tagsFile]);
+    expect(det.code, det.err).toBe(0);
+    const m = /detector: (\d+) boxes for .*\(3 tags from .*tags\.txt/.exec(det.err);
+    expect(m, det.err).not.toBeNull();
+    const entry = boxes.entries.get(recs[0]!.id)!;
+    expect(Number(m![1])).toBe(entry.boxes.length); // the same boxes as `mgllava boxes` wrote for this image
+    expect(det.err).toContain(`  1. ${entry.labels[0]} ${entry.scores[0]!.toFixed(2)} [${entry.boxes[0]!.join(', ')}]`);
+    const single = path.join(setup.root, 'one-entry.json');
+    await writeFile(single, JSON.stringify(entry));
+    const viaFile = await capture(['chat', run, ...ask, '--boxes', single]);
+    expect(viaFile.code, viaFile.err).toBe(0);
+    expect(det.out).toBe(viaFile.out);
+    expect((await capture(['chat', run, ...ask, '--detector', owl, '--boxes', single])).err).toMatch(/not both/);
+    expect((await capture(['chat', run, '--detector', owl, 'hi'])).err).toMatch(/--detector needs --image/);
   });
 });

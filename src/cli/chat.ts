@@ -1,5 +1,5 @@
 /**
- * `mgllava chat RUN [PROMPT] [--image IMG [--boxes B.json [--box-id ID]]]`: answer one prompt (streamed to
+ * `mgllava chat RUN [PROMPT] [--image IMG [--boxes B.json [--box-id ID] | --detector OWLV2_DIR [--tags ...]]]`: answer one prompt (streamed to
  * stdout), or a REPL without PROMPT (/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an
  * answer). RUN is a run directory (its newest complete step, or --step) or a step-NNNNNNNN directory.
  */
@@ -29,6 +29,10 @@ interface ChatArgs extends GlobalArgs {
   system?: string;
   seed: number;
   'show-boxes'?: string;
+  detector?: string;
+  tags?: string;
+  'tags-file'?: string;
+  threshold?: number;
 }
 
 /** Options chat and eval share. */
@@ -66,12 +70,20 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
       .option('system', { type: 'string', describe: "system text for the template's SYSTEM slot (MG-LLaVA trains without one)" })
       .option('seed', { type: 'number', default: 0, describe: 'sampling seed (same seed, same answers)' })
       .option('show-boxes', { type: 'string', describe: 'write a PNG of the image as the model sees it: aux image with the object-token boxes numbered, low-res view beside it' })
+      .option('detector', { type: 'string', describe: "detect the image's boxes now with OWLv2 (a Hugging Face OWLv2 directory; see mgllava boxes) instead of --boxes; they are printed" })
+      .option('tags', { type: 'string', describe: 'with --detector: comma-separated tags to look for (default: the 80 COCO classes)' })
+      .option('tags-file', { type: 'string', describe: 'with --detector: a file of tags, one per line or comma-separated' })
+      .option('threshold', { type: 'number', describe: 'with --detector: score threshold [default: 0.2]' })
       .example('$0 chat checkpoints/tiny-shapes-finetune --image data/tiny-shapes/images/eval-00003.png --boxes data/tiny-shapes/boxes.json --box-id eval-00003-small_color "what color is the small square ?"', 'one answer')
-      .example('$0 chat checkpoints/tiny-shapes-finetune --image photo.png', 'an interactive session about an image (/reset, /exit)') as Argv<ChatArgs>,
+      .example('$0 chat checkpoints/tiny-shapes-finetune --image photo.png', 'an interactive session about an image (/reset, /exit)')
+      .example('$0 chat my-run --image photo.jpg --detector models/owlv2-base-patch16-ensemble --tags "dog, frisbee" "what is the dog doing?"', 'boxes detected now with OWLv2 (printed), fed to the object tokens') as Argv<ChatArgs>,
   handler: async (args) => {
     if (args['box-id'] !== undefined && !args.boxes) throw new UsageError('--box-id needs --boxes');
     if (args.boxes && !args.image) throw new UsageError('--boxes needs --image');
     if (args['show-boxes'] && !args.image) throw new UsageError('--show-boxes needs --image');
+    if (args.detector && !args.image) throw new UsageError('--detector needs --image');
+    if (args.detector && args.boxes) throw new UsageError('give --boxes or --detector, not both');
+    if ((args.tags !== undefined || args['tags-file'] !== undefined || args.threshold !== undefined) && !args.detector) throw new UsageError('--tags, --tags-file and --threshold go with --detector');
     const maxNew = args['max-new-tokens'];
     if (maxNew !== undefined && !(Number.isInteger(maxNew) && maxNew >= 1)) throw new UsageError(`--max-new-tokens must be an integer >= 1, got ${maxNew}`);
     if (!(args.temperature >= 0)) throw new UsageError(`--temperature must be >= 0, got ${args.temperature}`);
@@ -95,6 +107,11 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
     let visual: VisualTokens | null = null;
     try {
       if (args.image) {
+        if (args.detector) {
+          const { chatDetectorBoxes } = await import('../detect/chat-boxes.js');
+          const o = { detector: args.detector, image: args.image, tags: args.tags, tagsFile: args['tags-file'], threshold: args.threshold, decode: imageOptionsOf(run.config.data) };
+          entry = await chatDetectorBoxes(o, (line) => process.stderr.write(`${line}\n`));
+        }
         if (!entry && run.model.objects) process.stderr.write(`note: no --boxes: ${args.image} gets the dummy box (one empty object token)\n`);
         const input = await loadImageInput(run.model, args.image, entry, imageOptionsOf(run.config.data));
         if (args['show-boxes']) await saveView(args['show-boxes'], viewOfInput(input, imageSizesOf(run.model.config)));
