@@ -79,6 +79,18 @@ describe('mgllava boxes', () => {
     expect(boxes2.entries.get('sub/c.png')).toEqual(boxes.entries.get('sub/c.png')); // same image, same boxes
     expect(boxes2.entries.get('a.png')).toEqual(first);
     expect(existsSync(journalPath(out2))).toBe(false);
+
+    // --resume after a finished run adds a new image and keeps the earlier entries
+    await writeTestImage(path.join(images, 'd.png'), 33, 21, 4);
+    try {
+      const more = await capture(['boxes', '--detector', owl, '--images', images, '--tags', 'dog, red ball', '--out', out, '--resume', '--progress', 'off', '--json']);
+      expect(JSON.parse(more.out.trim().split('\n').pop()!)).toMatchObject({ entries: 4, detected: 1, resumed: 3 });
+      const boxes3 = await loadBoxes(out);
+      expect([...boxes3.entries.keys()]).toEqual(['a.png', 'b.jpg', 'sub/c.png', 'd.png']);
+      expect(boxes3.entries.get('b.jpg')).toEqual(boxes.entries.get('b.jpg'));
+    } finally {
+      await rm(path.join(images, 'd.png'));
+    }
   });
 
   it('takes per-image tags from a JSON tag file; an image without tags is named and skipped', async () => {

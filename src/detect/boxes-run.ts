@@ -4,17 +4,19 @@
  *
  * Long runs: every finished image is appended to `<out>.partial.jsonl` (one `{"id", "entry"}` line), so an
  * interrupted run loses at most the image in flight; `--resume` reads that journal (and a finished `<out>`) and
- * skips what is done. At the end `<out>` is written to a temporary file and renamed, then the journal is removed.
+ * skips what is done. At the end `<out>` is streamed from the earlier `<out>` and the journal into a temporary
+ * file that is renamed, then the journal is removed: only ids are held in memory, whatever the dataset's size.
  * An image that cannot be read (missing, undecodable, outside the folder) is named and skipped, never fatal; it
  * is not journalled, so a resumed run tries it again.
  */
 import { createWriteStream, existsSync } from 'node:fs';
-import { appendFile, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { appendFile, open, readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { DataError, MgllavaError, UsageError, fsError } from '../errors.js';
 import { ImageError, resolveImagePath } from '../data/image.js';
-import { loadBoxes, loadRecords, type BoxEntry } from '../data/records.js';
+import { JsonSyntaxError, jsonItems } from '../data/json.js';
+import { loadRecords, type BoxEntry } from '../data/records.js';
 import type { DetectOptions, Owlv2Session } from './detect.js';
 import type { Tagging } from './queries.js';
 
@@ -75,6 +77,9 @@ export async function jobsFromRecords(recordsFile: string, imageDir: string): Pr
 
 export type ProgressMode = 'bar' | 'lines' | 'off';
 
+/** Entries kept for images that several records share (the rest are re-read from nothing: detected again). */
+const BY_FILE_CACHE = 4096;
+
 export interface BoxesRunOptions {
   out: string;
   resume: boolean;
@@ -106,49 +111,83 @@ export function journalPath(out: string): string {
   return `${out}.partial.jsonl`;
 }
 
-/** Entries (as JSON text) of a finished `out` and of the journal, in that order (journal wins). */
-async function readDone(out: string): Promise<Map<string, string>> {
-  const done = new Map<string, string>();
-  if (existsSync(out)) {
-    const r = await loadBoxes(out);
-    if (r.unreadable) throw new MgllavaError(`${out}: cannot resume from it: ${r.unreadable.reason}`, 'data', { hint: 'remove it or use --overwrite' });
-    for (const [id, e] of r.entries) done.set(id, JSON.stringify(e));
+/** Journal lines `{"id", "entry"}` (a line cut short by an interruption is skipped: that image is detected again). */
+async function* journalEntries(journal: string): AsyncGenerator<[string, BoxEntry]> {
+  if (!existsSync(journal)) return;
+  for await (const item of jsonItems({ file: journal }, journal, 'lines')) {
+    const v = item.value as { id?: unknown; entry?: BoxEntry } | undefined;
+    if (!item.error && v && typeof v.id === 'string' && v.entry && Array.isArray(v.entry.boxes)) yield [v.id, v.entry];
   }
-  const journal = journalPath(out);
-  if (existsSync(journal)) {
-    const text = await readFile(journal, 'utf8');
-    for (const line of text.split('\n')) {
-      if (!line.trim()) continue;
-      try {
-        const { id, entry } = JSON.parse(line) as { id: string; entry: BoxEntry };
-        if (typeof id === 'string' && entry && Array.isArray(entry.boxes)) done.set(id, JSON.stringify(entry));
-      } catch {
-        // a line cut short by an interruption: that image is detected again
-      }
+}
+
+/** Entries of a finished `out` (streamed). */
+async function* outEntries(out: string): AsyncGenerator<[string, unknown]> {
+  if (!existsSync(out)) return;
+  try {
+    for await (const item of jsonItems({ file: out }, out, 'auto')) {
+      if (item.key !== null && !item.error) yield [item.key, item.value];
     }
+  } catch (e) {
+    if (!(e instanceof JsonSyntaxError)) throw e;
+    throw new MgllavaError(`${out}: cannot resume from it: ${e.message}`, 'data', { hint: 'remove it or use --overwrite' });
   }
+}
+
+/** Terminate a journal line cut short by an interruption, so the next entry starts a line of its own. */
+async function endJournalLine(journal: string): Promise<void> {
+  if (!existsSync(journal)) return;
+  const fh = await open(journal, 'r');
+  try {
+    const { size } = await fh.stat();
+    if (size === 0) return;
+    const last = Buffer.alloc(1);
+    await fh.read(last, 0, 1, size - 1);
+    if (last[0] === 0x0a) return;
+  } finally {
+    await fh.close();
+  }
+  await appendFile(journal, '\n');
+}
+
+/** Ids with boxes in a finished `out` or in the journal (only ids are kept in memory: datasets are large). */
+async function readDone(out: string): Promise<Set<string>> {
+  const done = new Set<string>();
+  for await (const [id] of outEntries(out)) done.add(id);
+  for await (const [id] of journalEntries(journalPath(out))) done.add(id);
   return done;
 }
 
-/** Write `{id: entry, ...}` to a temporary file, then rename it over `out`. */
-async function writeBoxJson(out: string, entries: Map<string, string>): Promise<void> {
+/**
+ * Write `{id: entry, ...}` — the entries of an earlier `out` that the journal does not redo, then the journal's —
+ * streamed to a temporary file that is then renamed over `out`. Returns the number of entries.
+ */
+async function writeBoxJson(out: string): Promise<number> {
+  const journal = journalPath(out);
+  const redone = new Set<string>();
+  for await (const [id] of journalEntries(journal)) redone.add(id);
   const tmp = `${out}.tmp-${process.pid}`;
-  await new Promise<void>((resolve, reject) => {
-    const s = createWriteStream(tmp);
-    s.on('error', reject);
-    s.write('{');
-    let first = true;
-    for (const [id, text] of entries) {
-      s.write(`${first ? '\n' : ',\n'}  ${JSON.stringify(id)}: ${text}`);
-      first = false;
-    }
-    s.end(first ? '}\n' : '\n}\n', () => resolve());
-  }).catch((e) => {
+  const stream = createWriteStream(tmp);
+  const failed = new Promise<never>((_, reject) => stream.on('error', reject));
+  const write = (text: string) => (stream.write(text) ? undefined : Promise.race([new Promise<void>((r) => stream.once('drain', () => r())), failed]));
+  let n = 0;
+  const entry = async (id: string, value: unknown) => {
+    await write(`${n === 0 ? '{\n' : ',\n'}  ${JSON.stringify(id)}: ${JSON.stringify(value)}`);
+    n++;
+  };
+  try {
+    for await (const [id, value] of outEntries(out)) if (!redone.has(id)) await entry(id, value);
+    for await (const [id, value] of journalEntries(journal)) await entry(id, value);
+    await write(n === 0 ? '{}\n' : '\n}\n');
+    await Promise.race([new Promise<void>((r) => stream.end(r)), failed]);
+  } catch (e) {
+    stream.destroy();
+    await rm(tmp, { force: true });
     throw fsError(e, tmp, 'writing the box JSON');
-  });
+  }
   await rename(tmp, out).catch((e) => {
     throw fsError(e, out, 'writing the box JSON');
   });
+  return n;
 }
 
 interface Reporter {
@@ -202,13 +241,15 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
   }
   checkOutput(opts);
   if (!opts.resume) for (const f of [opts.out, journal]) await rm(f, { force: true });
-  const done = opts.resume ? await readDone(opts.out) : new Map<string, string>();
+  const done = opts.resume ? await readDone(opts.out) : new Set<string>();
+  if (opts.resume) await endJournalLine(journal);
   const todo = jobs.filter((j) => !done.has(j.id));
   const resumed = jobs.length - todo.length;
   const bar = reporter(opts.progress, todo.length, log);
   if (resumed) bar.note(`resuming: ${resumed} of ${jobs.length} images already have boxes`);
   const skipped: { id: string; reason: string }[] = [];
-  const byFile = new Map<string, string>(); // one detection per image file (and tag list) shared by several records
+  // One detection per image file (and tag list) shared by several records; bounded: datasets are large.
+  const byFile = new Map<string, string>();
   let detected = 0;
   let boxes = 0;
   let seconds = 0;
@@ -230,6 +271,7 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
           boxes += entry.boxes.length;
           text = JSON.stringify(entry);
           byFile.set(key, text);
+          if (byFile.size > BY_FILE_CACHE) byFile.delete(byFile.keys().next().value!);
         }
       } catch (e) {
         // Problems of this image (unreadable, no tags, a tag too long for the queries): name it and go on.
@@ -238,7 +280,7 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
         bar.note(`skipped ${JSON.stringify(job.id)}: ${e.message}`);
       }
       if (text !== undefined) {
-        done.set(job.id, text);
+        done.add(job.id);
         await appendFile(journal, `{"id":${JSON.stringify(job.id)},"entry":${text}}\n`).catch((e) => {
           throw fsError(e, journal, 'appending to the resume journal');
         });
@@ -248,7 +290,7 @@ export async function runBoxesJobs(session: Owlv2Session, jobs: readonly BoxJob[
   } finally {
     bar.stop();
   }
-  await writeBoxJson(opts.out, done);
+  const entries = await writeBoxJson(opts.out);
   await rm(journal, { force: true });
-  return { out: opts.out, entries: done.size, detected, resumed, skipped, boxes, secondsPerImage: detected ? seconds / detected : null };
+  return { out: opts.out, entries, detected, resumed, skipped, boxes, secondsPerImage: detected ? seconds / detected : null };
 }

@@ -1,5 +1,5 @@
 /**
- * Boxes for new images: an OWLv2 detector with a fixed tag list, as MG-LLaVA generates its box JSON.
+ * Boxes for new images: an OWLv2 detector and a tag list (per run or per image), as MG-LLaVA generates its box JSON.
  *
  *   tags -> "a photo of {tag}" queries -> text tower, once per distinct tag (cached; the image's list -> [1,Q,P])
  *   image -> decode -> owlv2Preprocess -> image features -> class head (logits [1,N,Q]) + box head
