@@ -18,6 +18,7 @@ import { Rng } from '../src/util/rng.js';
 import { OWLV2_HF_DEFAULTS, OWLV2_PRESETS, owlv2ConfigFromHf } from '../src/model/detector/config.js';
 import { boxBias } from '../src/model/detector/heads.js';
 import { Owlv2Detector } from '../src/model/detector/owlv2.js';
+import { F32_MIN, textAttentionBias } from '../src/model/detector/text-tower.js';
 import { loadOwlv2 } from '../src/model/detector/load.js';
 import {
   antialiasSigma,
@@ -93,6 +94,21 @@ describe('blocked attention', () => {
     } finally {
       model.dispose();
     }
+  });
+});
+
+describe('text attention mask', () => {
+  it('is causal + key padding and finite where both apply (F32_MIN, not -inf: GPU backends need no infinities)', () => {
+    const bias = textAttentionBias({ data: Int32Array.from([1, 1, 0, 0]), shape: [1, 4] }, 4);
+    const v = Array.from(bias.dataSync());
+    bias.dispose();
+    const m = F32_MIN / 2;
+    expect(v.every(Number.isFinite)).toBe(true);
+    // row i = query, column j = key: keys 2, 3 are padding
+    expect(v.slice(0, 4)).toEqual([0, m, 2 * m, 2 * m]);
+    expect(v.slice(8, 12)).toEqual([0, 0, m, 2 * m]);
+    expect(v[15]).toBe(m);
+    expect(Math.fround(2 * m)).toBe(Math.fround(F32_MIN));
   });
 });
 

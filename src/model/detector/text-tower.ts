@@ -42,20 +42,25 @@ export interface TextTowerOptions {
   maxScores?: number;
 }
 
+/** Each mask term: half of float32's most negative value, so that causal + padding stays finite (= F32_MIN). */
+const MASK_TERM = F32_MIN / 2;
+
 /**
- * Additive mask [n|1, 1, L, L]: causal (F32_MIN above the diagonal) + key padding (F32_MIN where mask is 0).
- * Where both apply the float32 sum overflows to -inf, as in HF: a padding query then still attends to the
- * keys of its causal prefix (uniformly), and an all-padding row pools position 0, which attends only to
- * itself, so nothing becomes NaN.
+ * Additive mask [n|1, 1, L, L]: causal (above the diagonal) + key padding (where mask is 0). HF adds
+ * finfo.min twice, which overflows to -inf where both apply; here each term is finfo.min / 2, which gives the
+ * same softmax weights (a key under one term is ~1.7e38 below any unmasked score, one under both another 1.7e38
+ * below that: exp of either difference is 0, and a score added to either is lost to rounding) without an
+ * infinity, which GPU backends do not promise to handle. A padding query then attends uniformly to the keys of
+ * its causal prefix, and an all-padding row pools position 0, which attends only to itself, as in HF.
  */
 export function textAttentionBias(mask: IntMatrix | null, length: number): tf.Tensor4D {
   const n = mask ? mask.shape[0] : 1;
-  const out = new Float32Array(n * length * length); // Float32Array storage rounds F32_MIN + F32_MIN to -inf
+  const out = new Float32Array(n * length * length);
   for (let r = 0; r < n; r++) {
     for (let i = 0; i < length; i++) {
       for (let j = 0; j < length; j++) {
-        const causal = j > i ? F32_MIN : 0;
-        const pad = mask && mask.data[r * length + j] === 0 ? F32_MIN : 0;
+        const causal = j > i ? MASK_TERM : 0;
+        const pad = mask && mask.data[r * length + j] === 0 ? MASK_TERM : 0;
         out[(r * length + i) * length + j] = causal + pad;
       }
     }
