@@ -80,7 +80,7 @@ export async function runLlamaBench(o: LlamaBenchOptions = LLAMA_BENCH, steps = 
       params: list.reduce((a, v) => a + v.size, 0),
       steps,
       medianStepMs: Math.round(med),
-      tokensPerS: Math.round((o.positions / med) * 1000),
+      tokensPerS: Number(((o.positions / med) * 1000).toPrecision(3)),
       firstLoss: losses[0]!,
       lastLoss: losses[losses.length - 1]!,
       leakedTensors: leaked,
