@@ -16,9 +16,10 @@ import { toHfConfig } from '../src/model/llm/config.js';
 import { disposeFrozen, MGLLaVA, type Stage } from '../src/model/mgllava.js';
 import { writeTorchPth } from '../src/io/torch-pth.js';
 import { AdamW } from '../src/train/adamw.js';
-import { saveCheckpoint, writeTextFile } from '../src/train/checkpoint.js';
-import { BASE_FILE, baseWeightNames, loadRunModel, RunDirError, runDirOf, type TrainState } from '../src/train/run-dir.js';
-import { loadWeightsFile, writeWeightsFile } from '../src/train/weights-io.js';
+import { saveCheckpoint, writeTextFile } from '../src/run/checkpoint.js';
+import { BASE_FILE, RunDirError, runDirOf, type TrainState } from '../src/run/layout.js';
+import { baseWeightNames, loadRunModel } from '../src/model/factory.js';
+import { loadWeightsFile, writeWeightsFile } from '../src/io/weights-io.js';
 import { Rng } from '../src/util/rng.js';
 import { main } from '../src/cli/main.js';
 import { goldenConfig, goldenParams, type Weights } from './io-fixtures.js';
@@ -201,7 +202,10 @@ describe('export a finetune run', () => {
       await r.close();
     }
     expect(Object.keys(index.weight_map).sort()).toEqual([...model.llm.weightMap()].map(([n]) => n).sort());
-    expect(JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8'))).toEqual({ ...toHfConfig(model.config.llm), torch_dtype: 'float32' });
+    // + the generation ids of the synthetic tokenizer (<s> 1, </s> 2, <pad> 3) and 1472 text + 4 image positions.
+    const generation = { bos_token_id: 1, eos_token_id: 2, pad_token_id: 3 };
+    expect(JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8'))).toEqual({ ...toHfConfig(model.config.llm), ...generation, max_position_embeddings: 1476, torch_dtype: 'float32' });
+    expect(JSON.parse(await readFile(path.join(out, 'generation_config.json'), 'utf8'))).toEqual(generation);
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) expect(await readFile(path.join(out, f), 'utf8')).toBe(await readFile(path.join(tokDir, f), 'utf8'));
     const mm = await readSafetensors(path.join(out, MM_MODULES_FILE));
     expect([...mm.keys()].sort()).toEqual([...model.trainableWeights('pretrain').keys()].sort());
@@ -323,7 +327,7 @@ describe('export a pretrain run whose LLM is a pretrained Phi-3 directory', () =
     expect([...exported.keys()].sort()).toEqual([...fused.keys()].sort());
     for (const [name, t] of fused) expect(Array.from(exported.get(name)!.data), name).toEqual(Array.from(t.data));
     expect(JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8'))).toMatchObject({ model_type: 'phi3', architectures: ['Phi3ForCausalLM'] });
-    expect((await readdir(out)).sort()).toEqual(['README.md', 'config.json', 'mgllava.json', MM_MODULES_FILE, 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].sort());
+    expect((await readdir(out)).sort()).toEqual(['README.md', 'config.json', 'generation_config.json', 'mgllava.json', MM_MODULES_FILE, 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].sort());
 
     const xt = await exportRun(runDir, { format: 'xtuner', out: path.join(root, 'pt-phi3-xtuner'), pth: false });
     const sd = await readSafetensors(path.join(xt.out, 'model.safetensors'));

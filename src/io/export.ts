@@ -5,8 +5,9 @@
  *    `state_dict()` override saves (every key containing `projector.` or `fuse_module.`, `multi_level_linear.*`,
  *    and `llm.*` when the LLM was trained), PyTorch layouts (ours already are). Written as `model.safetensors`
  *    and as an mmengine-style `model.pth` (`{'state_dict': ..., 'meta': ...}`, torch zip format).
- *  - `hf`: the LLM as a Hugging Face LLaMA (or Phi-3) directory: sharded safetensors + index, config.json, the
- *    tokenizer files when the run used an HF tokenizer; plus `mm_modules.safetensors` (fuse_module,
+ *  - `hf`: the LLM as a Hugging Face LLaMA (or Phi-3) directory: sharded safetensors + index, config.json and
+ *    generation_config.json (BOS/EOS/pad ids: EOS includes the template's end-of-answer token, see
+ *    hf-generation.ts), the tokenizer files when the run used an HF tokenizer; plus `mm_modules.safetensors` (fuse_module,
  *    projector, bbox_projector, multi_level_linear) and `mgllava.json` / README.md describing them.
  *
  * Nothing is built in tfjs: tensors stream from the run's files (the step's model.safetensors, then the run's
@@ -21,19 +22,21 @@ import { dumpConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LlamaConfig } from '../model/llm/config.js';
 import { toHfConfig } from '../model/llm/config.js';
-import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, type TrainState } from '../train/run-dir.js';
+import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, type TrainState } from '../run/layout.js';
 import { SafetensorsReader, writeSafetensors, writeShardedSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 import { convertedReader, openPretrained, plannedTargets, readPretrainedConfigs, unknownSources, type PretrainedSource } from './pretrained.js';
 import { writeTorchPth } from './torch-pth.js';
 import { exportMerge, exportPeft, mergeLora } from './peft.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { llmHfPlan, llmHfTensor, PART_PREFIX } from './weight-maps.js';
+import { hfConfigFields, hfGenerationConfig, hfGenerationIds, maxPositionsOf } from './hf-generation.js';
+import { MgllavaError } from '../errors.js';
 
 export type ExportFormat = 'xtuner' | 'hf' | 'peft';
 
-export class ExportError extends Error {
+export class ExportError extends MgllavaError {
   constructor(message: string) {
-    super(message);
+    super(message, 'run');
     this.name = 'ExportError';
   }
 }
@@ -257,6 +260,7 @@ function hfReadme(r: RunInfo, llm: LlamaConfig, mm: string[], tokenizerNote: str
     '',
     `- The LLM is a Hugging Face \`${arch}\` checkpoint (float32 safetensors + config.json): \`AutoModelForCausalLM.from_pretrained('<this dir>')\`.`,
     `- Tokenizer: ${tokenizerNote}.`,
+    `- \`generation_config.json\`: greedy decoding that stops where the run's \`${r.config.data.template}\` template ends an answer (\`eos_token_id\`).`,
     `- \`${MM_MODULES_FILE}\` holds the MG-LLaVA modules under the reference's key names (${mm.length} tensors:`,
     `  ${[...new Set(mm.map((n) => n.split('.')[0]))].join(', ')}); \`${DESCRIPTION_FILE}\` lists them with shapes and the model config.`,
     '- The vision encoders are not included: they come from the `pretrained` directories (or the run\'s base.safetensors).',
@@ -273,7 +277,9 @@ function hfReadme(r: RunInfo, llm: LlamaConfig, mm: string[], tokenizerNote: str
 
 async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
   const model = r.config.model;
-  const llm = modelConfigFrom(model, readPretrainedConfigs(model)).llm;
+  const modelConfig = modelConfigFrom(model, readPretrainedConfigs(model));
+  const llm = modelConfig.llm;
+  const generation = await hfGenerationIds(r.config);
   const llmDir = model.llm.pretrained;
   const weights = await RunWeights.open(
     [path.join(r.stepDir, MODEL_FILE), path.join(r.runDir, BASE_FILE)],
@@ -303,8 +309,10 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
     }
     const sharded = await writeShardedSafetensors(o.out, hf, { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, prefix: 'model' });
     const files = [...sharded.files, ...(sharded.index ? [sharded.index] : [])].map((f) => path.basename(f));
-    await writeFile(path.join(o.out, 'config.json'), json({ ...toHfConfig(llm), torch_dtype: 'float32' }));
-    files.push('config.json');
+    const hfConfig = { ...toHfConfig(llm), ...hfConfigFields(generation, maxPositionsOf(r.config, modelConfig)), torch_dtype: 'float32' };
+    await writeFile(path.join(o.out, 'config.json'), json(hfConfig));
+    await writeFile(path.join(o.out, 'generation_config.json'), json(hfGenerationConfig(generation)));
+    files.push('config.json', 'generation_config.json');
     const tokenizer = await copyTokenizer(r.config, o.out);
     files.push(...tokenizer.files);
 
@@ -324,6 +332,7 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
         llm: { architecture: llm.weightFormat === 'phi3' ? 'Phi3ForCausalLM' : 'LlamaForCausalLM', files: files.filter((f) => f.startsWith('model')), tensors: plan.length },
         mm_modules: { file: MM_MODULES_FILE, keys: [...mm].map(([n, t]) => ({ name: n, shape: t.shape })) },
         tokenizer: tokenizer.note,
+        generation: generation.notes,
         // The model section with the LLM now coming from this directory.
         model: { ...model, llm: { ...model.llm, pretrained: '.' } },
       }),
