@@ -235,7 +235,10 @@ export const warmupSchema = z
 export const experimentSchema = z
   .object({
     /** Run name: the run directory is `<output_dir>/<name>`. */
-    name: z.string().regex(/^[\w.-]+$/, 'letters, digits, _ . - only'),
+    name: z
+      .string()
+      .regex(/^[\w.-]+$/, 'letters, digits, _ . - only')
+      .refine((n) => !/^\.+$/.test(n), "not '.' or '..' (the run directory must be inside output_dir)"),
     stage: z.enum(['warmup', 'pretrain', 'finetune']),
     seed: nonNegInt.default(2024),
     output_dir: path.default('checkpoints'),

@@ -171,7 +171,7 @@ export async function readImageHeader(file: string, opts: DecodeOptions = {}): P
     // Header only (no pixels are decoded): the pixel checks below and sharp's limit at decode time apply.
     m = await sharp(file, { failOn: 'warning', limitInputPixels: false }).metadata();
   } catch (e) {
-    throw new ImageError('undecodable', file, `cannot read image header: ${(e as Error).message}`);
+    throw new ImageError('undecodable', file, `cannot decode image: ${(e as Error).message}`);
   }
   if (!m.width || !m.height) throw new ImageError('undecodable', file, 'image header has no size');
   const header = { width: m.width, height: m.height, orientation: m.orientation ?? 1, space: m.space ?? 'srgb' };

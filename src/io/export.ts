@@ -14,7 +14,7 @@
  * base.safetensors, then the LLM's pretrained dir; the first that has a name wins, as when the run's model is
  * recovered) to the output one at a time, so a full-size run exports on a small machine.
  */
-import { copyFile, mkdir, readdir, stat, writeFile } from 'node:fs/promises';
+import { copyFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { modelConfigFrom } from '../config/build-model.js';
@@ -30,7 +30,9 @@ import { exportMerge, exportPeft, mergeLora } from './peft.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { llmHfPlan, llmHfTensor, PART_PREFIX } from './weight-maps.js';
 import { hfConfigFields, hfGenerationConfig, hfGenerationIds, maxPositionsOf } from './hf-generation.js';
-import { MgllavaError } from '../errors.js';
+import { fsError, MgllavaError } from '../errors.js';
+import { ensureDir } from '../run/guard.js';
+import { checkFinite } from './weights-io.js';
 
 export type ExportFormat = 'xtuner' | 'hf' | 'peft';
 
@@ -111,6 +113,7 @@ async function fileSource(file: string): Promise<Source> {
     read: async (name) => {
       const h = await r.read(name);
       if (h.dtype !== 'float32') throw new ExportError(`${file}: ${name} is ${h.dtype}, weights are float32`);
+      checkFinite(file, name, h.data as Float32Array); // a NaN/Inf checkpoint is never exported
       return h;
     },
     close: () => r.close(),
@@ -169,7 +172,25 @@ async function prepareOut(out: string, overwrite: boolean): Promise<void> {
     if (!statSync(out).isDirectory()) throw new ExportError(`--out ${out} exists and is not a directory`);
     if (!overwrite && (await readdir(out)).length) throw new ExportError(`--out ${out} is not empty (pass --overwrite to replace the export files in it)`);
   }
-  await mkdir(out, { recursive: true });
+  await ensureDir(out, '--out'); // below a file, through a dangling link, under /proc: one line, no spinning mkdir
+}
+
+/**
+ * Run `write` into `out`, and when it fails part-way (a full disk, a corrupt tensor) remove what it wrote: the
+ * entries that were not there before, and `out` itself if it did not exist.
+ */
+async function cleanOnFailure<T>(out: string, write: () => Promise<T>): Promise<T> {
+  const existed = existsSync(out);
+  const before = new Set(existed ? await readdir(out) : []);
+  try {
+    return await write();
+  } catch (e) {
+    if (existsSync(out)) {
+      for (const n of await readdir(out)) if (!before.has(n)) await rm(path.join(out, n), { recursive: true, force: true }).catch(() => undefined);
+      if (!existed) await rm(out, { recursive: true, force: true }).catch(() => undefined);
+    }
+    throw fsError(e, (e as NodeJS.ErrnoException).path ?? out, 'writing the export (what it wrote was removed)');
+  }
 }
 
 interface RunInfo {
@@ -348,9 +369,11 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
 /** Export checkpoint `o.step` (default: the newest complete one) of a run dir, or a step dir, to `o.out`. */
 export async function exportRun(run: string, o: ExportOptions): Promise<ExportResult> {
   const r = await openRun(run, o.step);
-  await prepareOut(o.out, o.overwrite ?? false);
-  if (o.format === 'peft') return exportPeft(r, o.out);
-  return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
+  return cleanOnFailure(o.out, async () => {
+    await prepareOut(o.out, o.overwrite ?? false);
+    if (o.format === 'peft') return exportPeft(r, o.out);
+    return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
+  });
 }
 
 /** Total bytes of the files of a result (for the CLI summary). */

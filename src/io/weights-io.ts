@@ -8,6 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { SafetensorsReader, writeSafetensors, type LazyTensor } from './safetensors.js';
 import { hostTensorFromTf } from './host-tensor.js';
 import { WeightLoadError } from '../nn/module.js';
+import { WeightsError } from '../errors.js';
 
 export interface LoadFileOptions {
   /** Weights the file may lack (default: none may be missing). */
@@ -50,12 +51,33 @@ export async function loadWeightsFile(target: Map<string, tf.Variable>, file: st
     for (const name of names) {
       const h = await reader.read(name);
       if (h.dtype !== 'float32') throw new WeightLoadError(`cannot load ${file}: ${name} is ${h.dtype}, weights are float32`);
+      checkFinite(file, name, h.data as Float32Array);
       tf.tidy(() => target.get(name)!.assign(tf.tensor(h.data, h.shape, 'float32')));
       loaded.push(name);
     }
     return loaded;
   } finally {
     await reader.close();
+  }
+}
+
+/**
+ * Refuse a weight with NaN or Inf values: such a checkpoint (a diverged run, a corrupt file) would load and then
+ * answer nothing in chat, score 0 in eval and export silently (issue 12 (f)).
+ */
+export function checkFinite(file: string, name: string, data: ArrayLike<number>): void {
+  let bad = 0;
+  let first = -1;
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i]!)) {
+      if (bad === 0) first = i;
+      bad++;
+    }
+  }
+  if (bad) {
+    throw new WeightsError(`${file}: ${name} has ${bad} non-finite value(s) (first at flat index ${first}: ${data[first]}): the checkpoint is unusable`, {
+      hint: 'a diverged run or a corrupt file; use an earlier checkpoint (--step N)',
+    });
   }
 }
 

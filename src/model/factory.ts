@@ -19,6 +19,7 @@ import { SafetensorsReader } from '../io/safetensors.js';
 import { loadWeightsFile } from '../io/weights-io.js';
 import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint } from '../run/layout.js';
 import { Rng } from '../util/rng.js';
+import { MgllavaError } from '../errors.js';
 import { MGLLaVA, type MGLLaVAConfig, type Stage } from './mgllava.js';
 import { LlamaForCausalLM } from './llm/llama.js';
 import { loadAdapterWeights } from '../io/peft.js';
@@ -165,8 +166,16 @@ export async function buildModel(config: ExperimentConfig, o: BuildModelOptions 
   try {
     if (enc) await loadEncodersFrom(model, enc, o.log);
     if (config.init.from) {
-      const ck = await resolveCheckpoint(config.init.from);
-      const loaded = await loadCheckpointWeights(model, config, ck);
+      const from = config.init.from;
+      // Every failure here names the key: a wrong, missing or corrupt init.from is a config problem to fix there.
+      const named = (e: unknown): unknown =>
+        e instanceof MgllavaError ? new MgllavaError(`init.from: ${e.message.includes(from) ? '' : `${from}: `}${e.message}`, e.category, { hint: e.hint ?? 'init.from takes a pretrain/finetune run directory or one of its step-NNNNNNNN directories', cause: e }) : e;
+      const ck = await resolveCheckpoint(from).catch((e: unknown) => {
+        throw named(e);
+      });
+      const loaded = await loadCheckpointWeights(model, config, ck).catch((e: unknown) => {
+        throw named(e);
+      });
       o.log?.(`init.from: ${loaded.size} weights from ${ck.stepDir} (+ ${BASE_FILE} of its run)`);
     }
   } catch (e) {
@@ -221,7 +230,15 @@ export async function loadRunModel(runDirOrStep: string, o: { step?: number } = 
   const { config } = await readRunConfig(ck.runDir);
   const model = await checkpointModel(config, ck);
   try {
-    const tokenizer = await loadTokenizer(config.data.tokenizer);
+    let tokenizer: TextTokenizer;
+    try {
+      tokenizer = await loadTokenizer(config.data.tokenizer);
+    } catch (e) {
+      // The run names its tokenizer by path (config.yaml): moved or deleted since training.
+      throw new RunDirError(`run ${ck.runDir}: its tokenizer (data.tokenizer in ${path.join(ck.runDir, 'config.yaml')}) cannot be loaded: ${(e as Error).message}`, {
+        hint: `put the tokenizer back where the run's config.yaml says, or edit data.tokenizer.path there`,
+      });
+    }
     return { model, config, tokenizer, step: ck.step, runDir: ck.runDir, stepDir: ck.stepDir };
   } catch (e) {
     model.dispose();

@@ -16,6 +16,7 @@ import { SafetensorsReader } from '../io/safetensors.js';
 import type { HostTensor } from '../io/safetensors.js';
 import { writeWeightsFile } from '../io/weights-io.js';
 import { listCheckpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, stepDirName, type TrainState } from './layout.js';
+import { fsError } from '../errors.js';
 
 /** What a checkpoint needs of the optimizer: its step count and its moment tensors by file name (AdamW). */
 export interface OptimizerSnapshot {
@@ -94,7 +95,7 @@ export async function saveCheckpoint(s: SaveInput): Promise<{ dir: string; remov
     await fsyncDir(s.runDir);
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw fsError(e, (e as NodeJS.ErrnoException).path ?? tmp, `saving checkpoint ${name}`); // ENOSPC: the previous checkpoint stays
   }
   const all = await listCheckpoints(s.runDir);
   const removed = all.slice(0, Math.max(0, all.length - s.keep)).map((c) => c.dir);
@@ -116,6 +117,11 @@ export async function readOptimizerState(stepDir: string): Promise<Map<string, H
 /** Write text atomically enough for small run files (config.yaml, loss.svg): temp + rename. */
 export async function writeTextFile(file: string, text: string): Promise<void> {
   const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, text);
-  await rename(tmp, file);
+  try {
+    await writeFile(tmp, text);
+    await rename(tmp, file);
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw fsError(e, file, 'writing');
+  }
 }

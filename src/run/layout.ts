@@ -21,7 +21,9 @@ import type { LoaderState } from '../data/loader.js';
 import { configHash, validateConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { Stage } from '../model/mgllava.js';
-import { MgllavaError } from '../errors.js';
+import { MgllavaError, type ErrorOptions } from '../errors.js';
+import { validateState } from './verify.js';
+import { runDirFor } from './guard.js';
 
 export const CONFIG_FILE = 'config.yaml';
 export const BASE_FILE = 'base.safetensors';
@@ -35,8 +37,8 @@ const STEP_DIR = /^step-(\d{8})$/;
 
 /** A run or checkpoint directory that is missing, incomplete or of the wrong kind. */
 export class RunDirError extends MgllavaError {
-  constructor(message: string) {
-    super(message, 'run');
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, 'run', options);
     this.name = 'RunDirError';
   }
 }
@@ -88,9 +90,9 @@ export function stepDirName(step: number): string {
   return `step-${String(step).padStart(8, '0')}`;
 }
 
-/** `<output_dir>/<name>` of a config. */
+/** `<output_dir>/<name>` of a config (a name that is not one plain path component, e.g. '..', is refused: guard.ts). */
 export function runDirOf(config: ExperimentConfig): string {
-  return path.join(config.output_dir, config.name);
+  return runDirFor(config.output_dir, config.name);
 }
 
 /** Complete checkpoints of a run directory (step dir with state.json), ascending; [] if there is none. */
@@ -153,10 +155,8 @@ export async function readState(stepDir: string): Promise<TrainState> {
   } catch (e) {
     throw new RunDirError(`cannot read ${file}: ${(e as Error).message}`);
   }
-  if (s.format !== 1 || !Number.isInteger(s.step) || typeof s.configHash !== 'string' || !s.loader) {
-    throw new RunDirError(`${file}: not a trainer state (format ${String(s.format)})`);
-  }
-  return s;
+  const m = STEP_DIR.exec(path.basename(stepDir));
+  return validateState(s, file, m ? Number(m[1]) : undefined);
 }
 
 /** The resolved config a run was started with, and its hash. */

@@ -13,6 +13,7 @@
  */
 import { appendFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { RunDirError } from './layout.js';
+import { fsError } from '../errors.js';
 
 export interface MetricsLine {
   step: number;
@@ -127,7 +128,11 @@ export class MetricsFile {
   ) {
     const lines = existsSync(file) ? readLines(file) : [];
     if (lines.length < keepLines) throw new RunDirError(`${file} has ${lines.length} lines, the checkpoint expects at least ${keepLines}`);
-    writeFileSync(file, lines.slice(0, keepLines).map((l) => `${l}\n`).join(''));
+    try {
+      writeFileSync(file, lines.slice(0, keepLines).map((l) => `${l}\n`).join(''));
+    } catch (e) {
+      throw fsError(e, file, 'writing');
+    }
     this.count = keepLines;
   }
 
@@ -137,7 +142,11 @@ export class MetricsFile {
   }
 
   append(line: MetricsRecord): void {
-    appendFileSync(this.file, `${JSON.stringify(line)}\n`);
+    try {
+      appendFileSync(this.file, `${JSON.stringify(line)}\n`);
+    } catch (e) {
+      throw fsError(e, this.file, 'writing'); // ENOSPC: one line naming the file
+    }
     this.count++;
   }
 }

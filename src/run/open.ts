@@ -5,13 +5,15 @@
  * This is the place for run-directory policy: which checkpoint a `--resume` takes (and what to fall back to
  * when it is unusable), and guarding the directory against a second writer.
  */
-import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { dumpConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import { removeIncompleteSaves, writeTextFile } from './checkpoint.js';
 import { CONFIG_FILE, listCheckpoints, METRICS_FILE, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint, type TrainStage, type TrainState } from './layout.js';
 import { MetricsFile } from './metrics.js';
+import { checkRunDir, ensureDir } from './guard.js';
+import { lockRunDir, type RunLock } from './lock.js';
+import { checkpointProblem } from './verify.js';
 
 /** Where notes and warnings go (the stage's progress display). */
 export interface RunLog {
@@ -41,9 +43,25 @@ export async function resumePoint(req: ResumeRequest, stage: TrainStage, runDir:
   if (req.resume === 'auto') {
     const all = await listCheckpoints(runDir);
     if (all.length === 0) log.note(`resume auto: no complete checkpoint in ${runDir}; starting from scratch`);
-    else ck = { runDir, stepDir: all[all.length - 1]!.dir, step: all[all.length - 1]!.step };
+    // The newest usable checkpoint: a step whose weights are truncated or missing, or whose state.json is not a
+    // consistent state, is skipped with a warning naming it (verify.ts).
+    const unusable: string[] = [];
+    for (const c of [...all].reverse()) {
+      const problem = await checkpointProblem(c.dir);
+      if (!problem) {
+        ck = { runDir, stepDir: c.dir, step: c.step };
+        break;
+      }
+      unusable.push(problem);
+      log.warn(`resume auto: step ${c.step} is unusable (${problem}); falling back to an earlier checkpoint`);
+    }
+    if (!ck && unusable.length) {
+      throw new RunDirError(`${runDir}: no usable checkpoint to resume from (${unusable.join('; ')}); remove the broken step dirs to start over`);
+    }
   } else if (req.resume) {
     ck = await resolveCheckpoint(req.resume);
+    const problem = await checkpointProblem(ck.stepDir);
+    if (problem) throw new RunDirError(`cannot resume from ${ck.stepDir}: ${problem}`);
   } else {
     const all = await listCheckpoints(runDir);
     if (all.length) {
@@ -68,9 +86,19 @@ export async function resumePoint(req: ResumeRequest, stage: TrainStage, runDir:
   return { ck, state };
 }
 
+/**
+ * Before a stage reads or writes its run directory: refuse one that is not this run's (guard.ts), create it (no
+ * spinning on /proc), and lock it against a second writer (lock.ts). The caller releases the lock when done.
+ */
+export async function claimRunDir(runDir: string, req: ResumeRequest, hash: string, log: RunLog): Promise<RunLock> {
+  await checkRunDir(runDir, { resuming: !!req.resume, hash });
+  await ensureDir(runDir, 'the run directory (output_dir/name)');
+  return lockRunDir(runDir, (m) => log.warn(m));
+}
+
 /** Create the run dir, drop incomplete saves, write config.yaml, and open metrics.jsonl cut back to the checkpoint. */
 export async function openRunDir(runDir: string, config: ExperimentConfig, state: TrainState | null, log: RunLog): Promise<MetricsFile> {
-  await mkdir(runDir, { recursive: true });
+  await ensureDir(runDir, 'the run directory (output_dir/name)');
   const stale = await removeIncompleteSaves(runDir);
   if (stale.length) log.note(`removed ${stale.length} incomplete save(s) of an interrupted run: ${stale.join(', ')}`);
   await writeTextFile(path.join(runDir, CONFIG_FILE), dumpConfig(config));

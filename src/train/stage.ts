@@ -33,7 +33,8 @@ import type { MGLLaVAConfig } from '../model/mgllava.js';
 import { readOptimizerState, writeTextFile } from '../run/checkpoint.js';
 import { BASE_FILE, LOSS_CURVE_FILE, METRICS_FILE, runDirOf, type TrainStage, type TrainState } from '../run/layout.js';
 import { readMetricsRecords, type MetricsFile } from '../run/metrics.js';
-import { openRunDir, resumePoint, type ResumePoint } from '../run/open.js';
+import { claimRunDir, openRunDir, resumePoint, type ResumePoint } from '../run/open.js';
+import type { RunLock } from '../run/lock.js';
 import { AdamW } from './adamw.js';
 import { totalStepsOf } from './build-data.js';
 import { formatHeldOut, type HeldOutEvaluator, type HeldOutResult } from './held-out.js';
@@ -121,7 +122,9 @@ export async function runStage<M extends { dispose(): void }, D extends StageDat
   let optimizer: AdamW | null = null;
   let loader: ReturnType<D['loader']> | null = null;
   let opened = false;
+  let lock: RunLock | null = null;
   try {
+    lock = await claimRunDir(runDir, opts, hash, log); // one writer per run dir, never a foreign folder
     const resumed = await resumePoint(opts, spec.stage, runDir, hash, file, log);
     const mcfg = await modelConfigOf(config);
     data = await spec.buildData(config, mcfg, { imageWorkers: opts.imageWorkers });
@@ -190,6 +193,7 @@ export async function runStage<M extends { dispose(): void }, D extends StageDat
     optimizer?.dispose();
     model?.dispose();
     if (opened) await writeLossCurve(runDir, config, log);
+    await lock?.release();
     log.stop();
   }
 }

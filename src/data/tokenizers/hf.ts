@@ -6,7 +6,8 @@
  * classes get no BOS. A configured token that is not in the vocabulary is an error.
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
+import { DataError, fsError } from '../../errors.js';
 import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { checkDecodableIds, type DecodeOptions, type TextTokenizer } from '../tokenizer.js';
@@ -71,7 +72,7 @@ export async function loadHfTokenizer(p: string, overrides: HfTokenizerOverrides
   try {
     tok = new Tokenizer(json, config);
   } catch (e) {
-    throw new Error(`hf tokenizer ${file}: unsupported tokenizer.json: ${(e as Error).message}`);
+    throw new DataError(`hf tokenizer ${file}: unsupported tokenizer.json: ${(e as Error).message}`);
   }
   const cls = typeof config.tokenizer_class === 'string' ? config.tokenizer_class : '';
   const bos =
@@ -80,20 +81,26 @@ export async function loadHfTokenizer(p: string, overrides: HfTokenizerOverrides
   return new HfTokenizer(`hf:${file}`, tok, bos, eos);
 }
 
+/** Largest tokenizer file read (real ones: a few MB; 250k-token vocabularies ~20 MB). */
+const MAX_TOKENIZER_BYTES = 512 * 2 ** 20;
+
 async function readJson(file: string, what: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
+    const s = await stat(file);
+    if (!s.isFile()) throw new DataError(`${what} ${file} is not a regular file`);
+    if (s.size > MAX_TOKENIZER_BYTES) throw new DataError(`${what} ${file} is ${s.size} bytes, more than a tokenizer file has (${MAX_TOKENIZER_BYTES})`);
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new Error(`cannot read ${what} ${file}: ${(e as Error).message}`);
+    throw fsError(e, file, `reading the ${what}`);
   }
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${what} ${file} is not valid JSON: ${(e as Error).message}`);
+    throw new DataError(`${what} ${file} is not valid JSON: ${(e as Error).message}`);
   }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error(`${what} ${file}: expected a JSON object`);
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new DataError(`${what} ${file}: expected a JSON object`);
   return v as Record<string, unknown>;
 }
 
