@@ -78,6 +78,17 @@ export type { TrainOptions, TrainResult } from './train/trainer.js';
 export { warmupStage, warmup } from './train/warmup.js';
 export type { WarmupOptions, WarmupResult } from './train/warmup.js';
 
+/**
+ * The tiny-shapes recipe behind `mgllava demo [--ablation]`: synthetic data -> encoder warm-up -> pretrain ->
+ * finetune -> eval -> export (`runDemo`), and the fusion / object-token ablation (`runAblation`); progress goes to
+ * a `Log` (`{ line(text), stream }`).
+ */
+export { runDemo } from './recipes/tiny-shapes/demo.js';
+export type { DemoOptions, DemoSummary } from './recipes/tiny-shapes/demo.js';
+export { runAblation, VARIANTS as ABLATION_VARIANTS } from './recipes/tiny-shapes/ablation.js';
+export type { AblationOptions } from './recipes/tiny-shapes/ablation.js';
+export type { Log } from './recipes/tiny-shapes/pipeline.js';
+
 // ---- run directories ---------------------------------------------------------------------------
 
 /** Checkpoints of a run directory, its resolved config and per-step state, and its metrics. */

@@ -24,7 +24,7 @@ function readmeExample(): string {
 const DOCUMENTED = {
   function: [
     'selectBackend', 'currentBackend', 'runtimeInfo', 'loadConfig', 'validateConfig', 'buildModel', 'loadRun', 'loadRunModel',
-    'runStage', 'mgllavaStage', 'warmupStage', 'train', 'warmup', 'resolveCheckpoint', 'readMetrics', 'generate', 'runEval', 'loadImageInput', 'visualTokensFor', 'disposeVisual',
+    'runStage', 'mgllavaStage', 'warmupStage', 'train', 'warmup', 'runDemo', 'runAblation', 'resolveCheckpoint', 'readMetrics', 'generate', 'runEval', 'loadImageInput', 'visualTokensFor', 'disposeVisual',
     'exportRun', 'openPretrained', 'writeConverted', 'convertTorchCheckpoint', 'loadRecords', 'loadBoxes', 'checkDataset',
     'prepareImage', 'preprocessBoxes', 'getTemplate', 'loadTokenizer', 'encodeConversation', 'loadDataset', 'collate', 'synthDataset',
   ],
