@@ -8,7 +8,6 @@
  *
  * Coordinates are original-image pixels of the image as loaded (after EXIF rotation when that is applied).
  */
-import type { BoxEntry } from './records.js';
 
 export interface BoxAudit {
   total: number;
@@ -22,9 +21,15 @@ export interface BoxAudit {
   whollyOutside: number[];
 }
 
-export function auditBoxes(entry: Pick<BoxEntry, 'boxes'>, width: number, height: number): BoxAudit {
+/** Boxes as a box entry has them ([x1, y1, x2, y2] each). */
+export interface BoxList {
+  boxes: readonly (readonly number[])[];
+}
+
+export function auditBoxes(entry: BoxList, width: number, height: number): BoxAudit {
   const a: BoxAudit = { total: entry.boxes.length, inverted: [], xywh: [], outside: [], whollyOutside: [] };
-  entry.boxes.forEach(([x1, y1, x2, y2], i) => {
+  entry.boxes.forEach((b, i) => {
+    const [x1, y1, x2, y2] = b as [number, number, number, number];
     if (x2 < x1 || y2 < y1) {
       const fitsAsXywh = x1 >= 0 && y1 >= 0 && x2 > 0 && y2 > 0 && x1 + x2 <= width && y1 + y2 <= height;
       (fitsAsXywh ? a.xywh : a.inverted).push(i);
@@ -39,7 +44,7 @@ export function auditBoxes(entry: Pick<BoxEntry, 'boxes'>, width: number, height
 }
 
 /** One line per finding of an audit, for `data check` (empty when the boxes look right). */
-export function describeAudit(a: BoxAudit, entry: Pick<BoxEntry, 'boxes'>, width: number, height: number): { kind: 'inverted_boxes' | 'xywh_boxes' | 'boxes_outside_image'; count: number; reason: string }[] {
+export function describeAudit(a: BoxAudit, entry: BoxList, width: number, height: number): { kind: 'inverted_boxes' | 'xywh_boxes' | 'boxes_outside_image'; count: number; reason: string }[] {
   const eg = (i: number) => `boxes[${i}] = [${entry.boxes[i]!.join(', ')}]`;
   const out: { kind: 'inverted_boxes' | 'xywh_boxes' | 'boxes_outside_image'; count: number; reason: string }[] = [];
   if (a.xywh.length) {
