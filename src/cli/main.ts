@@ -81,7 +81,10 @@ async function commandsFor(argv: readonly string[]): Promise<AnyCommand[]> {
   return Promise.all(
     COMMANDS.map(async (e): Promise<AnyCommand> => {
       if (!words.has(nameOf(e.command))) {
-        return { command: e.command, describe: e.describe, builder: (y) => y.strict(false), handler: () => { throw new Error(`command ${e.command} ran without its module`); } };
+        const handler = () => {
+          throw new Error(`command ${e.command} ran without its module`);
+        };
+        return { command: e.command, describe: e.describe, builder: (y) => y.strict(false), handler };
       }
       const m = await e.load();
       return { ...m, describe: e.describe };
