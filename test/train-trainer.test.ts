@@ -108,18 +108,21 @@ describe('trainer', () => {
     await expect(train(opts({ configFile: setup.finetuneYaml, stage: 'finetune', sets: other }))).rejects.toThrow(/shape mismatch: llm\.model\.layers\.0\.mlp\.down_proj\.weight: file has \[16,24\], model expects \[16,32\]/);
   });
 
-  it('dry run: parameter table and memory estimate; refuses above the wasm ceiling', async () => {
+  it('dry run: parameter table and memory estimate; says when it would not fit the wasm ceiling', async () => {
     const o = opts({ dryRun: true });
     const r = await train(o);
     expect(r.stopped).toBe('dry-run');
     expect(o.log()).toMatch(/visual_encoder\s+[\d.]+ K\s+frozen[\s\S]*fuse_module\s+[\d.]+ K\s+trainable[\s\S]*llm\s+[\d.]+ K\s+frozen/);
     expect(o.log()).toMatch(/weights[\s\S]*gradients[\s\S]*optimizer[\s\S]*activations[\s\S]*total/);
-    expect(o.log()).toMatch(/model built: .* nothing trained/);
+    expect(o.log()).toMatch(/dry run only: no weights read, nothing trained/);
     expect(existsSync(path.join(setup.runs, 'dry'))).toBe(false);
     if (tf.getBackend() === 'wasm') {
       setMemoryCeiling(256 * 1024);
       try {
-        await expect(train(opts({ dryRun: true }))).rejects.toThrow(/refusing: the estimated .* exceed the wasm ceiling of 256.0 KiB/);
+        // The plan is printed either way (LoRA / checkpointing may be the way out); it says the run would not fit.
+        const tight = opts({ dryRun: true });
+        await train(tight);
+        expect(tight.log()).toMatch(/this does not fit the wasm heap \(ceiling 256\.0 KiB\)/);
       } finally {
         setMemoryCeiling(null);
       }
