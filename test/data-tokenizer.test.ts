@@ -202,6 +202,6 @@ describe('hf tokenizer.json loader', () => {
     } finally {
       rmSync(qdir, { recursive: true, force: true });
     }
-    await expect(loadTokenizer({ type: 'hf', path: path.join(dir, 'missing.json') })).rejects.toThrow(/cannot read tokenizer/);
+    await expect(loadTokenizer({ type: 'hf', path: path.join(dir, 'missing.json') })).rejects.toThrow(/missing\.json: reading the tokenizer: no such file or directory/);
   });
 });

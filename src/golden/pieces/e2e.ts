@@ -37,6 +37,7 @@ export function e2eModelConfig(c: E2eConfig): MGLLaVAConfig {
     objects: { outputSize: c.box_feat_size, samplingRatio: -1, projectorDepth: 2, multiLevelDim: null },
     projectorDepth: 2,
     llm: fromHfConfig({ model_type: 'llama', ...c.llm }), // the manifest gives LlamaConfig fields without model_type
+    lora: null,
   };
 }
 
