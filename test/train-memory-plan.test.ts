@@ -56,6 +56,12 @@ describe('parameter counts with LoRA', () => {
     const trainable = [...m.trainableWeights('finetune').values()].reduce((s, v) => s + v.size, 0);
     expect(counts.filter((x) => x.trainable).reduce((s, x) => s + x.params, 0)).toBe(trainable);
     expect(countParameters(c, 'pretrain').find((x) => x.module === 'llm.lora')!.trainable).toBe(false);
+    // The stage's set is also what the variables say: a checkpointed layer computes gradients for those only.
+    const set = m.trainableWeights('finetune');
+    for (const [n, v] of m.weightMap()) expect(v.trainable, n).toBe(set.has(n));
+    expect(m.weightMap().get('llm.model.layers.0.mlp.down_proj.weight')!.trainable).toBe(false);
+    m.trainableWeights('pretrain');
+    expect([...m.weightMap()].filter(([n]) => n.startsWith('llm.')).every(([, v]) => !v.trainable)).toBe(true);
     m.dispose();
   });
 });
@@ -149,8 +155,7 @@ describe('estimate vs measured (wasm memory guard)', () => {
     resetPeakMemory();
     const model = new MGLLaVA(c, { rng: new Rng(1) });
     model.setActivationCheckpointing(ck);
-    const trainable = model.trainableWeights(stage);
-    for (const [n, v] of model.weightMap()) v.trainable = trainable.has(n);
+    const trainable = model.trainableWeights(stage); // (also marks the variables: what checkpointing differentiates)
     const optimizer = new AdamW(trainable);
     const batches = [batch(c, 2, 60, 3, 12)];
     for (let i = 0; i < 2; i++) await trainStep({ model, trainable, optimizer, batches, lr: 1e-4, maxNorm: 1 });

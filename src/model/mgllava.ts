@@ -173,7 +173,11 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     this.visionAux?.setTrainable(false);
   }
 
-  /** The weights a stage trains, by checkpoint name (encoders never, unless `unfreezeEncoders`). */
+  /**
+   * The weights a stage trains, by checkpoint name (encoders never, unless `unfreezeEncoders`). Also marks
+   * exactly these `trainable` (tf.Variable.trainable) and the rest frozen: activation checkpointing recomputes a
+   * block with gradients for its trainable weights only (a frozen LLM's or LoRA's base weights get none).
+   */
   trainableWeights(stage: Stage, opts: { unfreezeEncoders?: boolean } = {}): Map<string, tf.Variable> {
     const parts: [string, Module | null][] = [
       ['fuse_module.', this.fusion],
@@ -190,6 +194,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
       for (const [n, v] of this.vision.namedWeights('visual_encoder.')) out.set(n, v);
       if (this.visionAux) for (const [n, v] of this.visionAux.namedWeights('visual_encoder_aux.')) out.set(n, v);
     }
+    for (const [n, v] of this.namedWeights()) v.trainable = out.has(n);
     return out;
   }
 
