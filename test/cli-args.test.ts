@@ -6,28 +6,12 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runCli } from './cli-harness.js';
 
 const REPO = path.resolve(import.meta.dirname, '..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mgllava-args-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
-  const l = vi.spyOn(console, 'log').mockImplementation((s) => void out.push(`${String(s)}\n`)); // yargs prints --help/--version there
-  try {
-    return { code: await main(argv), out: out.join(''), err: err.join('') };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    l.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 /** Every file under a folder with its contents (what "changes no file" compares). */
 function snapshot(dir: string): Record<string, string> {
@@ -81,7 +65,7 @@ describe('argument errors stop before any work', () => {
   it.each(cases)('%j exits 1 with a usage hint and writes nothing', async (...args) => {
     const [argv, re] = args as unknown as [string[], RegExp];
     const before = snapshot(tmp);
-    const r = await cli(argv);
+    const r = await runCli(argv);
     expect(r.code, r.err).toBe(1);
     expect(r.err).toMatch(re);
     expect(r.err).toMatch(/\[hint: 'mgllava [a-z ]*--help' lists the (options|commands)\]/);
@@ -91,7 +75,7 @@ describe('argument errors stop before any work', () => {
   });
 
   it('every command is covered above', async () => {
-    const list = (await cli([])).out;
+    const list = (await runCli([])).out;
     const commands = [...list.matchAll(/^ {2}mgllava (\S+)/gm)].map((m) => m[1]!);
     expect(commands.length).toBeGreaterThan(8);
     const covered = new Set(cases.map(([a]) => a[0]));
@@ -101,7 +85,7 @@ describe('argument errors stop before any work', () => {
 
 describe('the command line without errors', () => {
   it('`mgllava` alone prints the command list and exits 0', async () => {
-    const r = await cli([]);
+    const r = await runCli([]);
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/Commands:/);
     for (const c of ['pretrain', 'finetune', 'eval', 'chat', 'export', 'data']) expect(r.out).toContain(`mgllava ${c}`);
@@ -109,7 +93,7 @@ describe('the command line without errors', () => {
 
   it('--version prints the package version', async () => {
     const version = (JSON.parse(readFileSync(path.join(REPO, 'package.json'), 'utf8')) as { version: string }).version;
-    const r = await cli(['--version']);
+    const r = await runCli(['--version']);
     expect(r.code).toBe(0);
     expect(r.out.trim()).toBe(version);
   });

@@ -4,10 +4,10 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadBoxes } from '../src/data/records.js';
 import { journalPath } from '../src/detect/boxes-run.js';
+import { runCli } from './cli-harness.js';
 import { makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
 import { writeTestImage, writeTinyOwlv2Dir } from './owlv2-fixture.js';
 
@@ -15,18 +15,8 @@ let setup: TinyTrainSetup;
 let owl: string;
 let images: string;
 
-async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
-  try {
-    return { code: await main([...argv, '--backend', 'wasm']), out: out.join(''), err: err.join('') };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-  }
-}
+/** The CLI on the wasm backend. */
+const capture = (argv: string[]) => runCli([...argv, '--backend', 'wasm']);
 
 beforeAll(async () => {
   setup = await makeTinyTrainSetup(8);

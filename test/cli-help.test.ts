@@ -4,32 +4,16 @@
  * and a mistyped flag load neither tfjs nor sharp (what made `--help` take seconds).
  */
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { COMMANDS, main } from '../src/cli/main.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { COMMANDS } from '../src/cli/main.js';
+import { runCli } from './cli-harness.js';
 
 const REPO = path.resolve(import.meta.dirname, '..');
 const tmp = mkdtempSync(path.join(tmpdir(), 'mgllava-help-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
-  const l = vi.spyOn(console, 'log').mockImplementation((s) => void out.push(`${String(s)}\n`)); // yargs prints help there
-  try {
-    return { code: await main(argv), out: out.join(''), err: err.join('') };
-  } finally {
-    o.mockRestore();
-    e.mockRestore();
-    l.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 describe('command table', () => {
   it.each(COMMANDS.map((c) => [c.command, c] as const))('%s: the module has the same command string and description', async (_, entry) => {
@@ -43,18 +27,18 @@ describe('--help', () => {
   const names = [...COMMANDS.map((c) => c.command.split(' ')[0]!), 'data check', 'data show', 'data synth', 'data vocab'];
   it.each(names)('mgllava %s --help shows its options and at least one example', async (words) => {
     const argv = words.split(' ');
-    const r = await cli([...argv, '--help']);
+    const r = await runCli([...argv, '--help']);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/Options:/);
     expect(r.out).toMatch(/Examples:\n {2}mgllava /);
   });
 
   it('`mgllava --help` lists every command of the table with its description', async () => {
-    const r = await cli(['--help']);
+    const r = await runCli(['--help']);
     expect(r.code).toBe(0);
     for (const c of COMMANDS) expect(r.out).toContain(`mgllava ${c.command}`);
     expect(r.out).toMatch(/--backend {3}TensorFlow\.js backend/);
-    expect((await cli([])).out).toBe(r.out);
+    expect((await runCli([])).out).toBe(r.out);
   });
 });
 

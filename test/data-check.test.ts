@@ -2,12 +2,12 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkDataset, type TextEncoding } from '../src/data/check.js';
 import { BadDatasetError, loadDataset } from '../src/data/dataset.js';
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
+import { runCli } from './cli-harness.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-check-'));
 const images = path.join(root, 'images');
@@ -54,21 +54,6 @@ beforeAll(async () => {
   text = { template: getTemplate('vicuna'), tokenizer: await loadTokenizer({ type: 'byte' }), maxLength: 40 };
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const spyOut = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const spyErr = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    const code = await main(args);
-    return { code, out: out.join(''), err: err.join('') };
-  } finally {
-    spyOut.mockRestore();
-    spyErr.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 describe('data check', () => {
   it('finds every kind of bad record, naming file, id and reason', async () => {

@@ -6,8 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadDataset } from '../src/data/dataset.js';
 import { imageWorkerCount, ImageWorkerPool } from '../src/data/image-pool.js';
 import { jsonItems, JsonSyntaxError } from '../src/data/json.js';
@@ -15,6 +14,7 @@ import { loadBoxes, loadRecords } from '../src/data/records.js';
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
 import { DataError, MgllavaError } from '../src/errors.js';
+import { runCli } from './cli-harness.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-hostile-'));
 const images = path.join(root, 'images');
@@ -35,20 +35,6 @@ beforeAll(async () => {
   writeFileSync(records, ['a', 'b', 'c'].map((id) => JSON.stringify({ id, image: `${id}.png`, conversations: qa('<image>\nwhat color ?') })).join('\n') + '\n');
   writeFileSync(boxes, JSON.stringify({ a: { boxes: [[1, 1, 10, 10]], labels: ['x'], scores: [0.9] }, b: { boxes: [[1, 1, 10, 10]], labels: ['x'], scores: [0.9] } }));
 });
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 /** The error a promise rejects with (fails the test if it resolves). */
 async function failure(p: Promise<unknown>): Promise<MgllavaError> {

@@ -6,8 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/load.js';
 import { cmykToRgbPil } from '../src/data/cmyk.js';
 import { checkDataset } from '../src/data/check.js';
@@ -16,24 +15,11 @@ import { DEFAULT_MAX_IMAGE_PIXELS, decodeImage, ImageError, imageOptionsOf, prep
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
 import { MgllavaError } from '../src/errors.js';
+import { runCli } from './cli-harness.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, 'fixtures/cmyk');
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-policy-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 describe('CMYK JPEGs decode to the colours PIL gives', () => {
   const expected = JSON.parse(readFileSync(path.join(FIXTURES, 'pil-expected.json'), 'utf8')) as {

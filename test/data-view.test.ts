@@ -4,28 +4,14 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, describe, expect, it } from 'vitest';
 import { normalizeImage, type RgbImage } from '../src/data/image.js';
 import { BOX_COLOURS, glyphSize, renderView, saveView, VIEW_GAP, viewScale, viewSize } from '../src/data/view.js';
 import { makeTinyRun } from './infer-fixtures.js';
+import { runCli } from './cli-harness.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-view-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 const solid = (side: number, rgb: [number, number, number]): RgbImage => {
   const data = new Uint8Array(side * side * 3);

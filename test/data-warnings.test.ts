@@ -5,8 +5,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { auditBoxes } from '../src/data/box-audit.js';
 import { preprocessBoxes } from '../src/data/boxes.js';
 import { checkDataset, formatWarning } from '../src/data/check.js';
@@ -18,6 +17,7 @@ import { loadTokenizer } from '../src/data/tokenizer.js';
 import { runEval } from '../src/infer/eval.js';
 import { MgllavaError } from '../src/errors.js';
 import { tinyModel, WordTokenizer } from './infer-fixtures.js';
+import { runCli } from './cli-harness.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-warn-'));
 const images = path.join(root, 'images');
@@ -27,20 +27,6 @@ const qa = (q: string, a = 'red') => [
   { from: 'human', value: q },
   { from: 'gpt', value: a },
 ];
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
-}
 
 // 100x50 image: inverted, xywh-looking, outside and fine boxes.
 const ENTRIES = {

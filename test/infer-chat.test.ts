@@ -3,8 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../src/errors.js';
 import { IMAGE_TOKEN_INDEX as IMG } from '../src/data/constants.js';
 import { buildChatPrompt } from '../src/data/conversation.js';
@@ -16,6 +15,7 @@ import { ChatLengthError, ChatSession } from '../src/infer/chat.js';
 import { disposeVisual, loadImageInput, visualTokensFor } from '../src/infer/visual.js';
 import { MGLLaVA } from '../src/model/mgllava.js';
 import { Rng } from '../src/util/rng.js';
+import { runCli } from './cli-harness.js';
 import { makeTinyRun, randomImage, tinyConfig, type TinyRun } from './infer-fixtures.js';
 
 describe('ChatSession', () => {
@@ -142,18 +142,7 @@ describe('mgllava chat', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const capture = async (argv: string[]) => {
-    const out: string[] = [];
-    const err: string[] = [];
-    const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (out.push(String(s)), true));
-    const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
-    try {
-      return { code: await main([...argv, '--backend', 'wasm']), out: out.join(''), err: err.join('') };
-    } finally {
-      o.mockRestore();
-      e.mockRestore();
-    }
-  };
+  const capture = (argv: string[]) => runCli([...argv, '--backend', 'wasm']);
 
   it('answers one prompt about an image with its boxes (streamed), as generate does', async () => {
     const image = path.join(run.data, 'images', 'eval-00002.png');

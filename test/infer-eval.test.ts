@@ -2,8 +2,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT } from '../src/errors.js';
 import type { ExperimentConfig } from '../src/config/schema.js';
 import { getTemplate } from '../src/data/templates.js';
@@ -11,6 +10,7 @@ import { loadTokenizer, type TextTokenizer } from '../src/data/tokenizer.js';
 import { runEval, score, type Prediction } from '../src/infer/eval.js';
 import { answersMatch, normalizeAnswer } from '../src/infer/normalize.js';
 import type { MGLLaVA } from '../src/model/mgllava.js';
+import { runCli } from './cli-harness.js';
 import { makeTinyRun } from './infer-fixtures.js';
 
 describe('normalizeAnswer', () => {
@@ -76,16 +76,9 @@ describe('eval', () => {
 
   it('CLI: --json summary agrees with the predictions file; the images are encoded once each', async () => {
     const out = path.join(dir, 'cli-preds.jsonl');
-    const lines: string[] = [];
-    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => (lines.push(String(s)), true));
-    let code: number;
-    try {
-      code = await main(['eval', runDir, '--records', path.join(data, 'eval.json'), '--json', '--batch-size', '5', '--out', out, '--backend', 'wasm']);
-    } finally {
-      spy.mockRestore();
-    }
-    expect(code).toBe(0);
-    const summary = JSON.parse(lines.join('')) as { accuracy: number; count: number; correct: number; byCategory: Record<string, { accuracy: number; correct: number; count: number }>; predictions: string; step: number };
+    const r = await runCli(['eval', runDir, '--records', path.join(data, 'eval.json'), '--json', '--batch-size', '5', '--out', out, '--backend', 'wasm']);
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.out) as { accuracy: number; count: number; correct: number; byCategory: Record<string, { accuracy: number; correct: number; count: number }>; predictions: string; step: number };
     expect(summary.count).toBe(12); // 4 images x 3 categories
     expect(summary.step).toBe(5);
     expect(summary.predictions).toBe(out);
@@ -177,15 +170,11 @@ describe('eval', () => {
   });
 
   it('CLI errors are one line on stderr with the exit code of their category', async () => {
-    const errs: string[] = [];
-    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (errs.push(String(s)), true));
-    try {
-      expect(await main(['eval', path.join(dir, 'nowhere'), '--records', path.join(data, 'eval.json'), '--backend', 'wasm'])).toBe(EXIT.run);
-      expect(await main(['eval', runDir, '--records', path.join(dir, 'none.json'), '--backend', 'wasm'])).toBe(EXIT.usage);
-    } finally {
-      spy.mockRestore();
-    }
-    expect(errs.join('')).toMatch(/nowhere: no such file or directory/);
-    expect(errs.join('')).toMatch(/eval records not found: .*none\.json/);
+    const noRun = await runCli(['eval', path.join(dir, 'nowhere'), '--records', path.join(data, 'eval.json'), '--backend', 'wasm']);
+    expect(noRun.code).toBe(EXIT.run);
+    const noRecords = await runCli(['eval', runDir, '--records', path.join(dir, 'none.json'), '--backend', 'wasm']);
+    expect(noRecords.code).toBe(EXIT.usage);
+    expect(noRun.err).toMatch(/nowhere: no such file or directory/);
+    expect(noRecords.err).toMatch(/eval records not found: .*none\.json/);
   });
 });

@@ -21,7 +21,7 @@ import { BASE_FILE, RunDirError, runDirOf, type TrainState } from '../src/run/la
 import { baseWeightNames, loadRunModel } from '../src/model/factory.js';
 import { loadWeightsFile, writeWeightsFile } from '../src/io/weights-io.js';
 import { Rng } from '../src/util/rng.js';
-import { main } from '../src/cli/main.js';
+import { runCli } from './cli-harness.js';
 import { goldenConfig, goldenParams, type Weights } from './io-fixtures.js';
 
 let root: string;
@@ -274,18 +274,9 @@ describe('export a finetune run', () => {
 
   it('mgllava export (CLI)', async () => {
     const out = path.join(root, 'ft-cli');
-    const lines: string[] = [];
-    const write = process.stdout.write.bind(process.stdout);
-    process.stdout.write = ((s: string) => (lines.push(String(s)), true)) as typeof process.stdout.write;
-    let code: number;
-    try {
-      code = await main(['export', runDir, '--format', 'hf', '--out', out, '--max-shard-mb', '0.02']);
-    } finally {
-      process.stdout.write = write;
-      process.exitCode = undefined;
-    }
-    expect(code).toBe(0);
-    expect(lines.join('')).toMatch(/exported .* step 7 \(finetune\) as hf/);
+    const r = await runCli(['export', runDir, '--format', 'hf', '--out', out, '--max-shard-mb', '0.02']);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/exported .* step 7 \(finetune\) as hf/);
     expect(existsSync(path.join(out, 'model.safetensors.index.json'))).toBe(true);
   });
 });

@@ -13,8 +13,8 @@ import { fromHfConfig } from '../src/model/llm/config.js';
 import { MGLLaVA } from '../src/model/mgllava.js';
 import { WeightLoadError } from '../src/nn/module.js';
 import { Rng } from '../src/util/rng.js';
-import { main } from '../src/cli/main.js';
 import { EXIT } from '../src/errors.js';
+import { runCli } from './cli-harness.js';
 import { e2eModelSection, f32, goldenConfig, goldenParams, renamePrefix, roundTripHalf, writeE2eDirs, type Weights } from './io-fixtures.js';
 
 let root: string;
@@ -263,22 +263,7 @@ describe('LLaMA-family layouts', () => {
 });
 
 describe('mgllava import', () => {
-  async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    const o = process.stdout.write.bind(process.stdout);
-    const e = process.stderr.write.bind(process.stderr);
-    process.stdout.write = ((s: string) => (out.push(String(s)), true)) as typeof process.stdout.write;
-    process.stderr.write = ((s: string) => (err.push(String(s)), true)) as typeof process.stderr.write;
-    try {
-      const code = await main(argv);
-      return { code, out: out.join(''), err: err.join('') };
-    } finally {
-      process.stdout.write = o;
-      process.stderr.write = e;
-      process.exitCode = undefined;
-    }
-  }
+  const run = (...argv: string[]) => runCli(argv);
 
   it('converts each kind to one safetensors under checkpoint names', async () => {
     const d = await writeE2eDirs(await fresh('cli'), { extras: true, llmShardBytes: 40_000 });

@@ -14,7 +14,8 @@ import { writeTorchPth } from '../src/io/torch-pth.js';
 import { TorchTensor } from '../src/io/torch-tensor.js';
 import { Rng } from '../src/util/rng.js';
 import { P, randomStateDict, expectedBytes, zipArchive, zipCheckpoint } from './torch-gen.js';
-import { expectOneLineError, rawSafetensors, runCli } from './torch-helpers.js';
+import { expectOneLineError, runCli } from './cli-harness.js';
+import { rawSafetensors } from './torch-helpers.js';
 
 let root: string;
 let n = 0;
@@ -53,8 +54,8 @@ describe('mgllava convert', () => {
       await writeTorchPth(pth, w, { meta: { iter: 7, seed: 1 }, forceZip64: zip64 });
       const out = path.join(dir, 'model.safetensors');
       const r = await runCli(['convert', pth, '--out', out, '--json']);
-      expect(r.code, r.stderr).toBe(0);
-      const line = JSON.parse(r.stdout) as Record<string, unknown>;
+      expect(r.code, r.err).toBe(0);
+      const line = JSON.parse(r.out) as Record<string, unknown>;
       expect(line).toEqual({ tensors: w.size, bytes: [...w.values()].reduce((s, t) => s + t.data.byteLength, 0), key: 'state_dict', skipped: 0 });
       const got = rawSafetensors(out);
       expect([...got.keys()].sort()).toEqual([...w.keys()].sort());
@@ -122,7 +123,7 @@ describe('mgllava convert', () => {
     const input = path.join(dir, 'ck.pt');
     await writeFile(input, zipCheckpoint(tensors, { wrap: 'model' }));
     const ok = await runCli(['convert', input, '--out', path.join(dir, 'a.safetensors'), '--key', 'model', '--json']);
-    expect(JSON.parse(ok.stdout)).toMatchObject({ tensors: tensors.length, key: 'model' });
+    expect(JSON.parse(ok.out)).toMatchObject({ tensors: tensors.length, key: 'model' });
     const line = expectOneLineError(await runCli(['convert', input, '--out', path.join(dir, 'b.safetensors'), '--key', 'weights']));
     expect(line).toContain("no key 'weights'");
     expect(line).toContain("'epoch'");

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MgllavaError } from '../src/errors.js';
 import { convertTorchCheckpoint } from '../src/io/torch-convert.js';
-import { expectOneLineError, FIXTURES, rawSafetensors, runCli } from './torch-helpers.js';
+import { expectOneLineError, runCli } from './cli-harness.js';
+import { FIXTURES, rawSafetensors } from './torch-helpers.js';
 
 interface Case {
   kind: 'valid' | 'hostile';
@@ -76,8 +77,8 @@ describe('torch checkpoint fixtures', () => {
     for (const { dir, c } of cases.filter((x) => x.c.kind === 'valid')) {
       const dest = fresh();
       const r = await runCli(['convert', inputOf(dir, c), '--out', dest, '--json']);
-      expect(r.code, r.stderr).toBe(0);
-      const line = JSON.parse(r.stdout.trim()) as { tensors: number; bytes: number; key: string | null; skipped: number };
+      expect(r.code, r.err).toBe(0);
+      const line = JSON.parse(r.out.trim()) as { tensors: number; bytes: number; key: string | null; skipped: number };
       const expected = rawSafetensors(path.join(dir, 'expected.safetensors'));
       expect(line.tensors).toBe(expected.size);
       expect(line.bytes).toBe([...expected.values()].reduce((s, t) => s + t.bytes.length, 0));
@@ -114,7 +115,7 @@ describe('torch checkpoint fixtures', () => {
         return;
       }
       // Allowed to load: exactly the listed tensors, each [1, 2, 3, 4] as float32.
-      expect(cli.code, cli.stderr).toBe(0);
+      expect(cli.code, cli.err).toBe(0);
       const got = rawSafetensors(dest);
       expect([...got.keys()].sort()).toEqual([...c.tensors!].sort());
       const four = Buffer.from(new Float32Array([1, 2, 3, 4]).buffer);

@@ -22,7 +22,8 @@ import { Rng } from '../src/util/rng.js';
 import { makeTinyRun } from './infer-fixtures.js';
 import { fromHalfBits, toHalfBits } from './io-fixtures.js';
 import { zipCheckpoint, type GenTensor } from './torch-gen.js';
-import { expectOneLineError, rawSafetensors, runCli } from './torch-helpers.js';
+import { expectOneLineError, runCli } from './cli-harness.js';
+import { rawSafetensors } from './torch-helpers.js';
 
 let dir: string;
 let data: string;
@@ -79,8 +80,8 @@ async function weightsOf(run: string): Promise<Map<string, Float32Array>> {
 async function evalPredictions(run: string): Promise<{ accuracy: number; predictions: string[] }> {
   const out = path.join(dir, `pred-${n++}.jsonl`);
   const r = await runCli(['eval', run, '--records', path.join(data, 'eval.json'), '--json', '--batch-size', '6', '--out', out, '--backend', 'wasm']);
-  expect(r.code, r.stderr).toBe(0);
-  const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { accuracy: number };
+  expect(r.code, r.err).toBe(0);
+  const summary = JSON.parse(r.out.trim().split('\n').pop()!) as { accuracy: number };
   const predictions = readFileSync(out, 'utf8').trim().split('\n').map((l) => JSON.stringify((JSON.parse(l) as { id: string; prediction: string })));
   return { accuracy: summary.accuracy, predictions };
 }
@@ -122,8 +123,8 @@ describe('mgllava import --kind mgllava', () => {
     const rel = await release(await tensorsOf(path.join(exported, 'model.pth')));
     const out = fresh('imported');
     const r = await runCli(['import', '--kind', 'mgllava', '--from', rel, '--config', configFile, '--out', out, '--json', '--backend', 'wasm']);
-    expect(r.code, r.stderr).toBe(0);
-    const report = JSON.parse(r.stdout) as { step: number; stage: string; key: string; trained: number; frozen: number; missing: string[]; unmapped: unknown[]; notImported: string[] };
+    expect(r.code, r.err).toBe(0);
+    const report = JSON.parse(r.out) as { step: number; stage: string; key: string; trained: number; frozen: number; missing: string[]; unmapped: unknown[]; notImported: string[] };
     const trainableCount = Object.keys(JSON.parse(readFileSync(path.join(exported, 'mgllava.json'), 'utf8')).keys).length;
     expect(report).toMatchObject({ step: 10805, stage: 'finetune', key: 'state_dict', trained: trainableCount, frozen: 0, missing: [], unmapped: [], notImported: [] });
 
@@ -159,8 +160,8 @@ describe('mgllava import --kind mgllava', () => {
     const half = await release(await tensorsOf(path.join(exported, 'model.pth'), true));
     const out = fresh('half');
     const r = await runCli(['import', '--kind', 'mgllava', '--from', half, '--config', configFile, '--out', out, '--backend', 'wasm']);
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toContain('step 10805');
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toContain('step 10805');
     const got = await weightsOf(out);
     const w = 'projector.model.0.weight';
     expect(Array.from(got.get(w)!)).toEqual(Array.from(original.get(w)!, (x) => fromHalfBits(toHalfBits(x))));
@@ -172,8 +173,8 @@ describe('mgllava import --kind mgllava', () => {
     await writeFile(path.join(ds, 'global_step5', 'mp_rank_00_model_states.pt'), zipCheckpoint(await tensorsOf(path.join(exported, 'model.pth')), { wrap: 'module' }));
     const dsRun = fresh('ds-run');
     const d = await runCli(['import', '--kind', 'mgllava', '--from', ds, '--config', configFile, '--out', dsRun, '--json', '--backend', 'wasm']);
-    expect(d.code, d.stderr).toBe(0);
-    expect(JSON.parse(d.stdout)).toMatchObject({ key: 'module', step: 100 });
+    expect(d.code, d.err).toBe(0);
+    expect(JSON.parse(d.out)).toMatchObject({ key: 'module', step: 100 });
     for (const run of [st, dsRun]) {
       const ws = await weightsOf(run);
       for (const [k, v] of original) expect(Buffer.compare(Buffer.from(ws.get(k)!.buffer), Buffer.from(v.buffer)), `${run} ${k}`).toBe(0);
@@ -189,8 +190,8 @@ describe('mgllava import --kind mgllava', () => {
     expect(line).toContain('--allow-missing');
     const out = fresh('allow');
     const ok = await runCli(['import', '--kind', 'mgllava', '--from', rel, '--config', configFile, '--out', out, '--allow-missing', '--json', '--backend', 'wasm']);
-    expect(ok.code, ok.stderr).toBe(0);
-    expect(JSON.parse(ok.stdout).missing).toEqual([dropped]);
+    expect(ok.code, ok.err).toBe(0);
+    expect(JSON.parse(ok.out).missing).toEqual([dropped]);
     expect(existsSync(path.join(out, stepDirName(10805), 'model.safetensors'))).toBe(true);
 
     // A wrong shape: the release's projector is wider than the config's.
@@ -201,8 +202,8 @@ describe('mgllava import --kind mgllava', () => {
     // Keys that are no weight of the model are reported, not imported.
     const extra: GenTensor = { ...all[0]!, name: 'data_preprocessor.mean' };
     const e = await runCli(['import', '--kind', 'mgllava', '--from', await release([...all, extra]), '--config', configFile, '--out', fresh('z'), '--json', '--backend', 'wasm']);
-    expect(e.code, e.stderr).toBe(0);
-    expect(JSON.parse(e.stdout).unmapped).toEqual([{ name: 'data_preprocessor.mean', why: 'not a weight of this model' }]);
+    expect(e.code, e.err).toBe(0);
+    expect(JSON.parse(e.out).unmapped).toEqual([{ name: 'data_preprocessor.mean', why: 'not a weight of this model' }]);
 
     // The output must be a new run directory; --config is required.
     expect(expectOneLineError(await runCli(['import', '--kind', 'mgllava', '--from', rel, '--config', configFile, '--out', out, '--allow-missing', '--backend', 'wasm']))).toContain('not an empty directory');

@@ -16,7 +16,8 @@ import { MGLLaVA } from '../src/model/mgllava.js';
 import { Rng } from '../src/util/rng.js';
 import { e2eModelSection, renamePrefix, toBf16Bits, toHalfBits, writeE2eDirs, type Weights } from './io-fixtures.js';
 import { zipCheckpoint, type DType, type GenTensor } from './torch-gen.js';
-import { FIXTURES, rawSafetensors, runCli } from './torch-helpers.js';
+import { runCli } from './cli-harness.js';
+import { FIXTURES, rawSafetensors } from './torch-helpers.js';
 
 let root: string;
 let n = 0;
@@ -156,12 +157,12 @@ describe('pretrained directories with PyTorch pickles', () => {
     await writeBin(bin, renamePrefix(st.params, 'llm.', ''), 'F16', 2);
     await copyFile(path.join(st.llm, 'config.json'), path.join(bin, 'config.json'));
     const list = await runCli(['import', '--kind', 'llm', '--from', bin, '--list']);
-    expect(list.code, list.stderr).toBe(0);
-    expect(list.stdout).toContain('model.norm.weight');
-    expect(list.stdout).toContain('F16');
+    expect(list.code, list.err).toBe(0);
+    expect(list.out).toContain('model.norm.weight');
+    expect(list.out).toContain('F16');
     const out = path.join(bin, 'llm.safetensors');
     const r = await runCli(['import', '--kind', 'llm', '--from', bin, '--out', out]);
-    expect(r.code, r.stderr).toBe(0);
+    expect(r.code, r.err).toBe(0);
     const fromBin = rawSafetensors(out);
     const outSt = path.join(st.llm, 'llm.safetensors');
     expect((await runCli(['import', '--kind', 'llm', '--from', st.llm, '--out', outSt])).code).toBe(0);

@@ -5,12 +5,12 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, describe, expect, it } from 'vitest';
 import { checkDataset } from '../src/data/check.js';
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
 import { makeOwnDataFolder, OWN_COLORS } from './own-data-fixture.js';
+import { runCli } from './cli-harness.js';
 
 const REPO = path.resolve(import.meta.dirname, '..');
 const README = readFileSync(path.join(REPO, 'README.md'), 'utf8');
@@ -32,20 +32,6 @@ function words(line: string): string[] {
   const re = /"([^"]*)"|'([^']*)'|(\S+)/g;
   for (let m = re.exec(line); m; m = re.exec(line)) out.push(m[1] ?? m[2] ?? m[3]!);
   return out;
-}
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
 }
 
 describe('README: Your own data', () => {

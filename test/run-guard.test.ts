@@ -5,8 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dumpConfig, loadConfig } from '../src/config/load.js';
 import { MgllavaError } from '../src/errors.js';
 import { exportRun } from '../src/io/export.js';
@@ -17,6 +16,7 @@ import { MODEL_FILE } from '../src/run/layout.js';
 import { lockRunDir } from '../src/run/lock.js';
 import { train, type TrainOptions } from '../src/train/trainer.js';
 import { collector, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
+import { runCli } from './cli-harness.js';
 
 let setup: TinyTrainSetup;
 let pretrained: string; // a finished 6-step pretrain run (checkpoints at 3 and 6), never damaged
@@ -54,20 +54,6 @@ async function failure(p: Promise<unknown>): Promise<MgllavaError> {
   );
   expect(e).toBeInstanceOf(MgllavaError);
   return e as MgllavaError;
-}
-
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const so = vi.spyOn(process.stdout, 'write').mockImplementation((c: string | Uint8Array) => out.push(String(c)) > 0);
-  const se = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => err.push(String(c)) > 0);
-  try {
-    return { code: await main(args), out: out.join(''), err: err.join('') };
-  } finally {
-    so.mockRestore();
-    se.mockRestore();
-    process.exitCode = undefined;
-  }
 }
 
 /** Rewrite one tensor of a safetensors file with a NaN in it. */
