@@ -1,8 +1,7 @@
-import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { modelConfigFrom } from '../src/config/build-model.js';
 import { modelSchema } from '../src/config/schema.js';
 import { e2eModelConfig } from '../src/golden/pieces/e2e.js';
@@ -14,23 +13,11 @@ import { MGLLaVA } from '../src/model/mgllava.js';
 import { WeightLoadError } from '../src/nn/module.js';
 import { Rng } from '../src/util/rng.js';
 import { EXIT } from '../src/errors.js';
+import { tempRoot } from './temp-root.js';
 import { runCli } from './cli-harness.js';
 import { e2eModelSection, f32, goldenConfig, goldenParams, renamePrefix, roundTripHalf, writeE2eDirs, type Weights } from './io-fixtures.js';
 
-let root: string;
-let n = 0;
-const fresh = async (name: string) => {
-  const d = path.join(root, `${name}-${n++}`);
-  await mkdir(d, { recursive: true });
-  return d;
-};
-
-beforeAll(async () => {
-  root = await mkdtemp(path.join(tmpdir(), 'mgllava-import-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const { root, fresh } = tempRoot('import');
 
 type Section = ReturnType<typeof modelSchema.parse>;
 

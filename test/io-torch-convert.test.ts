@@ -4,33 +4,20 @@
  * lines and bad inputs are one line.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { HostTensor } from '../src/io/safetensors.js';
 import { convertTorchCheckpoint } from '../src/io/torch-convert.js';
 import { writeTorchPth } from '../src/io/torch-pth.js';
 import { TorchTensor } from '../src/io/torch-tensor.js';
 import { Rng } from '../src/util/rng.js';
+import { tempRoot } from './temp-root.js';
 import { P, randomStateDict, expectedBytes, zipArchive, zipCheckpoint } from './torch-gen.js';
 import { expectOneLineError, runCli } from './cli-harness.js';
 import { rawSafetensors } from './torch-helpers.js';
 
-let root: string;
-let n = 0;
-const fresh = async (name: string) => {
-  const d = path.join(root, `${name}-${n++}`);
-  await mkdir(d, { recursive: true });
-  return d;
-};
-
-beforeAll(async () => {
-  root = await mkdtemp(path.join(tmpdir(), 'mgllava-torch-convert-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const { fresh } = tempRoot('torch-convert');
 
 function randomWeights(seed: number): Map<string, HostTensor> {
   const rng = new Rng(seed);
@@ -131,16 +118,17 @@ describe('mgllava convert', () => {
 
   it('DeepSpeed directories: the step dir, the parent with `latest`, and a ZeRO-3 dir without weights', async () => {
     const parent = await fresh('ds');
+    let outputs = 0;
     const step = path.join(parent, 'global_step100');
     await mkdir(step);
     const tensors = randomStateDict(80);
     await writeFile(path.join(step, 'mp_rank_00_model_states.pt'), zipCheckpoint(tensors, { wrap: 'module', prefix: 'mp_rank_00_model_states' }));
     for (const input of [step, parent]) {
-      const r = await convertTorchCheckpoint(input, path.join(parent, `o${n++}.safetensors`), { maxShardBytes: 2e9 });
+      const r = await convertTorchCheckpoint(input, path.join(parent, `o${outputs++}.safetensors`), { maxShardBytes: 2e9 });
       expect([r.key, r.tensors]).toEqual(['module', tensors.length]);
     }
     await writeFile(path.join(parent, 'latest'), 'global_step100\n');
-    expect((await convertTorchCheckpoint(parent, path.join(parent, `o${n++}.safetensors`), { maxShardBytes: 2e9 })).tensors).toBe(tensors.length);
+    expect((await convertTorchCheckpoint(parent, path.join(parent, `o${outputs++}.safetensors`), { maxShardBytes: 2e9 })).tensors).toBe(tensors.length);
     // ZeRO-3: module holds no weights, the partitions are in zero_pp_rank_* files.
     const z3 = await fresh('zero3');
     const empty = new P().proto().raw(0x7d).mark().str('module').none().str('ds_version').str('0.12.6').raw(0x75).stop();

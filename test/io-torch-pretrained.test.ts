@@ -3,36 +3,23 @@
  * index (the hf_sharded_bin fixture, written by torch, and generated ones), HF CLIP `pytorch_model.bin`, open_clip
  * `open_clip_pytorch_model.bin`; the same LLM logits; safetensors win when a directory has both.
  */
-import { copyFile, mkdir, mkdtemp, readFile, rm, unlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { modelConfigFrom } from '../src/config/build-model.js';
 import { modelSchema } from '../src/config/schema.js';
 import { findWeightsFile, loadPretrained, readPretrainedConfigs } from '../src/io/pretrained.js';
 import type { HostTensor } from '../src/io/safetensors.js';
 import { MGLLaVA } from '../src/model/mgllava.js';
 import { Rng } from '../src/util/rng.js';
+import { tempRoot } from './temp-root.js';
 import { e2eModelSection, renamePrefix, toBf16Bits, toHalfBits, writeE2eDirs, type Weights } from './io-fixtures.js';
 import { zipCheckpoint, type DType, type GenTensor } from './torch-gen.js';
 import { runCli } from './cli-harness.js';
 import { FIXTURES, rawSafetensors } from './torch-helpers.js';
 
-let root: string;
-let n = 0;
-const fresh = async (name: string) => {
-  const d = path.join(root, `${name}-${n++}`);
-  await mkdir(d, { recursive: true });
-  return d;
-};
-
-beforeAll(async () => {
-  root = await mkdtemp(path.join(tmpdir(), 'mgllava-torch-pretrained-'));
-});
-afterAll(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const { fresh } = tempRoot('torch-pretrained');
 
 /** Host tensors as torch tensors over their own storages, stored as `dtype` (F32 raw, F16/BF16 rounded). */
 function asTorch(w: Weights, dtype: 'F32' | 'F16' | 'BF16'): GenTensor[] {
