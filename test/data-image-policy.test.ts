@@ -4,7 +4,6 @@
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/load.js';
@@ -15,6 +14,7 @@ import { DEFAULT_MAX_IMAGE_PIXELS, decodeImage, ImageError, imageOptionsOf, prep
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
 import { MgllavaError } from '../src/errors.js';
+import { writePngHeader } from './png-header.js';
 import { runCli } from './cli-harness.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, 'fixtures/cmyk');
@@ -145,27 +145,10 @@ describe('EXIF orientation: one policy, the reference by default', () => {
   });
 });
 
-/** A PNG whose header claims width x height (tiny IDAT: nothing is ever decoded). */
-function pngHeader(file: string, width: number, height: number): void {
-  const chunk = (type: string, data: Buffer) => {
-    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(body));
-    return Buffer.concat([len, body, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(width, 0);
-  ihdr.writeUInt32BE(height, 4);
-  ihdr.set([8, 2, 0, 0, 0], 8);
-  writeFileSync(file, Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(64))), chunk('IEND', Buffer.alloc(0))]));
-}
-
 describe('pixel budget (data.max_image_pixels)', () => {
   it('a 16000x16000 image (under sharp’s own limit) is refused from its header with one line', async () => {
     const big = path.join(root, 'big.png');
-    pngHeader(big, 16000, 16000);
+    writePngHeader(big, 16000, 16000);
     const e = await decodeImage(big).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(ImageError);
     expect(e).toBeInstanceOf(MgllavaError);

@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { crc32, deflateSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -18,6 +17,7 @@ import {
   type RgbImage,
 } from '../src/data/image.js';
 import { resizeBicubicPil } from '../src/data/resample.js';
+import { writePngHeader } from './png-header.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'mgllava-image-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -197,21 +197,8 @@ describe('decode + prepare', () => {
 
   it('refuses decompression bombs (the pixel limit stays on)', async () => {
     // A PNG header claiming 30000x30000 pixels; sharp must refuse it before allocating anything.
-    const chunk = (type: string, data: Buffer) => {
-      const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-      const len = Buffer.alloc(4);
-      len.writeUInt32BE(data.length);
-      const crc = Buffer.alloc(4);
-      crc.writeUInt32BE(crc32(body));
-      return Buffer.concat([len, body, crc]);
-    };
-    const ihdr = Buffer.alloc(13);
-    ihdr.writeUInt32BE(30000, 0);
-    ihdr.writeUInt32BE(30000, 4);
-    ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB
     const bomb = path.join(dir, 'bomb.png');
-    const idat = chunk('IDAT', deflateSync(Buffer.alloc(64)));
-    writeFileSync(bomb, Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), idat, chunk('IEND', Buffer.alloc(0))]));
+    writePngHeader(bomb, 30000, 30000);
     // The pixel budget refuses it from the header; without a budget, sharp's own limit still does.
     const e = await expectImageError(decodeImage(bomb), 'too_large', bomb);
     expect(e.detail).toMatch(/30000x30000.*pixel budget of 89\.5 MP \(data\.max_image_pixels/);
