@@ -15,7 +15,7 @@ import { ensureDir, runDirFor } from '../src/run/guard.js';
 import { MODEL_FILE } from '../src/run/layout.js';
 import { lockRunDir } from '../src/run/lock.js';
 import { train, type TrainOptions } from '../src/train/trainer.js';
-import { collector, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
+import { capturedPretrain, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
 import { runCli } from './cli-harness.js';
 
 let setup: TinyTrainSetup;
@@ -31,11 +31,7 @@ afterAll(async () => {
   await setup?.cleanup();
 });
 
-function opts(extra: Partial<TrainOptions> & { sets?: string[] }): TrainOptions & { log: () => string; warnings: () => string } {
-  const out = collector();
-  const err = collector();
-  return { configFile: setup.pretrainYaml, stage: 'pretrain', progress: 'lines', out: out.stream, err: err.stream, log: out.text, warnings: err.text, ...extra };
-}
+const opts = (extra: Partial<TrainOptions> & { sets?: string[] }) => capturedPretrain(setup, extra);
 
 /**
  * A finished 6-step run (checkpoints at 3 and 6) under `<root>/<label>/tiny-pretrain`, to damage. Trained per test:

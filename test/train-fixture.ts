@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { synthDataset } from '../src/data/synth.js';
+import type { TrainOptions } from '../src/train/trainer.js';
 
 export interface TinyTrainSetup {
   root: string;
@@ -69,4 +70,11 @@ export function collector(): { stream: NodeJS.WriteStream; text: () => string } 
   const chunks: string[] = [];
   s.on('data', (c: Buffer) => chunks.push(c.toString()));
   return { stream: s as unknown as NodeJS.WriteStream, text: () => chunks.join('') };
+}
+
+/** Pretrain options on `setup` with the console captured: `log()` is what went to out, `warnings()` to err. */
+export function capturedPretrain(setup: TinyTrainSetup, extra: Partial<TrainOptions> & { sets?: string[] }): TrainOptions & { log: () => string; warnings: () => string } {
+  const out = collector();
+  const err = collector();
+  return { configFile: setup.pretrainYaml, stage: 'pretrain', progress: 'lines', out: out.stream, err: err.stream, log: out.text, warnings: err.text, ...extra };
 }

@@ -9,7 +9,7 @@ import { listCheckpoints, readRunConfig } from '../src/run/layout.js';
 import { loadRunModel } from '../src/model/factory.js';
 import { train, type TrainOptions } from '../src/train/trainer.js';
 import { loadConfig } from '../src/config/load.js';
-import { collector, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
+import { capturedPretrain, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
 
 let setup: TinyTrainSetup;
 
@@ -20,11 +20,7 @@ afterAll(async () => {
   await setup?.cleanup();
 });
 
-function opts(extra: Partial<TrainOptions> & { sets?: string[] }): TrainOptions & { log: () => string; warnings: () => string } {
-  const out = collector();
-  const err = collector();
-  return { configFile: setup.pretrainYaml, stage: 'pretrain', progress: 'lines', out: out.stream, err: err.stream, log: out.text, warnings: err.text, ...extra };
-}
+const opts = (extra: Partial<TrainOptions> & { sets?: string[] }) => capturedPretrain(setup, extra);
 
 describe('trainer', () => {
   it('same config + seed -> same losses; leak-free; run dir complete; loadRunModel restores the weights', async () => {
