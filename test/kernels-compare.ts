@@ -1,6 +1,6 @@
 /**
- * Shared by the kernels-*.test.ts files: run the same computation on wasm (with the kernel pack) and
- * on cpu from the same host data, and compare.
+ * Shared by the kernels-*.test.ts and webgpu-*.test.ts files: run the same computation on wasm (with the kernel
+ * pack) or webgpu and on cpu from the same host data, and compare.
  *
  * Error measure: for each output, max|wasm - cpu| / max(1e-6, max|cpu|), i.e. the largest absolute
  * difference relative to the output's largest magnitude (an elementwise relative error would blow up
@@ -35,35 +35,50 @@ export function ints(shape: number[], values: number[]): Host {
   return { shape, dtype: 'int32', data: Int32Array.from(values) };
 }
 
-type Fn = (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
+export type Fn = (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[];
 
-async function runOn(backend: string, f: Fn, inputs: Host[]): Promise<{ shape: number[]; data: Float32Array | Int32Array }[]> {
+export interface Out {
+  shape: number[];
+  data: Float32Array | Int32Array;
+}
+
+/**
+ * Run `f` on `backend` from host data, read every output asynchronously (webgpu cannot read synchronously in
+ * Node), and check that every kernel on the way freed its temporaries.
+ */
+export async function runOn(backend: string, f: Fn, inputs: Host[]): Promise<Out[]> {
   expect(await tf.setBackend(backend)).toBe(true);
   const before = tf.memory().numTensors;
   const outs = tf.tidy(() => {
     const xs = inputs.map((h) => tf.tensor(h.data, h.shape, h.dtype));
     const r = f(...xs);
-    return (Array.isArray(r) ? r : [r]).map((t) => ({ shape: t.shape, data: t.dataSync() as Float32Array | Int32Array }));
+    return Array.isArray(r) ? r : [r];
   });
-  // Every kernel on the way must have freed its temporaries (tidy disposed the tensors).
+  const read = await Promise.all(outs.map(async (t) => ({ shape: t.shape, data: (await t.data()) as Float32Array | Int32Array })));
+  tf.dispose(outs);
   expect(tf.memory().numTensors).toBe(before);
-  return outs;
+  return read;
 }
 
 /**
- * Relative error (see the file comment) of each output of `f` on wasm vs cpu (`fCpu` on cpu when
- * given: a reference computed another way); asserts shapes match.
+ * Relative error (see the file comment) of each output of `f` on `backend` vs cpu (`fCpu` on cpu when given:
+ * a reference computed another way); asserts shapes match. Ends on `backend`.
  */
-export async function wasmVsCpu(f: Fn, inputs: Host[], fCpu: Fn = f): Promise<number[]> {
-  const wasm = await runOn('wasm', f, inputs);
+export async function backendVsCpu(backend: string, f: Fn, inputs: Host[], fCpu: Fn = f): Promise<number[]> {
+  const got = await runOn(backend, f, inputs);
   const cpu = await runOn('cpu', fCpu, inputs);
-  expect(await tf.setBackend('wasm')).toBe(true);
-  expect(wasm.length).toBe(cpu.length);
-  return wasm.map((w, i) => {
+  expect(await tf.setBackend(backend)).toBe(true);
+  expect(got.length).toBe(cpu.length);
+  return got.map((g, i) => {
     const c = cpu[i]!;
-    expect(w.shape).toEqual(c.shape);
-    return relErr(w.data, c.data);
+    expect(g.shape).toEqual(c.shape);
+    return relErr(g.data, c.data);
   });
+}
+
+/** backendVsCpu on wasm (with the kernel pack). */
+export function wasmVsCpu(f: Fn, inputs: Host[], fCpu: Fn = f): Promise<number[]> {
+  return backendVsCpu('wasm', f, inputs, fCpu);
 }
 
 export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {

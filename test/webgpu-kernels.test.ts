@@ -10,8 +10,8 @@ import { maxTensorBytes, webgpuDeviceLimits } from '../src/backend/webgpu/backen
 import { FlatProgram, type WebgpuBackendLike } from '../src/backend/webgpu/program.js';
 import { adamwComposite, adamwUpdate, type AdamWStep } from '../src/nn/adamw-update.js';
 import { applyRope, ropeKernelTables, rotateHalfMatrix, RopeTable, type RopeOperands } from '../src/model/llm/rope.js';
-import { rand } from './kernels-compare.js';
-import { relErr, runOn, useWebgpu, webgpuVsCpu } from './webgpu-helpers.js';
+import { rand, relErr, runOn } from './kernels-compare.js';
+import { useWebgpu, webgpuVsCpu } from './webgpu-helpers.js';
 
 const gpu = await useWebgpu();
 
