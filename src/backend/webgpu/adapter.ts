@@ -53,8 +53,8 @@ export interface AdapterFacts {
   features: string[];
 }
 
-/** Limits worth reporting (the device asks for the adapter's maximum of each). */
-export const REPORTED_LIMITS = [
+/** Limits the device is requested with, each at the adapter's maximum (webgpu/backend.ts). */
+export const REQUESTED_LIMITS = [
   'maxBufferSize',
   'maxStorageBufferBindingSize',
   'maxStorageBuffersPerShaderStage',
@@ -64,8 +64,10 @@ export const REPORTED_LIMITS = [
   'maxComputeWorkgroupSizeY',
   'maxComputeWorkgroupSizeZ',
   'maxComputeWorkgroupsPerDimension',
-  'maxUniformBufferBindingSize',
 ] as const;
+
+/** Limits worth reporting: the requested ones and the uniform binding size (left at its default). */
+export const REPORTED_LIMITS = [...REQUESTED_LIMITS, 'maxUniformBufferBindingSize'] as const;
 
 const SOFTWARE_NAMES = /llvmpipe|lavapipe|softpipe|swiftshader|microsoft basic render|\bwarp\b/i;
 
@@ -130,16 +132,6 @@ export async function installDawn(): Promise<Gpu> {
 /** Dawn options from MGLLAVA_DAWN_FLAGS (comma-free list separated by spaces, e.g. "adapter=NVIDIA backend=vulkan"). */
 function dawnFlags(): string[] {
   return (process.env.MGLLAVA_DAWN_FLAGS ?? '').split(/\s+/).filter(Boolean);
-}
-
-/**
- * Remove Dawn's `navigator.gpu` again (after a probe that did not choose webgpu): Dawn keeps the process alive
- * while it is referenced.
- */
-export function uninstallDawn(): void {
-  const nav = (globalThis as { navigator?: { gpu?: unknown } }).navigator;
-  if (gpu && nav && nav.gpu === gpu) delete nav.gpu;
-  gpu = null;
 }
 
 /** The adapter tfjs will use (high-performance preference), or null when Dawn finds none. */

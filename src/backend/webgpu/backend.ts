@@ -13,21 +13,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { MgllavaError, ResourceError } from '../../errors.js';
-import { adapterFacts, adapterLine, importOptional, installDawn, requestAdapter, NO_ADAPTER, notLoadable, type AdapterFacts, type GpuAdapter, type GpuDevice } from './adapter.js';
+import { adapterFacts, adapterLine, importOptional, installDawn, requestAdapter, NO_ADAPTER, notLoadable, REQUESTED_LIMITS, type AdapterFacts, type GpuAdapter, type GpuDevice } from './adapter.js';
 import { registerWebgpuKernelPack } from './pack.js';
-
-/** Limits the device is requested with, each at the adapter's maximum. */
-const REQUESTED_LIMITS = [
-  'maxBufferSize',
-  'maxStorageBufferBindingSize',
-  'maxStorageBuffersPerShaderStage',
-  'maxComputeWorkgroupStorageSize',
-  'maxComputeInvocationsPerWorkgroup',
-  'maxComputeWorkgroupSizeX',
-  'maxComputeWorkgroupSizeY',
-  'maxComputeWorkgroupSizeZ',
-  'maxComputeWorkgroupsPerDimension',
-] as const;
 
 type BackendCtor = new (device: GpuDevice, adapterInfo: unknown) => tf.KernelBackend;
 interface TensorData {
