@@ -22,14 +22,14 @@ import { CLOSE_TO_MAX_LENGTH_MARGIN } from './boxes.js';
 import { encodeConversation } from './conversation.js';
 import type { BoxEntry, Turn } from './records.js';
 import { deriveSeed, streamRng } from './random.js';
-import { formatTemplate, getTemplate, type PromptTemplate } from './templates.js';
+import { getTemplate, type PromptTemplate } from './templates.js';
 import { loadTokenizer } from './tokenizer.js';
 import { annotateScene, DEFAULT_ANNOTATE } from './synth/annotate.js';
 import { annotationsJson, sceneAnnotation, type AnnotatedImageJson } from './synth/annotations.js';
 import { renderScene } from './synth/render.js';
 import { COLORS, DEFAULT_SCENE, makeScene, SHAPES, type Scene, type SceneOptions } from './synth/scene.js';
 import { askAbout, captionConversation, finetuneConversations, qaConversation, QUESTION_CATEGORIES } from './synth/text.js';
-import { buildVocab, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
+import { buildVocab, templateText, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
 import { runPool } from './pool.js';
 
 export interface SynthOptions {
@@ -177,12 +177,6 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
     longestTextTokens: textTokens,
     seconds: (performance.now() - t0) / 1000,
   };
-}
-
-/** The literal text a template wraps around turns (no system prompt: training uses none). */
-/** The words a template adds around the conversation (they join a word-level vocabulary). */
-export function templateText(t: PromptTemplate): string[] {
-  return [formatTemplate(t.INSTRUCTION, { input: ' ', round: 1 }), t.SUFFIX, t.SEP];
 }
 
 const pad = (i: number) => String(i).padStart(5, '0');

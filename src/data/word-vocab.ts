@@ -10,8 +10,7 @@ import path from 'node:path';
 import { fsError } from '../errors.js';
 import { IMAGE_TOKEN } from './constants.js';
 import { loadRecords, type BadRecord } from './records.js';
-import { templateText } from './synth.js';
-import { buildVocab, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
+import { buildVocab, templateText, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
 import type { PromptTemplate } from './templates.js';
 
 export interface WordVocabResult {

@@ -3,6 +3,7 @@
  * pre-tokenizer), built from the synthetic corpus. Ids: `<unk>`=0, `<s>`=1, `</s>`=2, `<pad>`=3 (LLaMA's
  * first three plus a pad), then the words in sorted order (deterministic).
  */
+import { formatTemplate, type PromptTemplate } from '../templates.js';
 import { words } from './text.js';
 
 export const SPECIAL_TOKENS = ['<unk>', '<s>', '</s>', '<pad>'] as const;
@@ -12,6 +13,11 @@ export function buildVocab(texts: Iterable<string>): string[] {
   for (const t of texts) for (const w of words(t)) set.add(w);
   for (const s of SPECIAL_TOKENS) set.delete(s);
   return [...SPECIAL_TOKENS, ...[...set].sort()];
+}
+
+/** The text a template wraps around turns (no system prompt: training uses none): its words join the vocabulary. */
+export function templateText(t: PromptTemplate): string[] {
+  return [formatTemplate(t.INSTRUCTION, { input: ' ', round: 1 }), t.SUFFIX, t.SEP];
 }
 
 /** `tokenizer.json` content (HF tokenizers serialization, version 1.0). */
