@@ -72,9 +72,10 @@ console.log(JSON.stringify({ code, heavy: [...new Set(heavy)] }));
     expect(run('--help')).toEqual({ code: 0, heavy: [] });
     expect(run()).toEqual({ code: 0, heavy: [] });
     expect(run('--version')).toEqual({ code: 0, heavy: [] });
-    for (const c of ['pretrain', 'finetune', 'warmup', 'eval', 'chat', 'export', 'doctor', 'golden', 'demo']) {
-      expect(run(c, '--help'), c).toEqual({ code: 0, heavy: [] });
-      expect(run(c, 'x', '--no-such-flag'), c).toEqual({ code: 1, heavy: [] });
+    // Every command of the table, and a subcommand's help (data check: its handlers decode images).
+    for (const c of [...COMMANDS.map((e) => [e.command.split(' ')[0]!]), ['data', 'check']]) {
+      expect(run(...c, '--help'), c.join(' ')).toEqual({ code: 0, heavy: [] });
+      expect(run(...c, 'x', '--no-such-flag'), c.join(' ')).toEqual({ code: 1, heavy: [] });
     }
   });
 

@@ -1,14 +1,13 @@
-/** `mgllava bench kernels|step`: benchmarks that print numbers. */
+/**
+ * `mgllava bench kernels|step|llama`: benchmarks that print numbers. The benchmarks (and tfjs with them) are
+ * imported when one runs, so `mgllava bench --help` stays as quick as the other commands' help (main.ts).
+ */
 import type { CommandModule } from 'yargs';
-import { runKernelBench, type BenchResult } from '../backend/kernels/bench.js';
-import { profileStep, runStepBench, type StepBenchResult } from '../bench/tiny-e2e.js';
-import { formatProfile } from '../bench/profile.js';
-import { nativeStatus } from '../backend/native.js';
+import type { BenchResult } from '../backend/kernels/bench.js';
+import type { NativeStatus } from '../backend/native.js';
+import type { WebgpuBenchResult } from '../backend/webgpu/bench.js';
+import type { StepBenchResult } from '../bench/tiny-e2e.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
-import { runWebgpuKernelBench, type WebgpuBenchResult } from '../backend/webgpu/bench.js';
-import { runLlamaBench } from '../bench/llama-step.js';
-import { adapterLine } from '../backend/webgpu/adapter.js';
-import { webgpuAdapter } from '../backend/webgpu/backend.js';
 import { UsageError } from '../errors.js';
 
 interface BenchArgs extends GlobalArgs {
@@ -44,6 +43,8 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
  */
 async function benchStep(args: BenchArgs): Promise<void> {
   await backendFromArgs(args);
+  const { profileStep, runStepBench } = await import('../bench/tiny-e2e.js');
+  const { formatProfile } = await import('../bench/profile.js');
   if (args.profile) {
     for (const mode of ['pretrain', 'sft'] as const) {
       const p = await profileStep(mode, args.warmup, { byShape: ['BatchMatMul'] }, Math.max(1, Math.min(args.steps, 10)));
@@ -90,15 +91,16 @@ async function benchKernels(args: BenchArgs): Promise<void> {
   if (choice.name !== 'wasm') {
     throw new UsageError(`'bench kernels' measures the wasm or webgpu kernel pack; the backend is '${choice.name}' (use --backend wasm or webgpu)`);
   }
-  if (!args.json) process.stdout.write(`${header()}\n`);
+  const { runKernelBench } = await import('../backend/kernels/bench.js');
+  const { nativeStatus } = await import('../backend/native.js');
+  if (!args.json) process.stdout.write(`${header(nativeStatus())}\n`);
   runKernelBench((r) => process.stdout.write(`${args.json ? JSON.stringify(r) : row(r)}\n`));
 }
 
 const COLS: [string, number][] = [['op', 44], ['stock', 8], ['pack', 8], ['plain', 8], ['pack/plain', 11], ['stock ms', 10], ['pack ms', 9]];
 
-function header(): string {
+function header(n: NativeStatus): string {
   const h = COLS.map(([name, w], i) => (i === 0 ? name.padEnd(w) : name.padStart(w))).join(' ');
-  const n = nativeStatus();
   const products = n.active ? `products on the native addon, ${n.isa} x${n.threads}` : 'products on XNNPACK';
   return `${h}\nGFLOP/s columns: stock = wasm kernel as shipped (- : absent), pack = kernel pack (${products}), plain = reference (plain 2-D XNNPACK matmul of the same FLOPs, or the stock forward conv)`;
 }
@@ -111,6 +113,9 @@ function row(r: BenchResult): string {
 
 /** webgpu: GFLOP/s against a plain matmul of the same FLOPs on the device, fused kernels against their composites. */
 async function benchWebgpuKernels(json: boolean): Promise<void> {
+  const { adapterLine } = await import('../backend/webgpu/adapter.js');
+  const { webgpuAdapter } = await import('../backend/webgpu/backend.js');
+  const { runWebgpuKernelBench } = await import('../backend/webgpu/bench.js');
   const w = [46, 9, 9, 44, 10, 9, 7];
   const cells = (c: string[]) => c.map((x, i) => (i === 0 || i === 3 ? x.padEnd(w[i]!) : x.padStart(w[i]!))).join(' ');
   if (!json) {
@@ -126,6 +131,7 @@ async function benchWebgpuKernels(json: boolean): Promise<void> {
 /** The LLM alone at hidden 1024 / 8 layers / 512 positions (bench/llama-step.ts): tokens/s of a training step. */
 async function benchLlama(args: BenchArgs): Promise<void> {
   await backendFromArgs(args);
+  const { runLlamaBench } = await import('../bench/llama-step.js');
   const r = await runLlamaBench(undefined, Math.max(1, args.steps), Math.max(0, args.warmup));
   process.stdout.write(
     args.json

@@ -1,22 +1,21 @@
 /**
- * `mgllava data check|show|synth`: validate a dataset, show one record as the model sees it, write the
- * synthetic demo dataset.
+ * `mgllava data check|show|synth|vocab`: validate a dataset, show one record as the model sees it, write the
+ * synthetic demo dataset, write a word-level tokenizer. What decodes or draws images (sharp) is imported by the
+ * handlers, so `mgllava data check --help` stays as quick as the other commands' help (main.ts).
  */
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { auditBoxes, describeAudit } from '../data/box-audit.js';
 import { CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
-import { checkDataset, checkOutputFile, formatBadRecord, formatWarning, summarizeWarnings, writeBadReport, type ObjectTokenCheck } from '../data/check.js';
+import type { ObjectTokenCheck } from '../data/check.js';
 import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
 import { encodeConversation } from '../data/conversation.js';
-import { DEFAULT_MAX_IMAGE_PIXELS, imageOptionsOf, prepareImage, readImageHeader, resolveImagePath, describeOrientation, type DecodeOptions, type ExifOrientation } from '../data/image.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, imageOptionsOf, type DecodeOptions, type ExifOrientation } from '../data/image-options.js';
 import { checkDataFile, conversationProblem, loadBoxes, loadRecords, type LlavaRecord } from '../data/records.js';
-import { synthDataset } from '../data/synth.js';
 import { getTemplate, TEMPLATES } from '../data/templates.js';
 import { imageTokensOf, objectTokenRoom, positionBudget, samplePositions } from '../data/token-budget.js';
 import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/tokenizer.js';
-import { saveView } from '../data/view.js';
 import { writeWordVocab } from '../data/word-vocab.js';
 import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
@@ -182,6 +181,7 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
       .example('$0 data check --records r.json --boxes b.json --images imgs --tokenizer llama2 --skip-bad bad.jsonl', 'write the bad ones to a report and exit 0') as Argv<CheckArgs>,
   handler: async (args) => {
     const r = resolveData(args);
+    const { checkDataset, checkOutputFile, formatBadRecord, formatWarning, summarizeWarnings, writeBadReport } = await import('../data/check.js');
     // Every path is checked before the (long) check runs: one line naming the file, not a stack trace.
     await checkDataFile(r.records, 'records file');
     if (r.boxes) await checkDataFile(r.boxes, 'box file');
@@ -229,6 +229,9 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       .example('$0 data show 0 --config configs/tiny-shapes/finetune.yaml --save-image rec0.png', 'record 0 as the model sees it, and its image with the object-token boxes') as Argv<ShowArgs>,
   handler: async (args) => {
     const r = resolveData(args);
+    const { checkOutputFile, formatBadRecord } = await import('../data/check.js');
+    const { describeOrientation, prepareImage, readImageHeader, resolveImagePath } = await import('../data/image.js');
+    const { saveView } = await import('../data/view.js');
     if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)');
     const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);
@@ -392,6 +395,7 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
       .example('$0 data synth --out data/tiny-shapes', "the demo's dataset (3000 + 400 images)")
       .example('$0 data synth --out /tmp/shapes --train 24 --eval 8 --seed 3', 'a small one for a quick test') as Argv<SynthArgs>,
   handler: async (args) => {
+    const { synthDataset } = await import('../data/synth.js');
     let summary;
     try {
       summary = await synthDataset({
@@ -443,6 +447,7 @@ const vocabCommand: CommandModule<GlobalArgs, VocabArgs> = {
   handler: async (args) => {
     await requireFolder(args.out, 'output folder');
     const r = await writeWordVocab(args.records, getTemplate(args.template), args.out);
+    const { formatBadRecord } = await import('../data/check.js');
     for (const b of r.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
     process.stdout.write(
       `${r.file}: ${r.vocabSize} ids from ${r.records} records${r.bad.length ? ` (${r.bad.length} unreadable, their words left out)` : ''}: ` +

@@ -30,6 +30,7 @@ import sharp, { type Metadata } from 'sharp';
 import { DataError } from '../errors.js';
 import { squareGeometry, type SquareGeometry } from './boxes.js';
 import { cmykToRgbPil } from './cmyk.js';
+import { DEFAULT_MAX_IMAGE_PIXELS, type DecodeOptions } from './image-options.js';
 import { resizeBicubicPil } from './resample.js';
 
 export interface ImageNorm {
@@ -100,26 +101,8 @@ function isInside(root: string, file: string): boolean {
   return r !== '' && !r.startsWith(`..${path.sep}`) && r !== '..' && !path.isAbsolute(r);
 }
 
-/** How EXIF orientation is treated: `ignore` = the stored pixels, as the reference (PIL `Image.open`); `apply` = rotated. */
-export type ExifOrientation = 'ignore' | 'apply';
-
-/** PIL's `Image.MAX_IMAGE_PIXELS` (its decompression-bomb threshold): the default pixel budget. */
-export const DEFAULT_MAX_IMAGE_PIXELS = 89_478_485;
-
-export interface DecodeOptions {
-  /** Default 'ignore' (the reference). Callers pass `imageOptionsOf(config.data)`. */
-  exifOrientation?: ExifOrientation;
-  /** Largest padded square (longer side²) accepted; default DEFAULT_MAX_IMAGE_PIXELS; null = sharp's own limit only. */
-  maxPixels?: number | null;
-}
-
-/** The image options of a config's `data` section: the one place training, eval, chat and tools take them from. */
-export function imageOptionsOf(d: { exif_orientation?: ExifOrientation; max_image_pixels?: number | null }): Required<DecodeOptions> {
-  return {
-    exifOrientation: d.exif_orientation ?? 'ignore',
-    maxPixels: d.max_image_pixels === undefined ? DEFAULT_MAX_IMAGE_PIXELS : d.max_image_pixels,
-  };
-}
+// The decode policy (EXIF orientation, pixel budget) is defined in image-options.ts, which loads no sharp.
+export { DEFAULT_MAX_IMAGE_PIXELS, imageOptionsOf, type DecodeOptions, type ExifOrientation } from './image-options.js';
 
 /** What the header says, before decoding. */
 export interface ImageHeader {
