@@ -7,7 +7,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { auditBoxes, describeAudit } from '../data/box-audit.js';
-import { CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
+import { BOX_DEFAULTS, CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';
 import type { ObjectTokenCheck } from '../data/check.js';
 import { IGNORE_INDEX, IMAGE_TOKEN_INDEX } from '../data/constants.js';
 import { encodeConversation } from '../data/conversation.js';
@@ -136,8 +136,8 @@ function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lo
     template: args.template ?? d?.template ?? DATA_DEFAULTS.template,
     tokenizer: args.tokenizer ? tokenizerSpec(args.tokenizer) : (d?.tokenizer ?? tokenizerSpec(DATA_DEFAULTS.tokenizer)),
     maxLength,
-    nmsThreshold: d?.nms_threshold ?? 0.2,
-    limitNum: d ? d.limit_num : 100,
+    nmsThreshold: d?.nms_threshold ?? BOX_DEFAULTS.nmsThreshold,
+    limitNum: d ? d.limit_num : BOX_DEFAULTS.limitNum,
     auxSize: args['aux-size'] ?? cfg?.model.vision_aux?.image_size ?? DATA_DEFAULTS.auxSize,
     lowresSize: args['lowres-size'] ?? cfg?.model.vision.image_size ?? DATA_DEFAULTS.lowresSize,
     patch: args.patch ?? cfg?.model.vision.patch_size ?? DATA_DEFAULTS.patch,

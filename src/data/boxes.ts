@@ -274,12 +274,15 @@ export interface BoxResult {
   stages: BoxStages;
 }
 
+/** The reference's box pipeline settings (data.nms_threshold, data.limit_num): per-label NMS at IoU 0.2, the per-category cap past 100 boxes. */
+export const BOX_DEFAULTS = { nmsThreshold: 0.2, limitNum: 100 } as const;
+
 /** The whole box pipeline for one image. */
 export function preprocessBoxes(input: BoxInput, opts: BoxOptions): BoxResult {
   const auxSize = opts.auxSize ?? 768;
   const padToSquare = opts.padToSquare ?? true;
-  const nmsThreshold = opts.nmsThreshold ?? 0.2;
-  const limitNum = opts.limitNum === undefined ? 100 : opts.limitNum;
+  const nmsThreshold = opts.nmsThreshold ?? BOX_DEFAULTS.nmsThreshold;
+  const limitNum = opts.limitNum === undefined ? BOX_DEFAULTS.limitNum : opts.limitNum;
   const closeToMaxLength = opts.closeToMaxLength ?? false;
   checkSize(opts.origW, opts.origH, 'preprocessBoxes');
   if (!Number.isInteger(auxSize) || auxSize <= 0) throw new Error(`boxes.ts: auxSize must be a positive integer, got ${auxSize}`);

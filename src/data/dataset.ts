@@ -7,7 +7,7 @@
  * the console. Warnings (odd boxes, EXIF orientation, samples over the token budget) are printed too.
  */
 import { DataError, MgllavaError } from '../errors.js';
-import { isCloseToMaxLength, preprocessBoxes, textOnlyBoxes } from './boxes.js';
+import { BOX_DEFAULTS, isCloseToMaxLength, preprocessBoxes, textOnlyBoxes } from './boxes.js';
 import {
   checkDataset,
   checkOutputFile,
@@ -122,7 +122,7 @@ export async function loadDataset(o: LoadDatasetOptions): Promise<{ dataset: MgD
   const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   if (o.skipBadReport) await checkOutputFile(o.skipBadReport, 'the skip report (data.skip_bad)');
   const imageTokens = o.imageTokens ?? null;
-  const objectTokens = o.objectTokens ?? (imageTokens === null ? null : { imageTokens, auxSize: o.auxSize, nmsThreshold: o.nmsThreshold ?? 0.2, limitNum: o.limitNum === undefined ? 100 : o.limitNum });
+  const objectTokens = o.objectTokens ?? (imageTokens === null ? null : { imageTokens, auxSize: o.auxSize, nmsThreshold: o.nmsThreshold ?? BOX_DEFAULTS.nmsThreshold, limitNum: o.limitNum === undefined ? BOX_DEFAULTS.limitNum : o.limitNum });
   const report = await checkDataset({ ...o, objectTokens });
   if (report.bad.length > 0) {
     if (!o.skipBadReport) throw new BadDatasetError(report.bad, o.records);
