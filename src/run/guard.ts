@@ -16,10 +16,11 @@ import yaml from 'js-yaml';
 import { configHash, validateConfig } from '../config/load.js';
 import { fsError, MgllavaError } from '../errors.js';
 import { BASE_FILE, CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, RunDirError } from './layout.js';
+import { LOCK_FILE } from './lock.js';
 
 /** Names a run directory may hold besides step dirs (and temp/old step dirs of interrupted saves). A function:
- *  layout.ts imports this module, so its constants are not initialised while this one loads. */
-const runFileNames = () => new Set([CONFIG_FILE, BASE_FILE, METRICS_FILE, LOSS_CURVE_FILE, '.lock']);
+ *  layout.ts (and lock.ts through it) import this module, so their constants are not initialised while this one loads. */
+const runFileNames = () => new Set([CONFIG_FILE, BASE_FILE, METRICS_FILE, LOSS_CURVE_FILE, LOCK_FILE]);
 const RUN_ENTRY = /^(step-\d{8}|\.tmp-step-.*|\.old-step-.*|\.lock\..*|.*\.tmp-\d+.*|(heldout-)?predictions.*\.jsonl)$/;
 
 /** The run directory of a config, refusing a name that is not one plain path component. */
