@@ -5,12 +5,11 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryCeilingError } from '../src/backend/memory.js';
 import { BackendError } from '../src/backend/select.js';
-import { UserError } from '../src/cli/command.js';
 import { ConfigError } from '../src/config/load.js';
 import { BadDatasetError } from '../src/data/dataset.js';
 import { ImageError } from '../src/data/image.js';
 import { JsonSyntaxError } from '../src/data/json.js';
-import { EXIT, fsError, MgllavaError, reportError, type ErrorCategory } from '../src/errors.js';
+import { EXIT, fsError, MgllavaError, reportError, UsageError, type ErrorCategory } from '../src/errors.js';
 import { BoxEntryError } from '../src/infer/box-entry.js';
 import { ChatLengthError } from '../src/infer/chat.js';
 import { EvalInputError } from '../src/infer/eval.js';
@@ -42,7 +41,7 @@ describe('error classes', () => {
     [new SafetensorsError('f.safetensors', 'truncated'), 'SafetensorsError', 'weights'],
     [new ExportError('x'), 'ExportError', 'run'],
     [new AnnotationError('a'), 'AnnotationError', 'data'],
-    [new UserError('u'), 'UserError', 'usage'],
+    [new UsageError('u'), 'UsageError', 'usage'],
   ];
   it.each(cases)('%s is an MgllavaError', (e, name, category) => {
     expect(e).toBeInstanceOf(MgllavaError);

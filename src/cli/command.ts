@@ -4,7 +4,6 @@
  */
 import type { Argv } from 'yargs';
 import type { BackendChoice } from '../backend/select.js';
-import { UsageError } from '../errors.js';
 
 export interface GlobalArgs {
   backend?: string;
@@ -23,12 +22,4 @@ export function withGlobalOptions<T>(y: Argv<T>): Argv<T & GlobalArgs> {
 export async function backendFromArgs(args: GlobalArgs): Promise<BackendChoice> {
   const { selectBackend } = await import('../backend/select.js');
   return selectBackend(args.backend ?? null);
-}
-
-/** A bad command line or argument (exit 1). The older name of UsageError, kept for the commands that use it. */
-export class UserError extends UsageError {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UserError';
-  }
 }

@@ -19,8 +19,8 @@ import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/t
 import { writeWordVocab } from '../data/word-vocab.js';
 import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
-import { DataError, fsError } from '../errors.js';
-import { UserError, type GlobalArgs } from './command.js';
+import { DataError, fsError, UsageError } from '../errors.js';
+import type { GlobalArgs } from './command.js';
 
 /** Defaults when neither a flag nor --config gives a value: the full-size Vicuna-7B recipe. */
 export const DATA_DEFAULTS = { template: 'vicuna', tokenizer: 'llama2', maxLength: 1472, auxSize: 768, lowresSize: 336, patch: 14 } as const;
@@ -115,17 +115,17 @@ function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lo
   if (args.config) {
     cfg = loadConfig(args.config, args.set ?? []).config;
   } else if (args.set?.length) {
-    throw new UserError('--set needs --config');
+    throw new UsageError('--set needs --config');
   }
   const d = cfg?.data;
   const records = args.records ?? d?.records;
   const images = args.images ?? d?.images ?? undefined;
-  if (!records) throw new UserError('give --records (or --config with data.records)');
-  if (!images) throw new UserError('give --images (or --config with data.images)');
+  if (!records) throw new UsageError('give --records (or --config with data.records)');
+  if (!images) throw new UsageError('give --images (or --config with data.images)');
   const maxLength = args['max-length'] ?? d?.max_length ?? DATA_DEFAULTS.maxLength;
-  if (!Number.isInteger(maxLength) || maxLength <= 0) throw new UserError(`--max-length must be a positive integer, got ${maxLength}`);
+  if (!Number.isInteger(maxLength) || maxLength <= 0) throw new UsageError(`--max-length must be a positive integer, got ${maxLength}`);
   const maxPixels = args['max-image-pixels'];
-  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) throw new UserError(`--max-image-pixels must be a positive integer, got ${maxPixels}`);
+  if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) throw new UsageError(`--max-image-pixels must be a positive integer, got ${maxPixels}`);
   const image = imageOptionsOf({ exif_orientation: args['exif-orientation'] ?? d?.exif_orientation, max_image_pixels: maxPixels ?? d?.max_image_pixels });
   return {
     image,
@@ -149,7 +149,7 @@ async function textEncoding(r: ResolvedData) {
   try {
     tokenizer = await loadTokenizer(r.tokenizer);
   } catch (e) {
-    throw new UserError(`cannot load tokenizer ${JSON.stringify(r.tokenizer)}: ${(e as Error).message}`);
+    throw new UsageError(`cannot load tokenizer ${JSON.stringify(r.tokenizer)}: ${(e as Error).message}`);
   }
   return { template: getTemplate(r.template), tokenizer, maxLength: r.maxLength };
 }
@@ -238,10 +238,10 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
     if (!record) {
       const bad = recs.bad.filter((b) => b.id === args.n || b.index === Number(args.n));
       const why = bad.length ? `:\n${bad.map((b) => `  ${formatBadRecord(b)}`).join('\n')}` : '';
-      throw new UserError(`${r.records}: no usable record '${args.n}'${why}`);
+      throw new UsageError(`${r.records}: no usable record '${args.n}'${why}`);
     }
     const problem = conversationProblem(record);
-    if (problem) throw new UserError(`${r.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
+    if (problem) throw new UsageError(`${r.records}: record ${record.id}: ${problem.kind}: ${problem.reason}`);
     const text = await textEncoding(r);
     const enc = encodeConversation(record.conversations, text);
     const imageTokens = record.image === null ? 0 : imageTokensOf(r.lowresSize, r.patch);
@@ -258,7 +258,7 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       allMasked: enc.allMasked,
       imageTokens,
     };
-    if (record.image === null && args['save-image']) throw new UserError(`--save-image: record ${record.id} has no image`);
+    if (record.image === null && args['save-image']) throw new UsageError(`--save-image: record ${record.id} has no image`);
     if (record.image !== null) {
       let img;
       let orientation = 1;
@@ -270,12 +270,12 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
         if (e instanceof DataError) throw new DataError(`${r.records}: record ${JSON.stringify(record.id)}: ${e.message}`);
         throw e;
       }
-      if (!r.boxes) throw new UserError('--boxes is needed to show an image record');
+      if (!r.boxes) throw new UsageError('--boxes is needed to show an image record');
       const boxes = await loadBoxes(r.boxes);
       const entry = boxes.entries.get(record.id);
       if (!entry) {
         const b = boxes.bad.find((x) => x.id === record.id) ?? boxes.unreadable;
-        throw new UserError(`record ${record.id}: ${b ? b.reason : `no entry in ${r.boxes}`}`);
+        throw new UsageError(`record ${record.id}: ${b ? b.reason : `no entry in ${r.boxes}`}`);
       }
       const budget = { maxLength: text.maxLength, imageTokens };
       // The same pipeline (and token-budget cap) as training.
@@ -408,7 +408,7 @@ const synthCommand: CommandModule<GlobalArgs, SynthArgs> = {
         overwrite: args.overwrite,
       });
     } catch (e) {
-      if ((e as Error).message.startsWith('synth:')) throw new UserError((e as Error).message);
+      if ((e as Error).message.startsWith('synth:')) throw new UsageError((e as Error).message);
       throw e;
     }
     if (args.json) {
