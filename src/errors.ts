@@ -5,6 +5,8 @@
  * is printed with its stack and a line saying so.
  *
  * The message names the thing (file, record, key) and the reason: "records.json: record 'a12': image not found".
+ * A type of one's own (to catch, or to carry fields) extends the category's class where there is one
+ * (`UsageError`, `DataError`, `WeightsError`, `ResourceError`), so that one `instanceof` finds the whole category.
  */
 
 /** Exit codes, one per category, so scripts can tell a bad flag from a full disk. 70 (EX_SOFTWARE) = a bug. */

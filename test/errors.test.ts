@@ -9,7 +9,7 @@ import { ConfigError } from '../src/config/load.js';
 import { BadDatasetError } from '../src/data/dataset.js';
 import { ImageError } from '../src/data/image.js';
 import { JsonSyntaxError } from '../src/data/json.js';
-import { EXIT, fsError, MgllavaError, reportError, UsageError, type ErrorCategory } from '../src/errors.js';
+import { DataError, EXIT, fsError, MgllavaError, reportError, ResourceError, UsageError, WeightsError, type ErrorCategory } from '../src/errors.js';
 import { BoxEntryError } from '../src/infer/box-entry.js';
 import { ChatLengthError } from '../src/infer/chat.js';
 import { EvalInputError } from '../src/infer/eval.js';
@@ -43,8 +43,11 @@ describe('error classes', () => {
     [new AnnotationError('a'), 'AnnotationError', 'data'],
     [new UsageError('u'), 'UsageError', 'usage'],
   ];
+  // A category with a class of its own: every error of that category is an instance of it (one catch finds them all).
+  const baseOf: Partial<Record<ErrorCategory, abstract new (...args: never[]) => MgllavaError>> = { usage: UsageError, data: DataError, weights: WeightsError, resource: ResourceError };
   it.each(cases)('%s is an MgllavaError', (e, name, category) => {
     expect(e).toBeInstanceOf(MgllavaError);
+    if (baseOf[category]) expect(e).toBeInstanceOf(baseOf[category]);
     expect(e.name).toBe(name);
     expect((e as MgllavaError).category).toBe(category);
     expect((e as MgllavaError).exitCode).toBe(EXIT[category]);

@@ -19,7 +19,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import type { DataType, TensorInfo } from '@tensorflow/tfjs';
-import { MgllavaError } from '../errors.js';
+import { ResourceError } from '../errors.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -46,9 +46,9 @@ export interface MemoryCeilingDetail {
   cause: 'ceiling' | 'heap';
 }
 
-export class MemoryCeilingError extends MgllavaError {
+export class MemoryCeilingError extends ResourceError {
   constructor(readonly detail: MemoryCeilingDetail) {
-    super(describeRefusal(detail), 'resource');
+    super(describeRefusal(detail));
     this.name = 'MemoryCeilingError';
   }
 }

@@ -6,7 +6,7 @@
  * them, unless skipping is asked for — then the skipped records are written to a JSONL report and counted on
  * the console. Warnings (odd boxes, EXIF orientation, samples over the token budget) are printed too.
  */
-import { DataError, MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 import { BOX_DEFAULTS, isCloseToMaxLength, preprocessBoxes, textOnlyBoxes } from './boxes.js';
 import {
   checkDataset,
@@ -99,7 +99,7 @@ export interface LoadDatasetOptions extends CheckOptions, SampleOptions {
   log?: (line: string) => void;
 }
 
-export class BadDatasetError extends MgllavaError {
+export class BadDatasetError extends DataError {
   constructor(
     readonly bad: readonly BadRecord[],
     file: string,
@@ -108,7 +108,6 @@ export class BadDatasetError extends MgllavaError {
     const more = bad.length > shown.length ? [`  ... and ${bad.length - shown.length} more`] : [];
     super(
       [`${file}: ${bad.length} bad record problem(s); fix them, or skip them explicitly (writing a report):`, ...shown, ...more].join('\n'),
-      'data',
       { hint: "'mgllava data check' lists them all; data.skip_bad: FILE skips them, writing FILE" },
     );
     this.name = 'BadDatasetError';

@@ -17,9 +17,9 @@
  * that grows until the process is killed.
  */
 import { createReadStream } from 'node:fs';
-import { DataError, MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 
-export class JsonSyntaxError extends MgllavaError {
+export class JsonSyntaxError extends DataError {
   constructor(
     readonly file: string,
     /** 1-based line and column (column in UTF-16 code units) of the offending character. */
@@ -27,7 +27,7 @@ export class JsonSyntaxError extends MgllavaError {
     readonly column: number,
     readonly detail: string,
   ) {
-    super(`${file}:${line}:${column}: malformed JSON: ${detail}`, 'data');
+    super(`${file}:${line}:${column}: malformed JSON: ${detail}`);
     this.name = 'JsonSyntaxError';
   }
 }

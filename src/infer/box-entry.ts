@@ -12,11 +12,11 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseJson } from '../data/json.js';
 import { loadBoxes, parseBoxes, type BoxEntry, type BoxesResult } from '../data/records.js';
-import { MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 
-export class BoxEntryError extends MgllavaError {
+export class BoxEntryError extends DataError {
   constructor(message: string) {
-    super(message, 'data');
+    super(message);
     this.name = 'BoxEntryError';
   }
 }

@@ -13,7 +13,7 @@ import type { TextTokenizer } from '../data/tokenizer.js';
 import type { MGLLaVA } from '../model/mgllava.js';
 import { generate, type Generation, type VisualTokens } from './generate.js';
 import type { SamplingOptions } from './sampling.js';
-import { MgllavaError } from '../errors.js';
+import { UsageError } from '../errors.js';
 
 export interface ChatOptions extends SamplingOptions {
   model: MGLLaVA;
@@ -36,9 +36,9 @@ export interface ChatOptions extends SamplingOptions {
 }
 
 /** A conversation grown past the trained context; the history is unchanged. */
-export class ChatLengthError extends MgllavaError {
+export class ChatLengthError extends UsageError {
   constructor(message: string) {
-    super(message, 'usage');
+    super(message);
     this.name = 'ChatLengthError';
   }
 }

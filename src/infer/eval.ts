@@ -28,11 +28,11 @@ import type { MGLLaVA } from '../model/mgllava.js';
 import { generate, type VisualTokens } from './generate.js';
 import { answersMatch } from './normalize.js';
 import { disposeVisual, loadImageInput, visualTokensFor, type ImageInput } from './visual.js';
-import { MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 
-export class EvalInputError extends MgllavaError {
+export class EvalInputError extends DataError {
   constructor(message: string) {
-    super(message, 'data');
+    super(message);
     this.name = 'EvalInputError';
   }
 }

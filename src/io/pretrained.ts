@@ -34,11 +34,11 @@ import {
 import type { LlamaConfig } from '../model/llm/config.js';
 import { readAdapterConfig } from './peft.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
-import { MgllavaError } from '../errors.js';
+import { WeightsError } from '../errors.js';
 
-export class PretrainedError extends MgllavaError {
+export class PretrainedError extends WeightsError {
   constructor(message: string) {
-    super(message, 'weights');
+    super(message);
     this.name = 'PretrainedError';
   }
 }

@@ -12,7 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Rng } from '../util/rng.js';
 import { initValues, type Initializer } from './init.js';
-import { MgllavaError } from '../errors.js';
+import { WeightsError } from '../errors.js';
 
 /** How a module tree is initialised: from a seeded generator, or left at zero when weights will be loaded. */
 export interface InitContext {
@@ -96,13 +96,13 @@ export abstract class Module<C = unknown> {
   }
 }
 
-export class WeightLoadError extends MgllavaError {
+export class WeightLoadError extends WeightsError {
   constructor(
     message: string,
     readonly missing: string[] = [],
     readonly unexpected: string[] = [],
   ) {
-    super(message, 'weights');
+    super(message);
     this.name = 'WeightLoadError';
   }
 }

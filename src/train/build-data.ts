@@ -19,11 +19,11 @@ import { getTemplate } from '../data/templates.js';
 import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import { imageSizesOf, type MGLLaVAConfig } from '../model/mgllava.js';
-import { MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 
-export class DataSetupError extends MgllavaError {
+export class DataSetupError extends DataError {
   constructor(message: string) {
-    super(message, 'data');
+    super(message);
     this.name = 'DataSetupError';
   }
 }

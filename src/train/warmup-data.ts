@@ -21,11 +21,11 @@ import { ANNOTATIONS_FORMAT } from '../data/synth/annotations.js';
 import type { ExperimentConfig, WarmupSection } from '../config/schema.js';
 import { imageSizesOf, type MGLLaVAConfig } from '../model/mgllava.js';
 import { imageFolder } from './build-data.js';
-import { MgllavaError } from '../errors.js';
+import { DataError } from '../errors.js';
 
-export class AnnotationError extends MgllavaError {
+export class AnnotationError extends DataError {
   constructor(message: string) {
-    super(message, 'data');
+    super(message);
     this.name = 'AnnotationError';
   }
 }
