@@ -87,6 +87,23 @@ export class ResourceError extends MgllavaError {
   }
 }
 
+/** Node file-system error codes: what they mean, their category, a hint. */
+const FS_ERRORS: Record<string, [string, ErrorCategory, string?]> = {
+  ENOENT: ['no such file or directory', 'data'],
+  ENOTDIR: ['a part of the path is not a directory', 'data'],
+  EISDIR: ['is a directory, a file was expected', 'data'],
+  EACCES: ['permission denied', 'resource'],
+  EPERM: ['operation not permitted', 'resource'],
+  EROFS: ['read-only file system', 'resource'],
+  ENOSPC: ['no space left on device', 'resource', 'free disk space (or point the output elsewhere) and run again'],
+  EDQUOT: ['disk quota exceeded', 'resource'],
+  EMFILE: ['too many open files', 'resource', 'raise the open-file limit (ulimit -n)'],
+  ELOOP: ['too many symbolic links (a loop?)', 'data'],
+  ENAMETOOLONG: ['file name too long', 'data'],
+  EEXIST: ['already exists', 'run'],
+  ENOTEMPTY: ['directory not empty', 'run'],
+};
+
 /**
  * Wrap a Node file-system error (ENOENT, ENOSPC, EACCES, EISDIR, ENOTDIR, ...) as a one-line MgllavaError naming
  * the file and what was being done. Other errors are returned unchanged.
@@ -94,24 +111,13 @@ export class ResourceError extends MgllavaError {
 export function fsError(e: unknown, file: string, doing: string): unknown {
   const code = (e as NodeJS.ErrnoException | null)?.code;
   if (typeof code !== 'string') return e;
-  const why: Record<string, [string, ErrorCategory, string?]> = {
-    ENOENT: ['no such file or directory', 'data'],
-    ENOTDIR: ['a part of the path is not a directory', 'data'],
-    EISDIR: ['is a directory, a file was expected', 'data'],
-    EACCES: ['permission denied', 'resource'],
-    EPERM: ['operation not permitted', 'resource'],
-    EROFS: ['read-only file system', 'resource'],
-    ENOSPC: ['no space left on device', 'resource', 'free disk space (or point the output elsewhere) and run again'],
-    EDQUOT: ['disk quota exceeded', 'resource'],
-    EMFILE: ['too many open files', 'resource', 'raise the open-file limit (ulimit -n)'],
-    ELOOP: ['too many symbolic links (a loop?)', 'data'],
-    ENAMETOOLONG: ['file name too long', 'data'],
-    EEXIST: ['already exists', 'run'],
-    ENOTEMPTY: ['directory not empty', 'run'],
-  };
-  const w = why[code];
-  if (!w) return new MgllavaError(`${file}: ${doing} failed: ${code}`, 'resource', { cause: e });
-  return new MgllavaError(`${file}: ${doing}: ${w[0]}`, w[1], { hint: w[2], cause: e });
+  const w = FS_ERRORS[code];
+  if (!w) return new ResourceError(`${file}: ${doing} failed: ${code}`, { cause: e });
+  const [reason, category, hint] = w;
+  const message = `${file}: ${doing}: ${reason}`;
+  if (category === 'data') return new DataError(message, { hint, cause: e });
+  if (category === 'resource') return new ResourceError(message, { hint, cause: e });
+  return new MgllavaError(message, category, { hint, cause: e });
 }
 
 /** The error a CLI run ends with, as (lines to print, exit code). Non-MgllavaErrors are bugs. */

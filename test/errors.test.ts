@@ -82,7 +82,8 @@ describe('reportError', () => {
 
   it('fsError names the file and the reason', () => {
     const e = fsError(Object.assign(new Error('ENOSPC'), { code: 'ENOSPC' }), 'run/step-1/model.safetensors', 'write');
-    expect(e).toBeInstanceOf(MgllavaError);
+    expect(e).toBeInstanceOf(ResourceError);
+    expect(fsError(Object.assign(new Error('ENOENT'), { code: 'ENOENT' }), 'r.json', 'read')).toBeInstanceOf(DataError);
     expect(reportError(e).text).toMatch(/^mgllava: run\/step-1\/model\.safetensors: write: no space left on device \[hint: free disk space/);
   });
 });
