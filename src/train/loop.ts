@@ -9,7 +9,7 @@ import * as tf from '@tensorflow/tfjs';
 import { matmulPath } from '../backend/native.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LoaderState } from '../data/loader.js';
-import { MgllavaError } from '../errors.js';
+import { MgllavaError, UsageError } from '../errors.js';
 import { killPoint, saveCheckpoint, type OptimizerSnapshot } from '../run/checkpoint.js';
 import type { TrainStage, TrainState } from '../run/layout.js';
 import { MetricsWindow, type MetricsFile } from '../run/metrics.js';
@@ -45,7 +45,7 @@ export interface RunOptions {
 }
 
 export function checkMaxSteps(maxSteps: number | null | undefined): void {
-  if (maxSteps != null && !(Number.isInteger(maxSteps) && maxSteps > 0)) throw new MgllavaError(`--max-steps must be a positive integer, got ${maxSteps}`, 'usage');
+  if (maxSteps != null && !(Number.isInteger(maxSteps) && maxSteps > 0)) throw new UsageError(`--max-steps must be a positive integer, got ${maxSteps}`);
 }
 
 export function progressFor(opts: RunOptions): Progress {

@@ -3,7 +3,7 @@
  * `StageSpec` (trainer.ts: `mgllavaStage`; warmup.ts: `warmupStage`) that says how to build its data and
  * model and how to make one optimizer step; everything else exists once, here and in loop.ts:
  *
- *   config (loadConfig + spec.checkConfig, --max-steps checked)
+ *   config (loadConfig, the config's stage = the spec's, spec.checkConfig, --max-steps checked)
  *   -> resume point            src/run/open.ts resumePoint: a checkpoint of the same config hash and stage, or none
  *   -> data, model             spec.buildData, spec.buildModel (fresh from the config, or the checkpoint's weights)
  *   -> run dir opened          src/run/open.ts openRunDir: config.yaml, metrics.jsonl cut back; base weights once
@@ -25,6 +25,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { loadConfig } from '../config/load.js';
+import { UsageError } from '../errors.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LoaderState } from '../data/loader.js';
 import { writeWeightsFile } from '../io/weights-io.js';
@@ -78,8 +79,8 @@ export interface Stepper<B> {
 
 export interface StageSpec<M extends { dispose(): void }, D extends StageData<B>, B, X extends object = object> {
   readonly stage: TrainStage;
-  /** Config problems that make this stage meaningless, as one error. */
-  checkConfig(config: ExperimentConfig, file: string): void;
+  /** Config problems that make this stage meaningless, as one error (that the config is of this stage, runStage checks). */
+  checkConfig?(config: ExperimentConfig, file: string): void;
   buildData(config: ExperimentConfig, mcfg: MGLLaVAConfig, o: { imageWorkers?: number }): Promise<D>;
   /** The model: fresh from the config, or with the weights of the checkpoint resumed from. */
   buildModel(config: ExperimentConfig, mcfg: MGLLaVAConfig, data: D, resumed: ResumePoint | null, log: Progress): Promise<M>;
@@ -110,10 +111,16 @@ export type StageResult<X extends object = object> = LoopResult &
     heldOut: HeldOutResult | null;
   };
 
+/** A config runs as its own stage only: `mgllava pretrain` refuses a finetune config, and so on. */
+export function checkConfigStage(config: ExperimentConfig, file: string, stage: TrainStage): void {
+  if (config.stage !== stage) throw new UsageError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`);
+}
+
 /** Run a training stage (see the top of this file). The caller's `spec` is used for this one run. */
 export async function runStage<M extends { dispose(): void }, D extends StageData<B>, B, X extends object>(spec: StageSpec<M, D, B, X>, opts: RunOptions): Promise<StageResult<X>> {
   const { config, hash, file } = loadConfig(opts.configFile, opts.sets ?? []);
-  spec.checkConfig(config, file);
+  checkConfigStage(config, file, spec.stage);
+  spec.checkConfig?.(config, file);
   checkMaxSteps(opts.maxSteps);
   const log = progressFor(opts);
   const runDir = path.resolve(runDirOf(config));

@@ -18,7 +18,6 @@ import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { Batch } from '../data/collate.js';
 import { IGNORE_INDEX } from '../data/constants.js';
-import { MgllavaError } from '../errors.js';
 import { baseWeightNames, buildModel, checkpointModel, modelConfigOf, trainableSet } from '../model/factory.js';
 import type { MGLLaVA, Stage } from '../model/mgllava.js';
 import { resolveCheckpoint, runDirOf } from '../run/layout.js';
@@ -28,7 +27,7 @@ import { dataAvailable, formatBytes, formatCount, formatDryRun, planJson, planRu
 import { featureCacheFor, type FeatureCache, type TrainFeatureCache } from './feature-cache.js';
 import { heldOutEvaluator } from './held-out.js';
 import { checkMaxSteps, runtimeOf, TrainError, type RunOptions } from './loop.js';
-import { runStage, type StageResult, type StageSpec } from './stage.js';
+import { checkConfigStage, runStage, type StageResult, type StageSpec } from './stage.js';
 import { trainStep } from './step.js';
 import { trainingPassSeed } from '../model/llm/lora.js';
 
@@ -64,11 +63,6 @@ function dataShape(data: TrainData): { maxText: number; maxBoxes: number; maxSup
   return { maxText, maxBoxes, maxSupervised };
 }
 
-/** The config must be this command's stage. */
-function checkStage(config: ExperimentConfig, file: string, stage: Stage): void {
-  if (config.stage !== stage) throw new MgllavaError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`, 'usage');
-}
-
 /**
  * The plan of a run without training: parameter counts and the memory of one step (dry-run.ts), from the
  * config and the pretrained directories' config.json files alone (no weight is read, no model built). The step
@@ -77,7 +71,7 @@ function checkStage(config: ExperimentConfig, file: string, stage: Stage): void 
 async function dryRun(opts: TrainOptions): Promise<TrainResult> {
   const out = opts.out ?? process.stdout;
   const { config, file } = loadConfig(opts.configFile, opts.sets ?? []);
-  checkStage(config, file, opts.stage);
+  checkConfigStage(config, file, opts.stage);
   checkMaxSteps(opts.maxSteps);
   const mcfg = await modelConfigOf(config);
   const data = dataAvailable(config) ? await buildTrainData(config, mcfg, { imageWorkers: 0 }) : null;
@@ -125,7 +119,6 @@ export function mgllavaStage(stage: Stage, o: { featureCache?: FeatureCache | nu
   let cache: TrainFeatureCache | null = null;
   return {
     stage,
-    checkConfig: (config, file) => checkStage(config, file, stage),
     buildData: (config, mcfg, b) => buildTrainData(config, mcfg, b),
     buildModel: async (config, _mcfg, _data, resumed, log) => {
       const model = resumed ? await checkpointModel(config, resumed.ck) : await buildModel(config, { log: (m) => log.note(m) });

@@ -56,9 +56,8 @@ export type WarmupResult = StageResult<{
   evaluation: WarmupEvaluation | null;
 }>;
 
-/** The config problems that make a warm-up run meaningless, as one error. */
+/** The config problems that make a warm-up run meaningless, as one error (runStage has checked the stage). */
 export function checkWarmupConfig(config: ExperimentConfig, file: string): void {
-  if (config.stage !== 'warmup') throw new MgllavaError(`${file} is a '${config.stage}' config; run it with 'mgllava ${config.stage}'`, 'usage');
   const problems: string[] = [];
   if (!config.warmup) problems.push("a warmup config needs a 'warmup:' section (annotations file, heads); see configs/tiny-shapes/warmup.yaml");
   const m = config.model;
