@@ -13,7 +13,7 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { appendFile, open, readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
-import { DataError, MgllavaError, UsageError, fsError } from '../errors.js';
+import { DataError, UsageError, fsError } from '../errors.js';
 import { ImageError, resolveImagePath } from '../data/image.js';
 import { JsonSyntaxError, jsonItems } from '../data/json.js';
 import { loadRecords, type BoxEntry } from '../data/records.js';
@@ -129,7 +129,7 @@ async function* outEntries(out: string): AsyncGenerator<[string, unknown]> {
     }
   } catch (e) {
     if (!(e instanceof JsonSyntaxError)) throw e;
-    throw new MgllavaError(`${out}: cannot resume from it: ${e.message}`, 'data', { hint: 'remove it or use --overwrite' });
+    throw new DataError(`${out}: cannot resume from it: ${e.message}`, { hint: 'remove it or use --overwrite' });
   }
 }
 
