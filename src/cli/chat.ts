@@ -3,14 +3,13 @@
  * stdout), or a REPL without PROMPT (/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an
  * answer). RUN is a run directory (its newest complete step, or --step) or a step-NNNNNNNN directory.
  */
-import { access } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
 import type { BoxEntry } from '../data/records.js';
 import type { ChatSession } from '../infer/chat.js';
 import type { VisualTokens } from '../infer/generate.js';
 import type { RunModel } from '../model/factory.js';
-import { backendFromArgs, type GlobalArgs } from './command.js';
+import { backendFromArgs, requireFile, type GlobalArgs } from './command.js';
 import { UsageError } from '../errors.js';
 
 /** Answer budget without --max-new-tokens: this many tokens, or fewer when the run's context has less room left. */
@@ -145,14 +144,6 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
     }
   },
 };
-
-async function requireFile(file: string, what: string): Promise<void> {
-  try {
-    await access(file);
-  } catch {
-    throw new UsageError(`${what} not found: ${file}`);
-  }
-}
 
 async function repl(session: ChatSession): Promise<void> {
   const { ChatLengthError } = await import('../infer/chat.js');

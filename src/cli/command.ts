@@ -1,9 +1,11 @@
 /**
- * Shared pieces of the CLI: the global options every command takes, and the backend. Light on purpose (no
- * tfjs): every command module imports it, and `--help` must not pay for tfjs.
+ * Shared pieces of the CLI: the global options every command takes, the backend, input files checked first.
+ * Light on purpose (no tfjs): every command module imports it, and `--help` must not pay for tfjs.
  */
+import { access } from 'node:fs/promises';
 import type { Argv } from 'yargs';
 import type { BackendChoice } from '../backend/select.js';
+import { UsageError } from '../errors.js';
 
 export interface GlobalArgs {
   backend?: string;
@@ -22,4 +24,13 @@ export function withGlobalOptions<T>(y: Argv<T>): Argv<T & GlobalArgs> {
 export async function backendFromArgs(args: GlobalArgs): Promise<BackendChoice> {
   const { selectBackend } = await import('../backend/select.js');
   return selectBackend(args.backend ?? null);
+}
+
+/** A file named on the command line must exist before any work: "<what> not found: <file>" (exit 1). */
+export async function requireFile(file: string, what: string): Promise<void> {
+  try {
+    await access(file);
+  } catch {
+    throw new UsageError(`${what} not found: ${file}`);
+  }
 }

@@ -3,12 +3,11 @@
  * answers to every record's first question, accuracy by normalised exact match overall and per `category`,
  * predictions as JSON Lines. Rules (question/answer, normalisation): src/infer/eval.ts, normalize.ts.
  */
-import { access } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import type { EvalSummary } from '../infer/eval.js';
 import { openRun, runOptions } from './chat.js';
-import { backendFromArgs, type GlobalArgs } from './command.js';
+import { backendFromArgs, requireFile, type GlobalArgs } from './command.js';
 import { UsageError } from '../errors.js';
 
 interface EvalArgs extends GlobalArgs {
@@ -47,11 +46,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
     for (const [flag, v] of [['--batch-size', args['batch-size']], ['--max-new-tokens', args['max-new-tokens']], ['--limit', args.limit]] as const) {
       if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new UsageError(`${flag} must be an integer >= 1, got ${v}`);
     }
-    try {
-      await access(args.records);
-    } catch {
-      throw new UsageError(`eval records not found: ${args.records}`);
-    }
+    await requireFile(args.records, 'eval records');
     if (args.out) await (await import('../data/check.js')).checkOutputFile(args.out, 'the predictions file (--out)'); // before any evaluation
     const backend = await backendFromArgs(args);
     const { SingleBar } = await import('cli-progress');
