@@ -4,7 +4,6 @@
  * handlers, so `mgllava data check --help` stays as quick as the other commands' help (main.ts).
  */
 import { stat } from 'node:fs/promises';
-import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { auditBoxes, describeAudit } from '../data/box-audit.js';
 import { BOX_DEFAULTS, CLOSE_TO_MAX_LENGTH_MARGIN, isCloseToMaxLength, preprocessBoxes } from '../data/boxes.js';

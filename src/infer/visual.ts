@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { preprocessBoxes, type Box } from '../data/boxes.js';
-import { prepareImage, type DecodeOptions, type ImageSizes } from '../data/image.js';
+import { prepareImage, type DecodeOptions } from '../data/image.js';
 import type { BoxEntry } from '../data/records.js';
 import { disposeFrozen, imageSizesOf, type MGLLaVA } from '../model/mgllava.js';
 import type { VisualTokens } from './generate.js';

@@ -20,7 +20,7 @@ import { loadWeightsFile } from '../io/weights-io.js';
 import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint } from '../run/layout.js';
 import { Rng } from '../util/rng.js';
 import { MgllavaError } from '../errors.js';
-import { MGLLaVA, type MGLLaVAConfig, type Stage } from './mgllava.js';
+import { MGLLaVA, type MGLLaVAConfig } from './mgllava.js';
 import { LlamaForCausalLM } from './llm/llama.js';
 import { loadAdapterWeights } from '../io/peft.js';
 

@@ -15,7 +15,6 @@
 import path from 'node:path';
 import { memoryCeilingBytes } from '../backend/memory.js';
 import { loadConfig } from '../config/load.js';
-import type { ExperimentConfig } from '../config/schema.js';
 import type { Batch } from '../data/collate.js';
 import { IGNORE_INDEX } from '../data/constants.js';
 import { baseWeightNames, buildModel, checkpointModel, modelConfigOf, trainableSet } from '../model/factory.js';
