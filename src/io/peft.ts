@@ -22,7 +22,6 @@ import type { ExperimentConfig } from '../config/schema.js';
 import { modelConfigFrom } from '../config/build-model.js';
 import { readPretrainedConfigs } from './pretrained.js';
 import type { ExportResult } from './export.js';
-import type { LlamaWeightFormat } from '../model/llm/config.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { loraMembers, loraScaling, resolveLoraTargets, LLAMA_LORA_TARGETS, PHI3_LORA_TARGETS, type LoraConfig, type LoraTarget } from '../model/llm/lora.js';
 import { SafetensorsReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
@@ -289,11 +288,6 @@ export function mergeLora(weights: Map<string, LazyTensor>, config: LoraConfig):
     });
   }
   return out;
-}
-
-/** The target module names a LoRA config resolves to for a checkpoint layout (PEFT's `target_modules`). */
-export function targetModules(config: LoraConfig, format: LlamaWeightFormat | undefined): LoraTarget[] {
-  return resolveLoraTargets(config, format ?? 'llama');
 }
 
 /** The LoRA config a run was trained with, null when it has no adapters. */
