@@ -152,6 +152,11 @@ const PICKLE_PREFERRED: Record<PretrainedKind | 'open_clip', string[]> = {
 /** A weights file that is a PyTorch pickle (or an index of pickle shards), read by TorchStateReader. */
 const isPickleWeights = (file: string): boolean => PICKLE_EXT.test(file) || file.endsWith('.bin.index.json');
 
+/** A weights file (single or index) as a TensorReader: PyTorch pickles through TorchStateReader, else safetensors. */
+export async function openWeightsFile(file: string): Promise<TensorReader> {
+  return isPickleWeights(file) ? TorchStateReader.open(file) : ShardedReader.open(file);
+}
+
 /**
  * The file (single or index) holding a directory's weights: the layout's usual safetensors name, else the only
  * `*.safetensors.index.json`, else the only `*.safetensors`; without safetensors the same for PyTorch pickles
@@ -199,7 +204,7 @@ export interface PlannedSource {
 export async function openPretrained(dir: string, kind: PretrainedKind, llm?: LlamaConfig): Promise<PretrainedSource> {
   const file = findWeightsFile(dir, kind);
   const map = pretrainedWeightMap(kind, { llm, convnextLayout: kind === 'convnext' ? convNextLayoutOf(dir) : undefined });
-  const reader: TensorReader = isPickleWeights(file) ? await TorchStateReader.open(file) : await ShardedReader.open(file);
+  const reader = await openWeightsFile(file);
   try {
     const entries = reader.keys().map((source) => {
       const info = reader.info(source);

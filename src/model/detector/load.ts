@@ -14,8 +14,8 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { DataError, MgllavaError, WeightsError, fsError } from '../../errors.js';
-import { ShardedReader, type TensorReader } from '../../io/safetensors.js';
-import { HF_BIN_INDEX, PICKLE_EXT, TorchStateReader } from '../../io/torch-reader.js';
+import { openWeightsFile } from '../../io/pretrained.js';
+import { HF_BIN_INDEX, PICKLE_EXT } from '../../io/torch-reader.js';
 import { loadTokenizer, type TextTokenizer } from '../../data/tokenizer.js';
 import { Rng } from '../../util/rng.js';
 import { owlv2ConfigFromHf, type Owlv2Config } from './config.js';
@@ -66,8 +66,7 @@ export function findOwlv2Weights(dir: string): string {
 
 /** Assign every weight of `model` from the checkpoint at `file` (safetensors or PyTorch), strictly by HF name. */
 export async function loadOwlv2Weights(model: Owlv2Detector, file: string): Promise<void> {
-  const pickle = PICKLE_EXT.test(file) || file.endsWith('.bin.index.json');
-  const reader: TensorReader = pickle ? await TorchStateReader.open(file) : await ShardedReader.open(file);
+  const reader = await openWeightsFile(file);
   try {
     const target = model.weightMap();
     const names = reader.keys().filter((n) => !BUFFER_NAMES.test(n));
