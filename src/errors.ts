@@ -9,6 +9,8 @@
  * (`UsageError`, `DataError`, `WeightsError`, `ResourceError`), so that one `instanceof` finds the whole category.
  */
 
+import { constants as osConstants } from 'node:os';
+
 /** Exit codes, one per category, so scripts can tell a bad flag from a full disk. 70 (EX_SOFTWARE) = a bug. */
 export const EXIT = {
   usage: 1,
@@ -19,6 +21,8 @@ export const EXIT = {
   resource: 7,
   backend: 8,
   training: 9,
+  /** Stopped by Ctrl-C (SIGINT) after saving a checkpoint; SIGTERM exits 143 (128 + the signal's number). */
+  interrupted: 130,
   bug: 70,
 } as const;
 
@@ -120,11 +124,57 @@ export function fsError(e: unknown, file: string, doing: string): unknown {
   return new MgllavaError(message, category, { hint, cause: e });
 }
 
-/** The error a CLI run ends with, as (lines to print, exit code). Non-MgllavaErrors are bugs. */
+/**
+ * A training stage stopped by a signal (Ctrl-C, `kill`, a scheduler's preemption) after it saved a checkpoint to
+ * resume from. Not a success: a script running `pretrain && finetune` must not go on. Exit code 128 + the
+ * signal's number, as a shell reports a process killed by it (130 for SIGINT, 143 for SIGTERM).
+ */
+export class InterruptedError extends MgllavaError {
+  constructor(
+    message: string,
+    readonly signal: NodeJS.Signals,
+    options?: ErrorOptions,
+  ) {
+    super(message, 'interrupted', options);
+    this.name = 'InterruptedError';
+  }
+
+  override get exitCode(): number {
+    return 128 + (osConstants.signals[this.signal] ?? 2);
+  }
+}
+
+/** Node's syscall names in the words of a message ("/x/y.png: opening: no such file or directory"). */
+const SYSCALL_WORDS: Record<string, string> = {
+  open: 'opening',
+  read: 'reading',
+  write: 'writing',
+  mkdir: 'creating the directory',
+  scandir: 'listing the directory',
+  rename: 'renaming',
+  unlink: 'removing',
+  rmdir: 'removing the directory',
+  stat: 'reading the file status',
+  lstat: 'reading the file status',
+  copyfile: 'copying',
+  symlink: 'linking',
+};
+
+/**
+ * The error a CLI run ends with, as (lines to print, exit code). Non-MgllavaErrors are bugs, except file-system
+ * errors (ENOENT, ENOSPC, EROFS, ...), which are reported as fsError would.
+ */
 export function reportError(e: unknown, debug = false): { text: string; exitCode: number } {
   if (e instanceof MgllavaError) {
     const extra = debug && e.stack ? `\n${e.stack}` : '';
     return { text: `${e.formatLine()}${extra}\n`, exitCode: e.exitCode };
+  }
+  // A file-system error that no caller wrapped (a write into a full or read-only disk, a path that vanished, a
+  // pseudo file system) is still the user's to fix: one line naming the file and the operation, not a stack.
+  const sys = e as NodeJS.ErrnoException | null;
+  if (sys instanceof Error && typeof sys.code === 'string' && typeof sys.path === 'string' && typeof sys.syscall === 'string') {
+    const wrapped = fsError(e, sys.path, SYSCALL_WORDS[sys.syscall] ?? sys.syscall);
+    if (wrapped instanceof MgllavaError) return reportError(wrapped, debug);
   }
   const stack = e instanceof Error ? (e.stack ?? `${e.name}: ${e.message}`) : String(e);
   return {

@@ -28,6 +28,12 @@ export const benchCommand: CommandModule<GlobalArgs, BenchArgs> = {
       .option('steps', { type: 'number', default: 10, describe: 'step: timed steps per mode (median reported)' })
       .option('warmup', { type: 'number', default: 3, describe: 'step: untimed steps before timing' })
       .option('profile', { type: 'boolean', default: false, describe: 'step: time every kernel per phase instead (median of --steps profiled steps)' })
+      .check((a) => {
+        // A string is yargs' failure message (a usage error before any work): 0 or -1 steps would print NaN medians.
+        if (!(Number.isInteger(a.steps) && a.steps >= 1)) return `--steps must be an integer >= 1, got ${a.steps}`;
+        if (!(Number.isInteger(a.warmup) && a.warmup >= 0)) return `--warmup must be an integer >= 0, got ${a.warmup}`;
+        return true;
+      })
       .example('$0 bench step', 'ms per tiny-e2e training step, pretrain and sft')
       .example('$0 bench kernels --json', 'the kernel pack against the stock kernels, one JSON line per case'),
   handler: async (args) => {

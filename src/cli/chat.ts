@@ -88,8 +88,12 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
     if (!(args.temperature >= 0)) throw new UsageError(`--temperature must be >= 0, got ${args.temperature}`);
     if (!(args['top-p'] > 0 && args['top-p'] <= 1)) throw new UsageError(`--top-p must be in (0, 1], got ${args['top-p']}`);
     if (args.image) await requireFile(args.image, 'image');
-    const { checkOutputFile } = await import('../data/check.js');
-    if (args['show-boxes']) await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)');
+    const { checkOutputFile } = await import('../io/output-file.js');
+    const inputs = [
+      { file: args.image, what: 'the image (--image)' },
+      { file: args.boxes, what: 'the box file (--boxes)' },
+    ];
+    if (args['show-boxes']) await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)', { ext: '.png', inputs });
     const { findBoxEntry } = await import('../infer/box-entry.js');
     let entry: BoxEntry | null = null;
     if (args.boxes) {

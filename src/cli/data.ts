@@ -185,7 +185,14 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
     await checkDataFile(r.records, 'records file');
     if (r.boxes) await checkDataFile(r.boxes, 'box file');
     await requireFolder(r.images, 'image folder');
-    if (args['skip-bad']) await checkOutputFile(args['skip-bad'], 'the skip report (--skip-bad)');
+    if (args['skip-bad']) {
+      const inputs = [
+        { file: r.records, what: 'the records file' },
+        { file: r.boxes, what: 'the box file' },
+        { file: args.config, what: 'the config' },
+      ];
+      await checkOutputFile(args['skip-bad'], 'the skip report (--skip-bad)', { inputs });
+    }
     const report = await checkDataset({
       records: r.records,
       boxes: r.boxes,
@@ -195,6 +202,7 @@ const checkCommand: CommandModule<GlobalArgs, CheckArgs> = {
       image: r.image,
       objectTokens: objectTokenCheck(r),
     });
+    if (report.total === 0 && report.bad.length === 0) throw new DataError(`${r.records}: the records file holds no record`); // an empty file is no dataset
     const badIds = new Set(report.bad.map((b) => `${b.file}\u0000${b.index ?? b.id}`));
     if (args['skip-bad']) await writeBadReport(args['skip-bad'], report.bad);
     if (args.json) {
@@ -231,7 +239,11 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
     const { checkOutputFile, formatBadRecord } = await import('../data/check.js');
     const { describeOrientation, prepareImage, readImageHeader, resolveImagePath } = await import('../data/image.js');
     const { saveView } = await import('../data/view.js');
-    if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)');
+    const inputs = [
+      { file: r.records, what: 'the records file' },
+      { file: r.boxes, what: 'the box file' },
+    ];
+    if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)', { ext: '.png', inputs });
     const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);
     if (!record) {
@@ -263,6 +275,7 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       let orientation = 1;
       try {
         const file = await resolveImagePath(r.images, record.image);
+        if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)', { inputs: [{ file, what: "the record's image" }] });
         orientation = (await readImageHeader(file, r.image)).orientation;
         img = await prepareImage(file, { auxSize: r.auxSize, lowresSize: r.lowresSize, ...r.image });
       } catch (e) {
@@ -432,6 +445,7 @@ interface VocabArgs extends GlobalArgs {
   records: string[];
   out: string;
   template: string;
+  overwrite: boolean;
 }
 
 const vocabCommand: CommandModule<GlobalArgs, VocabArgs> = {
@@ -442,10 +456,11 @@ const vocabCommand: CommandModule<GlobalArgs, VocabArgs> = {
       .option('records', { type: 'string', array: true, demandOption: true, describe: 'LLaVA records files (give every split: train, eval)' })
       .option('out', { type: 'string', demandOption: true, describe: 'folder for tokenizer.json + tokenizer_config.json' })
       .option('template', { type: 'string', default: DATA_DEFAULTS.template, choices: Object.keys(TEMPLATES), describe: 'template whose words join the vocabulary' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace an existing tokenizer.json in --out (runs that name it would then read other ids)' })
       .example('$0 data vocab --records my-data/train.json --records my-data/eval.json --out my-data', 'then data.tokenizer: {type: hf, path: my-data/tokenizer.json}') as Argv<VocabArgs>,
   handler: async (args) => {
     await requireFolder(args.out, 'output folder');
-    const r = await writeWordVocab(args.records, getTemplate(args.template), args.out);
+    const r = await writeWordVocab(args.records, getTemplate(args.template), args.out, { overwrite: args.overwrite });
     const { formatBadRecord } = await import('../data/check.js');
     for (const b of r.bad) process.stdout.write(`${formatBadRecord(b)}\n`);
     process.stdout.write(

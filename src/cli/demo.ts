@@ -3,7 +3,6 @@
  * ablation of the three granularities. Progress on stdout, or on stderr with --json (stdout then holds one
  * JSON line: the summary).
  */
-import { mkdirSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { MgllavaError, UsageError } from '../errors.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
@@ -81,7 +80,8 @@ export const demoCommand: CommandModule<GlobalArgs, DemoArgs> = {
       return v as (typeof VARIANTS)[number];
     });
     if (args.workdir) {
-      mkdirSync(args.workdir, { recursive: true });
+      const { ensureDir } = await import('../run/guard.js');
+      await ensureDir(args.workdir, '--workdir'); // under /proc, below a file: one line, no spinning mkdir
       process.chdir(args.workdir);
     }
     const out = (args.json ? process.stderr : process.stdout) as NodeJS.WriteStream;

@@ -47,7 +47,12 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
       if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new UsageError(`${flag} must be an integer >= 1, got ${v}`);
     }
     await requireFile(args.records, 'eval records');
-    if (args.out) await (await import('../data/check.js')).checkOutputFile(args.out, 'the predictions file (--out)'); // before any evaluation
+    const { checkOutputFile } = await import('../io/output-file.js');
+    const inputs = [
+      { file: args.records, what: 'the eval records' },
+      { file: args.boxes, what: 'the box file' },
+    ];
+    if (args.out) await checkOutputFile(args.out, 'the predictions file (--out)', { inputs }); // before any evaluation
     const backend = await backendFromArgs(args);
     const { SingleBar } = await import('cli-progress');
     const { getTemplate } = await import('../data/templates.js');
@@ -60,6 +65,7 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
     try {
       const stem = path.basename(args.records).replace(/\.(jsonl?|json)$/, '');
       const out = args.out ?? path.join(run.runDir, `predictions-${stem}-${stepDirName(run.step)}.jsonl`);
+      if (!args.out) await checkOutputFile(out, 'the predictions file (in the run directory; --out names another)', { inputs }); // a read-only run dir: say so now, not after evaluating
       const bar = !args.json && process.stderr.isTTY ? new SingleBar({ format: 'eval [{bar}] {value}/{total} questions | {duration}s', stream: process.stderr }) : null;
       let started = false;
       let summary: EvalSummary;

@@ -1,6 +1,7 @@
 /** `mgllava golden --dir DIR`: check the model against a golden set from the PyTorch reference. */
 import type { CommandModule } from 'yargs';
 import { backendFromArgs, type GlobalArgs } from './command.js';
+import { UsageError } from '../errors.js';
 
 interface GoldenArgs extends GlobalArgs {
   dir: string;
@@ -21,7 +22,8 @@ export const goldenCommand: CommandModule<GlobalArgs, GoldenArgs> = {
     await backendFromArgs(args);
     const { formatReport, runGolden } = await import('../golden/run.js');
     const { RUNNERS } = await import('../golden/pieces/index.js');
-    const only = args.only ? args.only.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+    const only = args.only !== undefined ? args.only.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+    if (only?.length === 0) throw new UsageError(`--only ${JSON.stringify(args.only)} names no piece`); // else nothing would run, and the set would "pass"
     const report = await runGolden(args.dir, RUNNERS, only);
     if (args.json) {
       const pieces = Object.fromEntries(

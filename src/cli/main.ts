@@ -138,8 +138,18 @@ export async function main(argv: string[]): Promise<number> {
     .wrap(columns)
     // yargs types numbers but accepts "abc" as NaN: refuse it before any handler runs.
     .middleware((args) => {
+      const hint = { hint: `'mgllava ${commandPath()} --help' lists the options` };
+      // The options declared as lists (--set, --records): yargs knows them once the command's builder ran.
+      const arrays = new Set((cli as unknown as { getOptions(): { array: string[] } }).getOptions().array);
+      // A value not given as --k (or --k=v) on the command line is a positional: named <k>.
+      const flag = (k: string) => (argv.some((a) => a === `--${k}` || a.startsWith(`--${k}=`)) ? `--${k}` : `<${k}>`);
       for (const [k, v] of Object.entries(args)) {
-        if (typeof v === 'number' && Number.isNaN(v) && !/[A-Z]/.test(k)) throw new UsageError(`--${k}: not a number`, { hint: `'mgllava ${commandPath()} --help' lists the options` });
+        if (k === '_' || k === '$0' || /[A-Z]/.test(k)) continue; // yargs' camelCase twins repeat the dashed names
+        if (typeof v === 'number' && Number.isNaN(v)) throw new UsageError(`--${k}: not a number`, hint);
+        // A flag given twice becomes a list: refuse it rather than run with one of them (or crash on the list).
+        if (Array.isArray(v) && !arrays.has(k)) throw new UsageError(`--${k} given ${v.length} times (${v.map((x) => JSON.stringify(x)).join(', ')}): give it once`, hint);
+        // An empty value is never meant: `--out ""` would write into the current folder, `--config ""` read a folder.
+        if (v === '' || (Array.isArray(v) && v.includes(''))) throw new UsageError(`${flag(k)}: empty value`, hint);
       }
     }, true)
     .fail((msg, err, usage) => {

@@ -37,7 +37,11 @@ const MAX_CONFIG_DEPTH = 64;
 /** Keys that would reach an object's prototype when merged: refused anywhere in a config. */
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
-function readYaml(file: string): Tree {
+/**
+ * One YAML file as a mapping, bounded: a regular file of at most MAX_CONFIG_BYTES, aliases expanded to at most
+ * MAX_CONFIG_NODES values, no prototype keys. Every failure is one ConfigError line naming the file.
+ */
+export function readYaml(file: string): Tree {
   let text: string;
   try {
     const s = statSync(file);
@@ -259,6 +263,7 @@ function article(type: string): string {
 /** A value for an error message, cut short (an alias can make it huge). */
 function show(v: unknown): string {
   if (v === undefined) return 'nothing';
+  if (typeof v === 'number' && !Number.isFinite(v)) return String(v); // YAML's .nan / .inf (JSON would say null)
   const s = JSON.stringify(v) ?? String(v);
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }

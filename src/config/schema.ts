@@ -133,8 +133,8 @@ export const dataSchema = z
     limit_num: posInt.nullable().default(100),
     /** Skip bad records, writing them to this JSONL report; null: a bad record stops the run. */
     skip_bad: path.nullable().default(null),
-    /** Batches loaded ahead of the training step. */
-    prefetch: nonNegInt.default(2),
+    /** Batches loaded ahead of the training step (each holds its images in memory: bounded). */
+    prefetch: nonNegInt.max(64).default(2),
     /** Worker threads preparing images beside the training step; 0 = on the main thread (decoding still uses libuv threads). Capped at the cores. */
     image_workers: nonNegInt.default(1),
     /**

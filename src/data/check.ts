@@ -14,9 +14,7 @@
  * applied per `data.exif_orientation`), and a sample whose text + image + object tokens exceed the token
  * budget (token-budget.ts; the lowest-scoring object tokens are then dropped).
  */
-import { stat, writeFile } from 'node:fs/promises';
-import path from 'node:path';
-import { DataError, fsError } from '../errors.js';
+import { writeFileAtomic } from '../io/output-file.js';
 import { auditBoxes, describeAudit } from './box-audit.js';
 import { isCloseToMaxLength, preprocessBoxes } from './boxes.js';
 import { encodeConversation } from './conversation.js';
@@ -307,32 +305,10 @@ export function summarizeWarnings(warnings: readonly DataWarning[]): string {
     .join(', ');
 }
 
-/**
- * Refuse an output file that cannot be written (missing folder, a folder that is a file, the path is a
- * directory) before the work that produces it runs, not after. `what`: "the skip report", "the image", ...
- */
-export async function checkOutputFile(file: string, what: string): Promise<void> {
-  const dir = path.dirname(path.resolve(file));
-  let s;
-  try {
-    s = await stat(dir);
-  } catch (e) {
-    throw fsError(e, dir, `the folder of ${what} ${file}`);
-  }
-  if (!s.isDirectory()) throw new DataError(`${what} ${file}: ${dir} is not a directory`);
-  try {
-    if ((await stat(file)).isDirectory()) throw new DataError(`${what} ${file} is a directory; give a file name`);
-  } catch (e) {
-    if (e instanceof DataError) throw e;
-    // ENOENT: it will be created
-  }
-}
+// Output files (the skip report, --save-image, eval --out) are checked by io/output-file.ts.
+export { checkOutputFile } from '../io/output-file.js';
 
 /** The skip report: one JSON object per line, every field of BadRecord. */
 export async function writeBadReport(file: string, bad: readonly BadRecord[]): Promise<void> {
-  try {
-    await writeFile(file, bad.map((b) => JSON.stringify(b)).join('\n') + (bad.length ? '\n' : ''));
-  } catch (e) {
-    throw fsError(e, file, 'writing the skip report');
-  }
+  await writeFileAtomic(file, bad.map((b) => JSON.stringify(b)).join('\n') + (bad.length ? '\n' : ''), 'the skip report');
 }

@@ -119,7 +119,13 @@ const WARNINGS_SHOWN = 10;
 
 export async function loadDataset(o: LoadDatasetOptions): Promise<{ dataset: MgDataset; report: CheckReport }> {
   const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  if (o.skipBadReport) await checkOutputFile(o.skipBadReport, 'the skip report (data.skip_bad)');
+  if (o.skipBadReport) {
+    const inputs = [
+      { file: o.records, what: 'the records file (data.records)' },
+      { file: o.boxes, what: 'the box file (data.boxes)' },
+    ];
+    await checkOutputFile(o.skipBadReport, 'the skip report (data.skip_bad)', { inputs });
+  }
   const imageTokens = o.imageTokens ?? null;
   const objectTokens = o.objectTokens ?? (imageTokens === null ? null : { imageTokens, auxSize: o.auxSize, nmsThreshold: o.nmsThreshold ?? BOX_DEFAULTS.nmsThreshold, limitNum: o.limitNum === undefined ? BOX_DEFAULTS.limitNum : o.limitNum });
   const report = await checkDataset({ ...o, objectTokens });
@@ -134,6 +140,7 @@ export async function loadDataset(o: LoadDatasetOptions): Promise<{ dataset: MgD
     const more = report.warnings.length > WARNINGS_SHOWN ? `; ${report.warnings.length - WARNINGS_SHOWN} more not shown ('mgllava data check' lists them)` : '';
     log(`data: warnings: ${summarizeWarnings(report.warnings)}${more}`);
   }
+  if (report.total === 0) throw new DataError(`${o.records}: the records file holds no record`);
   if (report.valid.length === 0) throw new DataError(`${o.records}: no usable record (${report.bad.length} problem(s); the skip report ${o.skipBadReport ?? ''} lists them)`);
   return { dataset: new MgDataset(report.valid, o.text.maxLength, { ...o, imageTokens: objectTokens?.imageTokens ?? null }), report };
 }

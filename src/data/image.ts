@@ -134,6 +134,9 @@ export function describeOrientation(o: number): string {
   return words[o] ?? `orientation ${o}`;
 }
 
+/** sharp's names of the raster formats both it and PIL read. */
+const PIXEL_FORMATS = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif', 'jp2', 'ppm', 'bmp']);
+
 async function checkRegularFile(file: string): Promise<void> {
   try {
     const s = await stat(file);
@@ -157,6 +160,11 @@ export async function readImageHeader(file: string, opts: DecodeOptions = {}): P
     throw new ImageError('undecodable', file, `cannot decode image: ${(e as Error).message}`);
   }
   if (!m.width || !m.height) throw new ImageError('undecodable', file, 'image header has no size');
+  if (!PIXEL_FORMATS.has(m.format ?? '')) {
+    // An SVG would be rasterised at a size of sharp's choosing, its external images silently left blank; PIL (the
+    // reference) opens none of these formats.
+    throw new ImageError('undecodable', file, `${String(m.format).toUpperCase()} is not a photo format the reference (PIL) reads: convert it to PNG or JPEG first`);
+  }
   const header = { width: m.width, height: m.height, orientation: m.orientation ?? 1, space: m.space ?? 'srgb' };
   const budget = opts.maxPixels === undefined ? DEFAULT_MAX_IMAGE_PIXELS : opts.maxPixels;
   const side = Math.max(header.width, header.height);

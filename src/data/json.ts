@@ -103,7 +103,7 @@ export async function* jsonItems(
     typeof source === 'string'
       ? [source]
       : 'file' in source
-        ? (createReadStream(source.file, { encoding: 'utf8', highWaterMark: 1 << 20 }) as AsyncIterable<string>)
+        ? utf8Chunks(source.file)
         : source.chunks;
   if (format === 'lines') {
     onContainer?.('lines');
@@ -118,6 +118,59 @@ export async function* jsonItems(
     yield* items;
   }
   scanner.end();
+}
+
+/**
+ * A file's text in chunks, refusing bytes that are not UTF-8: decoding them as U+FFFD (what a 'utf8' stream does)
+ * would load a Latin-1 or UTF-16 file as silently different text, where the reference (Python's json.load of a
+ * UTF-8 open) fails. A byte-order mark is kept (the scanners skip it).
+ */
+async function* utf8Chunks(file: string): AsyncGenerator<string> {
+  const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+  let offset = 0; // bytes before this chunk
+  let lines = 0; // newlines before this chunk
+  for await (const buf of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    let text: string;
+    try {
+      text = decoder.decode(buf, { stream: true });
+    } catch {
+      const at = Math.max(0, firstNonUtf8(buf));
+      const line = lines + newlines(buf.subarray(0, at)) + 1;
+      throw new DataError(
+        `${file}: not UTF-8 text: byte 0x${buf[at]!.toString(16).padStart(2, '0')} at line ${line} (byte ${offset + at}) is not valid UTF-8 ` +
+          `(a Latin-1, Windows-1252 or UTF-16 file?)`,
+        { hint: 'save the file as UTF-8' },
+      );
+    }
+    offset += buf.length;
+    lines += newlines(buf);
+    yield text;
+  }
+  try {
+    const tail = decoder.decode();
+    if (tail) yield tail;
+  } catch {
+    throw new DataError(`${file}: not UTF-8 text: the file ends inside a multi-byte character (cut short?)`, { hint: 'save the file as UTF-8' });
+  }
+}
+
+/** '\n' bytes in `b` (indexOf runs natively: counting costs nothing next to the parse). */
+function newlines(b: Buffer): number {
+  let n = 0;
+  for (let i = b.indexOf(0x0a); i >= 0; i = b.indexOf(0x0a, i + 1)) n++;
+  return n;
+}
+
+/** Index of the first byte of `b` that does not start or continue a UTF-8 sequence (-1: none found; approximate). */
+function firstNonUtf8(b: Uint8Array): number {
+  for (let i = 0; i < b.length; ) {
+    const c = b[i]!;
+    const n = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (n < 0) return i;
+    for (let k = 1; k <= n && i + k < b.length; k++) if ((b[i + k]! & 0xc0) !== 0x80) return i;
+    i += n + 1;
+  }
+  return -1;
 }
 
 /** The chunks, refusing a source longer than maxFileChars (an endless stream). */

@@ -16,7 +16,7 @@
  * Everything derives from the seed through independent per-image streams, so the same options give
  * byte-identical files regardless of rendering concurrency.
  */
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CLOSE_TO_MAX_LENGTH_MARGIN } from './boxes.js';
 import { encodeConversation } from './conversation.js';
@@ -31,6 +31,7 @@ import { COLORS, DEFAULT_SCENE, makeScene, SHAPES, type Scene, type SceneOptions
 import { askAbout, captionConversation, finetuneConversations, qaConversation, QUESTION_CATEGORIES } from './synth/text.js';
 import { buildVocab, templateText, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
 import { runPool } from './pool.js';
+import { ensureDir } from '../run/guard.js';
 
 export interface SynthOptions {
   out: string;
@@ -65,6 +66,11 @@ export interface SynthSummary {
 export const SYNTH_FILES = ['pretrain.json', 'finetune.json', 'eval.json', 'boxes.json', 'annotations.json', 'tokenizer.json', 'tokenizer_config.json', 'dataset.json'];
 
 const SPLIT = { train: 1, eval: 2 } as const;
+/** Bounds: a typo (--train 1e12, --size 100000) would otherwise fill the disk or exceed sharp's pixel limit. */
+const MAX_IMAGES = 1_000_000;
+const MAX_SIZE = 4096;
+/** The images synth writes: only these are removed by --overwrite (a user's own files in images/ stay). */
+const SYNTH_IMAGE = /^(train|eval)-\d+\.png$/;
 
 interface ImageJob {
   file: string; // relative to OUT/images
@@ -73,7 +79,7 @@ interface ImageJob {
 }
 
 function sceneOptions(size: number): SceneOptions {
-  if (!Number.isInteger(size) || size < 40) throw new Error(`synth: --size must be an integer ≥ 40 px, got ${size}`);
+  if (!Number.isInteger(size) || size < 40 || size > MAX_SIZE) throw new Error(`synth: --size must be an integer from 40 to ${MAX_SIZE} px, got ${size}`);
   return { ...DEFAULT_SCENE, minSide: Math.round(0.6 * size), maxSide: size };
 }
 
@@ -84,6 +90,9 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
   const seed = opts.seed ?? 0;
   for (const [name, v] of [['train', nTrain], ['eval', nEval], ['seed', seed]] as const) {
     if (!Number.isInteger(v) || v < 0) throw new Error(`synth: ${name} must be a non-negative integer, got ${v}`);
+  }
+  for (const [name, v] of [['train', nTrain], ['eval', nEval]] as const) {
+    if (v > MAX_IMAGES) throw new Error(`synth: ${name} is ${v} images; at most ${MAX_IMAGES} per split (the set is held in memory while it is written)`);
   }
   if (nTrain === 0) throw new Error('synth: need at least one training image');
   const scene = sceneOptions(opts.size ?? 200);
@@ -191,15 +200,27 @@ function boxesJson(entries: [string, BoxEntry][]): string {
 }
 
 async function prepareOut(out: string, overwrite: boolean): Promise<void> {
-  let existing: string[] = [];
-  try {
-    existing = await readdir(out);
-  } catch {
-    await mkdir(out, { recursive: true });
-    return;
-  }
+  await ensureDir(out, 'synth: --out'); // under /proc, below a file, a dangling link: one line, no spinning mkdir
+  const existing = await readdir(out);
   if (existing.length === 0) return;
   if (!overwrite) throw new Error(`synth: output folder ${out} is not empty (pass --overwrite to replace a previous synthetic dataset)`);
-  await rm(path.join(out, 'images'), { recursive: true, force: true });
+  // --overwrite replaces a synthetic dataset (its dataset.json says so, or, cut short before writing it, it holds
+  // nothing but synth's own names), never a folder of the user's own data.
+  const imageDir = path.join(out, 'images');
+  const images = await readdir(imageDir).catch(() => [] as string[]);
+  const ownNames = existing.every((f) => SYNTH_FILES.includes(f) || f === 'images') && images.every((f) => SYNTH_IMAGE.test(f));
+  if (!ownNames && !(await isSynthDataset(out))) {
+    throw new Error(`synth: output folder ${out} holds files of its own and no synthetic dataset (dataset.json of 'data synth'): --overwrite only replaces one; choose another --out`);
+  }
+  for (const f of images) if (SYNTH_IMAGE.test(f)) await rm(path.join(imageDir, f), { force: true });
   for (const f of SYNTH_FILES) await rm(path.join(out, f), { force: true });
+}
+
+/** Whether `dir` holds the dataset.json that synthDataset writes last. */
+async function isSynthDataset(dir: string): Promise<boolean> {
+  try {
+    return (JSON.parse(await readFile(path.join(dir, 'dataset.json'), 'utf8')) as { format?: unknown }).format === 'mgllava-synth';
+  } catch {
+    return false;
+  }
 }

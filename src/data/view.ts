@@ -11,7 +11,7 @@
  * not drawn.
  */
 import sharp from 'sharp';
-import { fsError } from '../errors.js';
+import { writeFileAtomic } from '../io/output-file.js';
 import { CLIP_NORM, type ImageNorm, type RgbImage } from './image.js';
 
 export interface ViewInput {
@@ -123,11 +123,8 @@ export function viewOfInput(input: { aux: Float32Array; lowres: Float32Array; bo
 /** Write renderView's image as a PNG; returns its size. */
 export async function saveView(file: string, v: ViewInput): Promise<{ width: number; height: number }> {
   const img = renderView(v);
-  try {
-    await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), { raw: { width: img.width, height: img.height, channels: 3 } }).png().toFile(file);
-  } catch (e) {
-    throw fsError(e, file, 'writing the image');
-  }
+  const png = await sharp(Buffer.from(img.data.buffer, img.data.byteOffset, img.data.byteLength), { raw: { width: img.width, height: img.height, channels: 3 } }).png().toBuffer();
+  await writeFileAtomic(file, png, 'the image'); // a full disk leaves no truncated PNG
   return { width: img.width, height: img.height };
 }
 

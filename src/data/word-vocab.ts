@@ -5,9 +5,10 @@
  * vocabulary, and so its embedding and output layers, as small as the data: `model.llm.vocab_size` must be at
  * least the size printed. (A pretrained LLM brings its own tokenizer instead: `{type: hf, path: <its dir>}`.)
  */
-import { writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { fsError } from '../errors.js';
+import { DataError, UsageError } from '../errors.js';
+import { checkOutputFile, writeFileAtomic } from '../io/output-file.js';
 import { IMAGE_TOKEN } from './constants.js';
 import { loadRecords, type BadRecord } from './records.js';
 import { buildVocab, templateText, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
@@ -23,7 +24,15 @@ export interface WordVocabResult {
   bad: BadRecord[];
 }
 
-export async function writeWordVocab(recordFiles: readonly string[], template: PromptTemplate, outDir: string): Promise<WordVocabResult> {
+export async function writeWordVocab(recordFiles: readonly string[], template: PromptTemplate, outDir: string, o: { overwrite?: boolean } = {}): Promise<WordVocabResult> {
+  const file = path.join(outDir, 'tokenizer.json');
+  const config = path.join(outDir, 'tokenizer_config.json');
+  const inputs = recordFiles.map((f) => ({ file: f, what: 'a records file' }));
+  for (const out of [file, config]) {
+    // Runs name their tokenizer by path: replacing one silently would change what their ids mean.
+    if (!o.overwrite && existsSync(out)) throw new UsageError(`${out} exists (a run may use it)`, { hint: 'pass --overwrite to replace it, or choose another --out' });
+    await checkOutputFile(out, 'the tokenizer', { inputs });
+  }
   const texts: string[] = [];
   const bad: BadRecord[] = [];
   let records = 0;
@@ -33,13 +42,9 @@ export async function writeWordVocab(recordFiles: readonly string[], template: P
     records += r.records.length;
     for (const rec of r.records) for (const t of rec.conversations) texts.push(t.value.split(IMAGE_TOKEN).join(' '));
   }
+  if (records === 0) throw new DataError(`${recordFiles.join(', ')}: no readable record: a vocabulary of the template's words alone would be useless`);
   const vocab = buildVocab([...texts, ...templateText(template)]);
-  const file = path.join(outDir, 'tokenizer.json');
-  try {
-    await writeFile(file, `${JSON.stringify(tokenizerJson(vocab), null, 1)}\n`);
-    await writeFile(path.join(outDir, 'tokenizer_config.json'), `${JSON.stringify(tokenizerConfigJson(4096), null, 1)}\n`);
-  } catch (e) {
-    throw fsError(e, file, 'writing the tokenizer');
-  }
+  await writeFileAtomic(file, `${JSON.stringify(tokenizerJson(vocab), null, 1)}\n`, 'the tokenizer');
+  await writeFileAtomic(config, `${JSON.stringify(tokenizerConfigJson(4096), null, 1)}\n`, 'the tokenizer config');
   return { file, vocabSize: vocab.length, records, bad };
 }

@@ -4,8 +4,8 @@
  * positions, attention mask 1 on real tokens. The processor does not truncate (a longer query would overflow
  * the position embeddings), so a tag too long for 16 tokens is an error naming it.
  */
-import { readFile } from 'node:fs/promises';
-import { DataError, UsageError, fsError } from '../errors.js';
+import { readSmallTextFile } from '../io/small-file.js';
+import { DataError, UsageError } from '../errors.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
 import type { Owlv2TextConfig } from '../model/detector/config.js';
 import type { QueryTokens } from '../model/detector/text-tower.js';
@@ -59,12 +59,7 @@ function perImageTagging(json: unknown, file: string): Tagging {
 export async function resolveTags(opts: { tags?: string; tagsFile?: string }): Promise<Tagging> {
   if (opts.tags !== undefined && opts.tagsFile !== undefined) throw new UsageError('give --tags or --tags-file, not both');
   if (opts.tagsFile !== undefined) {
-    let text: string;
-    try {
-      text = await readFile(opts.tagsFile, 'utf8');
-    } catch (e) {
-      throw fsError(e, opts.tagsFile, 'reading the tag list');
-    }
+    const text = await readSmallTextFile(opts.tagsFile, 'the tag list'); // /dev/zero or a FIFO: refused, not read forever
     if (text.trimStart().startsWith('{')) {
       let json: unknown;
       try {

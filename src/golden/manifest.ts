@@ -3,6 +3,8 @@
  * `<piece>.io.safetensors` (+ JSON pieces). Any set in this format loads, whatever its shapes.
  */
 import { readFile } from 'node:fs/promises';
+import { DataError } from '../errors.js';
+import { readSmallTextFile } from '../io/small-file.js';
 import path from 'node:path';
 import { readSafetensors, type HostTensor } from '../io/safetensors.js';
 import type { Tolerance } from './compare.js';
@@ -46,19 +48,17 @@ export const DEFAULT_GRADS: Tolerance = { atol: 1e-5, rtol: 1e-3 };
 
 export async function readManifest(dir: string): Promise<GoldenManifest> {
   const file = path.join(dir, 'manifest.json');
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new Error(`cannot read golden manifest ${file}: ${(e as Error).message}`);
-  }
+  const text = await readSmallTextFile(file, 'the golden manifest'); // missing, a directory, a device: one line
   let m: GoldenManifest;
   try {
     m = JSON.parse(text) as GoldenManifest;
   } catch (e) {
-    throw new Error(`${file}: malformed JSON: ${(e as Error).message}`);
+    throw new DataError(`${file}: malformed JSON: ${(e as Error).message}`);
   }
-  if (!m || typeof m !== 'object' || typeof m.pieces !== 'object') throw new Error(`${file}: no "pieces" object`);
+  const pieces = (m as { pieces?: unknown } | null)?.pieces;
+  if (typeof pieces !== 'object' || pieces === null || Array.isArray(pieces)) throw new DataError(`${file}: no "pieces" object`);
+  // An empty set would "pass" having compared nothing.
+  if (Object.keys(pieces).length === 0) throw new DataError(`${file}: "pieces" is empty: nothing to compare`);
   return m;
 }
 

@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { CheckResult } from './compare.js';
 import { loadPiece, readManifest, type GoldenPiece } from './manifest.js';
+import { UsageError } from '../errors.js';
 
 /** A runner checks one piece and returns one result per compared tensor. It must not leak tensors. */
 export type PieceRunner = (piece: GoldenPiece) => Promise<CheckResult[]> | CheckResult[];
@@ -36,7 +37,7 @@ export async function runGolden(
   const manifest = await readManifest(dir);
   const names = Object.keys(manifest.pieces).filter((n) => !only || only.includes(n));
   const unknown = (only ?? []).filter((n) => !(n in manifest.pieces));
-  if (unknown.length) throw new Error(`--only names pieces not in ${dir}/manifest.json: ${unknown.join(', ')}`);
+  if (unknown.length) throw new UsageError(`--only names pieces not in ${dir}/manifest.json: ${unknown.join(', ')} (it has: ${Object.keys(manifest.pieces).join(', ')})`);
   const pieces: Record<string, PieceReport> = {};
   for (const name of names) {
     const t0 = performance.now();

@@ -8,7 +8,8 @@
  * No match is an error that names the keys tried and lists entries whose id starts with the stem (e.g. the
  * synthetic set keys boxes by question id, `eval-00000-small_color` for `eval-00000.png`).
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { readSmallTextFile } from '../io/small-file.js';
 import path from 'node:path';
 import { parseJson } from '../data/json.js';
 import { loadBoxes, parseBoxes, type BoxEntry, type BoxesResult } from '../data/records.js';
@@ -25,15 +26,16 @@ export class BoxEntryError extends DataError {
 const SINGLE_ENTRY_MAX_BYTES = 16 << 20;
 
 export async function findBoxEntry(boxFile: string, imageFile: string, id?: string): Promise<{ entry: BoxEntry; key: string }> {
-  let size: number;
+  let s;
   try {
-    size = (await stat(boxFile)).size;
+    s = await stat(boxFile);
   } catch {
     throw new BoxEntryError(`box file ${boxFile}: not found`);
   }
   let result: BoxesResult | null = null;
-  if (size <= SINGLE_ENTRY_MAX_BYTES) {
-    const text = await readFile(boxFile, 'utf8');
+  if (s.isFile() && s.size <= SINGLE_ENTRY_MAX_BYTES) {
+    // (a device or pipe goes to loadBoxes, which refuses devices and bounds what it reads from a pipe)
+    const text = await readSmallTextFile(boxFile, 'the box file', SINGLE_ENTRY_MAX_BYTES);
     let doc: unknown = null;
     try {
       doc = parseJson(text, boxFile);

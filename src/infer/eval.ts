@@ -16,7 +16,7 @@
  * record still needs them), several prompts are generated as one batch, and the next batch's images are
  * decoded while the current batch generates.
  */
-import { rename, writeFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../io/output-file.js';
 import { IMAGE_TOKEN } from '../data/constants.js';
 import { buildChatPrompt, llavaToTurns, pyStrip } from '../data/conversation.js';
 import { formatBadRecord } from '../data/check.js';
@@ -302,7 +302,5 @@ async function loadBatchImages(
 }
 
 async function writeJsonl(file: string, rows: readonly object[]): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''));
-  await rename(tmp, file);
+  await writeFileAtomic(file, rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''), 'the predictions');
 }

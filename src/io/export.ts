@@ -22,7 +22,7 @@ import { dumpConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LlamaConfig } from '../model/llm/config.js';
 import { toHfConfig } from '../model/llm/config.js';
-import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, type TrainState } from '../run/layout.js';
+import { BASE_FILE, MODEL_FILE, readRunConfig, readState, withCheckpoint, type ResolvedCheckpoint, type TrainState } from '../run/layout.js';
 import { SafetensorsReader, writeSafetensors, writeShardedSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 import { convertedReader, openPretrained, plannedTargets, readPretrainedConfigs, unknownSources, type PretrainedSource } from './pretrained.js';
 import { writeTorchPth } from './torch-pth.js';
@@ -181,11 +181,12 @@ async function prepareOut(out: string, overwrite: boolean): Promise<void> {
  */
 async function cleanOnFailure<T>(out: string, write: () => Promise<T>): Promise<T> {
   const existed = existsSync(out);
-  const before = new Set(existed ? await readdir(out) : []);
+  const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory(); // (an --out that is a file is refused by prepareOut)
+  const before = new Set(isDir(out) ? await readdir(out) : []);
   try {
     return await write();
   } catch (e) {
-    if (existsSync(out)) {
+    if (isDir(out)) {
       for (const n of await readdir(out)) if (!before.has(n)) await rm(path.join(out, n), { recursive: true, force: true }).catch(() => undefined);
       if (!existed) await rm(out, { recursive: true, force: true }).catch(() => undefined);
     }
@@ -201,8 +202,7 @@ interface RunInfo {
   config: ExperimentConfig;
 }
 
-async function openRun(run: string, step: number | undefined): Promise<RunInfo> {
-  const ck = await resolveCheckpoint(run, step);
+async function runInfo(ck: ResolvedCheckpoint): Promise<RunInfo> {
   const state = await readState(ck.stepDir);
   const { config } = await readRunConfig(ck.runDir);
   return { runDir: ck.runDir, stepDir: ck.stepDir, step: ck.step, state, config };
@@ -368,11 +368,15 @@ async function exportHf(r: RunInfo, o: ExportOptions): Promise<ExportResult> {
 
 /** Export checkpoint `o.step` (default: the newest complete one) of a run dir, or a step dir, to `o.out`. */
 export async function exportRun(run: string, o: ExportOptions): Promise<ExportResult> {
-  const r = await openRun(run, o.step);
-  return cleanOnFailure(o.out, async () => {
-    await prepareOut(o.out, o.overwrite ?? false);
-    if (o.format === 'peft') return exportPeft(r, o.out);
-    return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
+  if (o.out === '') throw new ExportError('--out: empty path (name the export folder)');
+  // A run still training may rotate the step away while it is read: withCheckpoint takes the newest again.
+  return withCheckpoint(run, o.step, async (ck) => {
+    const r = await runInfo(ck);
+    return cleanOnFailure(o.out, async () => {
+      await prepareOut(o.out, o.overwrite ?? false);
+      if (o.format === 'peft') return exportPeft(r, o.out);
+      return o.format === 'xtuner' ? exportXtuner(r, o) : exportHf(r, o);
+    });
   });
 }
 

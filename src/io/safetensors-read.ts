@@ -2,7 +2,8 @@
  * Safetensors reader: validates the header at open, then reads each tensor by its file offset
  * (positional `FileHandle.read`), so reading one tensor never reads the rest of the file.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { fsError } from '../errors.js';
 import { SafetensorsError } from './safetensors-error.js';
 import { assertLittleEndianHost, decodeTensor, FILE_DTYPES, type HostTensor } from './dtype.js';
 import { checkHeaderLength, parseHeader, type ParsedHeader, type TensorEntry } from './safetensors-header.js';
@@ -56,7 +57,15 @@ export class SafetensorsReader implements TensorReader {
   /** Open and validate `path`; only the 8-byte length and the header are read. */
   static async open(path: string): Promise<SafetensorsReader> {
     assertLittleEndianHost();
-    const fh = await open(path, 'r');
+    let fh: FileHandle;
+    try {
+      // Checked before opening: opening a FIFO blocks until a writer comes (maybe never).
+      if (!(await stat(path)).isFile()) throw new SafetensorsError(path, 'not a regular file');
+      fh = await open(path, 'r');
+    } catch (e) {
+      // A file that vanished (a checkpoint rotated away while a reader opened it) is one line naming it.
+      throw e instanceof SafetensorsError ? e : fsError(e, path, 'opening the weights');
+    }
     try {
       const { size } = await fh.stat();
       if (size < 8) throw new SafetensorsError(path, `file is ${size} bytes, too short for the 8-byte header length`);

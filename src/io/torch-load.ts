@@ -16,7 +16,7 @@
  * else the first of `state_dict`, `module`, `model` that is (mmengine/xtuner, DeepSpeed, plain training checkpoints).
  */
 import { readSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { fsError, WeightsError } from '../errors.js';
 import { FILE_DTYPES } from './dtype.js';
 import { unpickle, BufferSource, PyObject, PyTuple, typeName, type ByteSource } from './pickle.js';
@@ -46,8 +46,11 @@ export class TorchCheckpoint {
   static async open(file: string): Promise<TorchCheckpoint> {
     let fh: FileHandle;
     try {
+      // Checked before opening: opening a FIFO blocks until a writer comes, which may be never.
+      if (!(await stat(file)).isFile()) throw new WeightsError(`${file}: not a regular file`);
       fh = await open(file, 'r');
     } catch (e) {
+      if (e instanceof WeightsError) throw e;
       throw fsError(e, file, 'opening the checkpoint');
     }
     try {

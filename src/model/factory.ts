@@ -17,7 +17,7 @@ import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import { loadPretrained, readPretrainedConfigs } from '../io/pretrained.js';
 import { SafetensorsReader } from '../io/safetensors.js';
 import { loadWeightsFile } from '../io/weights-io.js';
-import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint } from '../run/layout.js';
+import { BASE_FILE, MODEL_FILE, readRunConfig, readState, resolveCheckpoint, RunDirError, withCheckpoint, type ResolvedCheckpoint } from '../run/layout.js';
 import { Rng } from '../util/rng.js';
 import { MgllavaError } from '../errors.js';
 import { MGLLaVA, type MGLLaVAConfig } from './mgllava.js';
@@ -226,7 +226,10 @@ export async function checkpointModel(config: ExperimentConfig, ck: ResolvedChec
  * The caller disposes `model`.
  */
 export async function loadRunModel(runDirOrStep: string, o: { step?: number } = {}): Promise<RunModel> {
-  const ck = await resolveCheckpoint(runDirOrStep, o.step);
+  return withCheckpoint(runDirOrStep, o.step, (ck) => loadCheckpointRun(ck)); // a run still training may rotate the step away
+}
+
+async function loadCheckpointRun(ck: ResolvedCheckpoint): Promise<RunModel> {
   const { config } = await readRunConfig(ck.runDir);
   const model = await checkpointModel(config, ck);
   try {

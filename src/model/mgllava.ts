@@ -105,6 +105,26 @@ export interface MGLLaVAInitContext extends InitContext {
   pretrained?: { vision?: boolean; visionAux?: boolean; llm?: boolean };
 }
 
+/** How the parts fit together (each part validates itself): throws an Error naming the mismatch. */
+export function validateMgllavaConfig(c: MGLLaVAConfig): void {
+  if ((c.fusion || c.objects) && !c.visionAux) {
+    throw new Error('MG-LLaVA config: fusion and object tokens need the high-resolution encoder (visionAux)');
+  }
+  if (c.fusion && c.visionAux) {
+    // The fusion consumes the last aux map position by position: it must be the ViT's patch grid.
+    const grid = c.vision.imageSize / c.vision.patchSize;
+    const last = c.visionAux.imageSize / 2 ** (c.visionAux.dims.length + 1);
+    if (last !== grid) {
+      const px = (v: number) => (Number.isInteger(v) ? String(v) : v.toFixed(2));
+      throw new Error(
+        `MG-LLaVA config: the aux image ${c.visionAux.imageSize} px gives a ${px(last)}x${px(last)} last ConvNeXt map, ` +
+          `but the fusion needs the ${px(grid)}x${px(grid)} ViT grid (${c.vision.imageSize} px / patch ${c.vision.patchSize}); ` +
+          `full size uses 768 px aux for 336 px / 14`,
+      );
+    }
+  }
+}
+
 export class MGLLaVA extends Module<MGLLaVAConfig> {
   readonly vision: ClipVit;
   readonly visionAux: ConvNext | null;
@@ -116,21 +136,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
   constructor(config: MGLLaVAConfig, ctx: MGLLaVAInitContext) {
     super(config);
     const c = config;
-    if ((c.fusion || c.objects) && !c.visionAux) {
-      throw new Error('MG-LLaVA config: fusion and object tokens need the high-resolution encoder (visionAux)');
-    }
-    if (c.fusion && c.visionAux) {
-      // The fusion consumes the last aux map position by position: it must be the ViT's patch grid.
-      const grid = c.vision.imageSize / c.vision.patchSize;
-      const last = c.visionAux.imageSize / 2 ** (c.visionAux.dims.length + 1);
-      if (last !== grid) {
-        throw new Error(
-          `MG-LLaVA config: the aux image ${c.visionAux.imageSize} px gives a ${last}x${last} last ConvNeXt map, ` +
-            `but the fusion needs the ${grid}x${grid} ViT grid (${c.vision.imageSize} px / patch ${c.vision.patchSize}); ` +
-            `full size uses 768 px aux for 336 px / 14`,
-        );
-      }
-    }
+    validateMgllavaConfig(c);
     // Parts about to be overwritten by pretrained weights draw no random numbers (minutes at 7B).
     const part = (skip: boolean | undefined): InitContext => (skip ? { ...ctx, skipInit: true } : ctx);
     this.vision = this.addChild('visual_encoder', new ClipVit(c.vision, part(ctx.pretrained?.vision)));

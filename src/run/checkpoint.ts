@@ -99,7 +99,13 @@ export async function saveCheckpoint(s: SaveInput): Promise<{ dir: string; remov
   }
   const all = await listCheckpoints(s.runDir);
   const removed = all.slice(0, Math.max(0, all.length - s.keep)).map((c) => c.dir);
-  for (const dir of removed) await rm(dir, { recursive: true, force: true });
+  for (const dir of removed) {
+    // Out of the listing at once (a rename), then deleted: a reader resolving the newest step never sees a
+    // half-deleted one (and withCheckpoint retries a step that vanished under it).
+    const old = path.join(s.runDir, `.old-${path.basename(dir)}-${process.pid}`);
+    await rename(dir, old);
+    await rm(old, { recursive: true, force: true });
+  }
   return { dir: final, removed };
 }
 

@@ -10,13 +10,12 @@
  *                    existing ancestor, so /proc/x, a path below a file or a dangling symlink is one line, not
  *                    a 100 % CPU loop (Node's recursive mkdir retries forever on procfs)
  */
-import { lstat, mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import yaml from 'js-yaml';
-import { configHash, validateConfig } from '../config/load.js';
 import { fsError, MgllavaError } from '../errors.js';
-import { BASE_FILE, CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, RunDirError } from './layout.js';
+import { BASE_FILE, CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, readRunConfig, RunDirError } from './layout.js';
 import { LOCK_FILE } from './lock.js';
+import { virtualRootOf } from '../io/output-file.js';
 
 /** Names a run directory may hold besides step dirs (and temp/old step dirs of interrupted saves). A function:
  *  layout.ts (and lock.ts through it) import this module, so their constants are not initialised while this one loads. */
@@ -76,7 +75,7 @@ export async function checkRunDir(runDir: string, o: RunDirCheck): Promise<void>
     const file = path.join(runDir, CONFIG_FILE);
     let other: string;
     try {
-      other = configHash(validateConfig(yaml.load(await readFile(file, 'utf8')), file));
+      other = (await readRunConfig(runDir)).hash;
     } catch (e) {
       throw new RunDirError(`${file} is not a readable run config (${e instanceof MgllavaError ? e.message : (e as Error).message}): remove the directory or choose another name`);
     }
@@ -84,16 +83,13 @@ export async function checkRunDir(runDir: string, o: RunDirCheck): Promise<void>
   }
 }
 
-/** Pseudo file systems where nothing of ours belongs (mkdir there fails oddly or spins). */
-const VIRTUAL_ROOTS = ['/proc', '/sys', '/dev'];
-
 /**
  * `mkdir -p dir`, refusing paths that cannot hold files: under /proc, /sys or /dev, below a regular file, through
  * a dangling symlink. `what` names the directory in errors ("output_dir", "--out").
  */
 export async function ensureDir(dir: string, what: string): Promise<void> {
   const abs = path.resolve(dir);
-  const virtual = VIRTUAL_ROOTS.find((r) => abs === r || abs.startsWith(`${r}/`));
+  const virtual = virtualRootOf(abs);
   if (virtual) throw new MgllavaError(`${what} ${dir}: ${virtual} is a virtual file system: choose a directory on a disk`, 'run');
   // The deepest existing ancestor, and the components to create below it.
   const missing: string[] = [];

@@ -14,11 +14,11 @@
  * (src/model/factory.ts). This module only names, lists and reads; writing is checkpoint.ts and open.ts.
  */
 import { existsSync } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import yaml from 'js-yaml';
 import type { LoaderState } from '../data/loader.js';
-import { configHash, validateConfig } from '../config/load.js';
+import { configHash, readYaml, validateConfig } from '../config/load.js';
+import { readSmallTextFile } from '../io/small-file.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { Stage } from '../model/mgllava.js';
 import { MgllavaError, type ErrorOptions } from '../errors.js';
@@ -147,11 +147,33 @@ export async function resolveCheckpoint(runOrStepPath: string, step?: number): P
   return { runDir: p, stepDir: hit.dir, step };
 }
 
+/**
+ * Run `use` on the checkpoint `resolveCheckpoint(runOrStepPath, step)` names. A trainer rotating checkpoints
+ * (train.save_total_limit) may remove that step while a reader loads it: without an explicit step, a vanished
+ * step is resolved again to the newest one (a few times) instead of failing half-way.
+ */
+export async function withCheckpoint<T>(runOrStepPath: string, step: number | undefined, use: (ck: ResolvedCheckpoint) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const ck = await resolveCheckpoint(runOrStepPath, step);
+    try {
+      return await use(ck);
+    } catch (e) {
+      const rotated = step === undefined && ck.stepDir !== path.resolve(runOrStepPath) && !existsSync(path.join(ck.stepDir, STATE_FILE));
+      if (!rotated) throw e;
+      if (attempt >= 5) {
+        throw new RunDirError(`run ${runOrStepPath}: its newest checkpoint was replaced ${attempt} times while it was being read (the run saves faster than it can be loaded)`, {
+          hint: 'wait for the run to finish, or copy a step-NNNNNNNN directory elsewhere and read that',
+        });
+      }
+    }
+  }
+}
+
 export async function readState(stepDir: string): Promise<TrainState> {
   const file = path.join(stepDir, STATE_FILE);
   let s: TrainState;
   try {
-    s = JSON.parse(await readFile(file, 'utf8')) as TrainState;
+    s = JSON.parse(await readSmallTextFile(file, 'the checkpoint state', 1 << 20)) as TrainState; // a device or FIFO there must not hang
   } catch (e) {
     throw new RunDirError(`cannot read ${file}: ${(e as Error).message}`);
   }
@@ -164,9 +186,9 @@ export async function readRunConfig(runDir: string): Promise<{ config: Experimen
   const file = path.join(runDir, CONFIG_FILE);
   let tree: unknown;
   try {
-    tree = yaml.load(await readFile(file, 'utf8'), { filename: file });
+    tree = readYaml(file); // bounded like any config: a run's config.yaml may have been edited (or be hostile)
   } catch (e) {
-    throw new RunDirError(`cannot read run config ${file}: ${(e as Error).message}`);
+    throw new RunDirError(`cannot read run config: ${(e as Error).message}`);
   }
   const config = validateConfig(tree, file);
   return { config, hash: configHash(config), file };

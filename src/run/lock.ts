@@ -7,11 +7,12 @@
  * The file holds `{pid, host, started, argv}`. A holder on another host (a shared file system) cannot be
  * checked for liveness and is always respected: the message says how to remove a lock known to be stale.
  */
-import { link, open, readFile, rename, unlink } from 'node:fs/promises';
+import { link, open, rename, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { fsError } from '../errors.js';
 import { RunDirError } from './layout.js';
+import { readSmallTextFile } from '../io/small-file.js';
 
 export const LOCK_FILE = '.lock';
 
@@ -39,7 +40,7 @@ function alive(pid: number): boolean {
 
 async function readLock(file: string): Promise<LockInfo | null> {
   try {
-    const v = JSON.parse(await readFile(file, 'utf8')) as Partial<LockInfo>;
+    const v = JSON.parse(await readSmallTextFile(file, 'the lock', 1 << 16)) as Partial<LockInfo>; // a FIFO planted as .lock must not block
     return Number.isInteger(v.pid) && typeof v.host === 'string' ? (v as LockInfo) : null;
   } catch {
     return null; // unreadable or half-written: treated as stale

@@ -68,7 +68,7 @@ export async function checkpointProblem(stepDir: string): Promise<string | null>
       const r = await SafetensorsReader.open(file); // checks the header and that every tensor lies inside the file
       await r.close();
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
+      const code = (e as NodeJS.ErrnoException).code ?? ((e as Error).cause as NodeJS.ErrnoException | undefined)?.code; // fsError keeps it as the cause
       return code === 'ENOENT' ? `${file} is missing` : `${file} is unreadable: ${(e as Error).message.replace(/^.*?: /, '')}`;
     }
   }

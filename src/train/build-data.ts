@@ -20,6 +20,7 @@ import { loadTokenizer, type TextTokenizer } from '../data/tokenizer.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import { imageSizesOf, type MGLLaVAConfig } from '../model/mgllava.js';
 import { DataError } from '../errors.js';
+import { ConfigError } from '../config/load.js';
 
 export class DataSetupError extends DataError {
   constructor(message: string) {
@@ -183,6 +184,14 @@ export async function buildHeldOutData(config: ExperimentConfig, model: MGLLaVAC
  */
 export function totalStepsOf(config: ExperimentConfig, batchesPerEpoch: number): number {
   const t = config.train;
+  // One optimizer step holds its grad_accum micro-batches in memory and cannot be interrupted: more than the
+  // data has is a mistake (a typo, a unit mix-up), not a bigger batch, and a huge value would never finish a step.
+  if (t.grad_accum > batchesPerEpoch) {
+    throw new ConfigError(
+      `train.grad_accum: ${t.grad_accum} micro-batches per optimizer step, but the data gives only ${batchesPerEpoch} micro-batches of ${t.batch_size} per epoch; ` +
+        `use at most ${batchesPerEpoch} (or a smaller train.batch_size)`,
+    );
+  }
   if (t.max_steps !== null) return t.max_steps;
   return Math.max(1, Math.ceil((t.epochs * batchesPerEpoch) / t.grad_accum));
 }

@@ -5,6 +5,7 @@
  * step from a list of micro-batches.
  */
 import path from 'node:path';
+import { constants as osConstants } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { matmulPath } from '../backend/native.js';
 import type { ExperimentConfig } from '../config/schema.js';
@@ -109,12 +110,17 @@ export interface LoopInput<B> {
   summary?: () => string;
 }
 
+/** Signals that stop a stage cleanly (checkpoint saved). SIGHUP keeps its default: its terminal is gone. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM'] as const;
+
 export interface LoopResult {
   /** Last completed step. */
   step: number;
   /** Per-step losses of this invocation (NaN/Infinity for skipped steps). */
   losses: { step: number; loss: number; applied: boolean }[];
   stopped: 'end' | 'max-steps' | 'interrupted';
+  /** The signal that interrupted the run (after its checkpoint was saved), else null. */
+  signal: NodeJS.Signals | null;
   /** Mean wall seconds per step of this invocation (data wait included), null without steps. */
   secondsPerStep: number | null;
   /** Divergence warnings of this invocation (also in metrics.jsonl and the closing note). */
@@ -146,11 +152,12 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
   const recent: number[] = [];
   const losses: LoopResult['losses'] = [];
   const startStep = step;
-  let interrupted = false;
-  const onSigint = () => {
-    if (interrupted) process.exit(130);
-    interrupted = true;
-    log.note('interrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit now)');
+  // Ctrl-C (SIGINT) and `kill` / a scheduler's preemption (SIGTERM) finish the step and save; the same signal again quits at once.
+  let interrupted: NodeJS.Signals | null = null;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) process.exit(128 + (osConstants.signals[signal] ?? 2));
+    interrupted = signal;
+    log.note(`interrupted (${signal}): finishing this step and saving a checkpoint (${signal === 'SIGINT' ? 'Ctrl-C' : signal} again to quit now)`);
   };
 
   const save = async () => {
@@ -174,7 +181,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
     lastSaved = step;
     log.note(`saved ${r.dir}${r.removed.length ? ` (removed ${r.removed.map((d) => path.basename(d)).join(', ')})` : ''}`);
   };
-  process.on('SIGINT', onSigint);
+  for (const signal of STOP_SIGNALS) process.on(signal, onSignal);
   try {
     if (step >= o.stopAt) log.note(`already at step ${step} of ${o.totalSteps}${o.stopAt < o.totalSteps ? ` (--max-steps ${o.stopAt})` : ''}: nothing to train`);
     while (step < o.stopAt && !interrupted) {
@@ -214,7 +221,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
 
       recent.push(computeMs + waitMs);
       if (recent.length > 20) recent.shift();
-      const saveNow = step % t.save_steps === 0 || step === o.stopAt || interrupted;
+      const saveNow = step % t.save_steps === 0 || step === o.stopAt || interrupted !== null;
       const logNow = step % t.log_steps === 0 || saveNow;
       const logged = logNow ? window.flush(numTensors, elapsed0 + (performance.now() - t0) / 1000, peakMemory().bytes) : null;
       if (logged) metrics.append(logged);
@@ -241,7 +248,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
     if (window.size) metrics.append(window.flush(tf.memory().numTensors, elapsed0 + (performance.now() - t0) / 1000, peakMemory().bytes)); // interrupted mid-window
     if (step > lastSaved) await save();
   } finally {
-    process.off('SIGINT', onSigint);
+    for (const signal of STOP_SIGNALS) process.off(signal, onSignal);
   }
   const wall = (performance.now() - t0) / 1000;
   const ran = step - startStep;
@@ -256,6 +263,7 @@ export async function runSteps<B>(o: LoopInput<B>): Promise<LoopResult> {
     step,
     losses,
     stopped: interrupted ? 'interrupted' : step >= o.totalSteps ? 'end' : 'max-steps',
+    signal: interrupted,
     secondsPerStep: ran > 0 ? wall / ran : null,
     warnings: divergence.warnings,
     runtime,

@@ -25,7 +25,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { loadConfig } from '../config/load.js';
-import { UsageError } from '../errors.js';
+import { InterruptedError, UsageError } from '../errors.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import type { LoaderState } from '../data/loader.js';
 import { writeWeightsFile } from '../io/weights-io.js';
@@ -193,6 +193,12 @@ export async function runStage<M extends { dispose(): void }, D extends StageDat
       summary: stepper.summary ? () => stepper.summary!() : undefined,
     });
     const extraResult = spec.finish ? await spec.finish(run, r, metrics) : ({} as X);
+    if (r.signal) {
+      // Saved and resumable, but not done: the caller (a script, the demo's next stage) must not go on.
+      throw new InterruptedError(`${spec.stage} ${config.name} stopped by ${r.signal} at step ${r.step} of ${totalSteps}; its checkpoint is saved in ${runDir}`, r.signal, {
+        hint: 'continue it with --resume auto',
+      });
+    }
     return { ...r, ...extraResult, runDir, totalSteps, heldOut };
   } finally {
     await loader?.close();

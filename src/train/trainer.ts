@@ -98,6 +98,7 @@ async function dryRun(opts: TrainOptions): Promise<TrainResult> {
       totalSteps: total,
       losses: [],
       stopped: 'dry-run',
+      signal: null,
       secondsPerStep: null,
       warnings: [],
       runtime: runtimeOf(),
