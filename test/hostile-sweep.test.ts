@@ -70,6 +70,21 @@ describe('command line', () => {
     expect(expectOneLineError(await runCli(['data', 'vocab', '--records', 'a.json', '--records', '', '--out', 'x']))).toMatch(/--records: empty value/);
   });
 
+  it('a malformed MGLLAVA_WASM_THREADS is a backend error (auto selection fell back to the 50x slower cpu backend)', () => {
+    const r = spawnSync(process.execPath, ['bin/mgllava.js', 'doctor'], { encoding: 'utf8', env: { ...process.env, MGLLAVA_WASM_THREADS: 'abc', MGLLAVA_BACKEND: '' }, timeout: 60_000 });
+    expect(r.status).toBe(EXIT.backend);
+    expect(r.stderr.trim().split('\n').pop()).toBe('mgllava: MGLLAVA_WASM_THREADS=abc: expected an integer from 1 to 64');
+  });
+
+  it('boxes on a folder without images is refused (it wrote an empty box file and exited 0)', async () => {
+    const empty = await tmp.fresh('no-images');
+    const out = path.join(empty, 'boxes.json');
+    const r = await runCli(['boxes', '--detector', empty, '--images', empty, '--tags', 'dog', '--out', out]);
+    expect(r.code).toBe(EXIT.data);
+    expect(expectOneLineError(r)).toBe(`mgllava: ${empty}: no image file (.jpg, .png, .webp, ...) to detect boxes for`);
+    expect(readdirSync(empty)).toEqual([]);
+  });
+
   it('bench --steps below 1 and golden --only naming no piece are usage errors (they printed NaN / "passed" nothing)', async () => {
     expect(expectOneLineError(await runCli(['bench', 'step', '--steps', '-1']))).toMatch(/--steps must be an integer >= 1, got -1/);
     expect(expectOneLineError(await runCli(['golden', '--dir', '../shared/golden/public', '--only', ',']))).toMatch(/--only "," names no piece/);

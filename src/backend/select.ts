@@ -82,9 +82,14 @@ async function loadTensorflow(): Promise<{ ok: boolean; detail: string }> {
 }
 
 async function loadWasm(): Promise<{ ok: boolean; detail: string }> {
+  let threads: number;
+  try {
+    threads = wasmThreadsFromEnv();
+  } catch (e) {
+    throw new BackendError(firstLine(e)); // a malformed variable is an error (as MGLLAVA_NATIVE_THREADS), never a silent fall back to cpu
+  }
   try {
     await import('@tensorflow/tfjs-backend-wasm');
-    const threads = wasmThreadsFromEnv();
     if (threads > 1) {
       registerThreadedWasm(threads);
       return { ok: true, detail: `@tensorflow/tfjs-backend-wasm (threaded build, ${threads} threads)` };

@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
-import { UsageError } from '../errors.js';
+import { DataError, UsageError } from '../errors.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
 
 interface BoxesArgs extends GlobalArgs {
@@ -69,8 +69,11 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
       process.stderr.write(`${args.records}: ${jobs.length} records with an image${extra.length ? `; ${extra.join(', ')} records skipped` : ''}\n`);
     } else {
       jobs = await run.jobsFromImageDir(args.images!);
+      // A mistyped or empty folder would otherwise "succeed" with an empty box file.
+      if (jobs.length === 0) throw new DataError(`${args.images}: no image file (.jpg, .png, .webp, ...) to detect boxes for`);
       process.stderr.write(`${args.images}: ${jobs.length} images\n`);
     }
+    if (jobs.length === 0) throw new DataError(`${args.records}: no record with an image to detect boxes for`);
     await backendFromArgs(args);
     const { Owlv2Session } = await import('../detect/detect.js');
     const session = await Owlv2Session.open(args.detector);
