@@ -19,7 +19,10 @@ import { loadRecords } from '../src/data/records.js';
 import { synthDataset } from '../src/data/synth.js';
 import { writeWordVocab } from '../src/data/word-vocab.js';
 import { getTemplate } from '../src/data/templates.js';
-import { DataError, EXIT, InterruptedError, MgllavaError, reportError, UsageError } from '../src/errors.js';
+import { DataError, EXIT, InterruptedError, MgllavaError, reportError, ResourceError, UsageError } from '../src/errors.js';
+import { Module } from '../src/nn/module.js';
+import { zeros } from '../src/nn/init.js';
+import { Rng } from '../src/util/rng.js';
 import { findBoxEntry } from '../src/infer/box-entry.js';
 import { resolveTags } from '../src/detect/queries.js';
 import { readManifest } from '../src/golden/manifest.js';
@@ -111,6 +114,21 @@ describe('config', () => {
     expect((e as MgllavaError).category).toBe('config');
     expect((e as Error).message).toMatch(message);
     expect((e as Error).message).not.toContain('\n');
+  });
+
+  it('sizes that no model can have are refused before building (1e11 layers looped for hours; a 1e9-row embedding was a RangeError)', () => {
+    expect(() => model(['model.llm.num_layers=99999999999'])).toThrow(/^model: 1\.98e\+16 parameters \(llm: 1\.98e\+16\), more than any model mgllava can hold/);
+    expect(() => model(['model.projector_depth=99999999999'])).toThrow(/\(projector: /);
+    expect(() => loadConfig(TINY, ['model.objects.output_size=100000'])).toThrow(/model\.objects\.output_size: must be <= 1024/);
+    expect(() => loadConfig(TINY, ['model.objects.sampling_ratio=99999999999'])).toThrow(/model\.objects\.sampling_ratio: must be <= 1024/);
+    class Huge extends Module {
+      constructor() {
+        super({});
+        this.addWeight('weight', [999_999_999, 128], zeros, { rng: new Rng(0) });
+      }
+    }
+    expect(() => new Huge()).toThrow(ResourceError);
+    expect(() => new Huge()).toThrow(/a weight of shape \[999999999, 128\] \(weight\) has 127999999872 elements, more than one tensor can hold/);
   });
 
   it('data.prefetch is bounded (1e9 batches ahead hung the run); a NaN is shown as NaN, not null', () => {
@@ -232,7 +250,7 @@ describe('output files', () => {
     const text = JSON.stringify([{ id: 'a', conversations: [{ from: 'human', value: 'q' }, { from: 'gpt', value: 'a' }] }, { id: 'a', conversations: [] }]);
     writeFileSync(records, text);
     const r = await runCli(['data', 'check', '--records', records, '--images', dir, '--tokenizer', 'byte', '--skip-bad', records]);
-    expect(r.code).toBe(EXIT.usage);
+    expect(r.code).toBe(EXIT.data);
     expect(expectOneLineError(r)).toMatch(/is the records file .*writing it would destroy that input/);
     expect(readFileSync(records, 'utf8')).toBe(text);
   });

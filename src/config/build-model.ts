@@ -11,6 +11,7 @@ import type { LoraConfig } from '../model/llm/lora.js';
 import { resolveLoraConfig } from '../io/peft.js';
 import { ConfigError } from './load.js';
 import { MgllavaError } from '../errors.js';
+import { countParameters } from '../train/param-count.js';
 
 /** config.json contents of the pretrained directories named in the model section (when any). */
 export interface PretrainedConfigs {
@@ -107,5 +108,15 @@ export function modelConfigFrom(m: ModelSection, hf: PretrainedConfigs = {}): MG
     lora: l.lora ? part('model.llm.lora', () => resolveLoraConfig(l.lora!, hf.loraAdapter ?? null)) : null,
   };
   part('model', () => validateMgllavaConfig(config));
+  // The count is closed-form; building a model of 1e11 layers would loop for hours before any memory check.
+  const counts = countParameters(config, 'finetune');
+  const total = counts.reduce((n, c) => n + c.params, 0);
+  if (!(total <= MAX_PARAMETERS)) {
+    const biggest = counts.reduce((a, b) => (b.params > a.params ? b : a));
+    throw new ConfigError(`model: ${total.toExponential(2)} parameters (${biggest.module}: ${biggest.params.toExponential(2)}), more than any model mgllava can hold (${MAX_PARAMETERS.toExponential(0)}): a typo in a size or layer count?`);
+  }
   return config;
 }
+
+/** More parameters than this is a typo, not a model (the largest recipe, Yi-34B, has 3.5e10). */
+const MAX_PARAMETERS = 1e12;

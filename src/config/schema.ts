@@ -50,8 +50,9 @@ export const fusionSchema = z
 
 export const objectsSchema = z
   .object({
-    output_size: posInt.default(56),
-    sampling_ratio: z.number().int().default(-1),
+    // Bounded: RoI work grows with output_size x sampling_ratio per box (the reference: 56 and adaptive, -1).
+    output_size: posInt.max(1024).default(56),
+    sampling_ratio: z.number().int().max(1024).default(-1),
     projector_depth: posInt.default(2),
     multi_level_dim: posInt.nullable().default(null),
   })

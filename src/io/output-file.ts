@@ -67,7 +67,7 @@ export async function checkOutputFile(file: string, what: string, o: OutputCheck
   if (existing && !existing.isFile()) throw new DataError(`${what} ${file} exists and is not a regular file (a device or pipe)`);
   for (const input of o.inputs ?? []) {
     if (input.file && (await sameFile(file, input.file))) {
-      throw new UsageError(`${what} ${file} is ${input.what} (${input.file}): writing it would destroy that input; choose another name`);
+      throw new DataError(`${what} ${file} is ${input.what} (${input.file}): writing it would destroy that input; choose another name`);
     }
   }
 }

@@ -12,7 +12,10 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Rng } from '../util/rng.js';
 import { initValues, type Initializer } from './init.js';
-import { WeightsError } from '../errors.js';
+import { ResourceError, WeightsError } from '../errors.js';
+
+/** Elements of the largest weight a module may create (2^31: 8 GiB of float32; a 128k x 4096 embedding has 5e8). */
+export const MAX_WEIGHT_ELEMENTS = 2 ** 31;
 
 /** How a module tree is initialised: from a seeded generator, or left at zero when weights will be loaded. */
 export interface InitContext {
@@ -35,6 +38,11 @@ export abstract class Module<C = unknown> {
   /** Create a named weight in checkpoint layout. */
   protected addWeight(name: string, shape: number[], init: Initializer, ctx: InitContext, trainable = true): tf.Variable {
     if (this.ownWeights.has(name) || this.children.has(name)) throw new Error(`duplicate weight name '${name}'`);
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (!(n <= MAX_WEIGHT_ELEMENTS)) {
+      // A size typo (vocab_size: 1e11) is named here, not a RangeError from deep inside a typed-array allocation.
+      throw new ResourceError(`a weight of shape [${shape.join(', ')}] (${name}) has ${n} elements, more than one tensor can hold (${MAX_WEIGHT_ELEMENTS}): check the model sizes in the config`);
+    }
     const initial = ctx.skipInit ? tf.zeros(shape) : tf.tensor(initValues(init, shape, ctx.rng), shape, 'float32');
     const v = tf.variable(initial, trainable);
     initial.dispose(); // the variable holds its own reference to the data
