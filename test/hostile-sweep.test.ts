@@ -88,6 +88,14 @@ describe('command line', () => {
     expect(readdirSync(empty)).toEqual([]);
   });
 
+  it('numbers out of range are usage errors before any work (they crashed in preprocessing or sampled silently)', async () => {
+    expect(expectOneLineError(await runCli(['chat', 'no-run', '--temperature', 'Infinity', 'hi']))).toMatch(/--temperature must be a finite number >= 0, got Infinity/);
+    expect(expectOneLineError(await runCli(['chat', 'no-run', '--seed', '-1', 'hi']))).toMatch(/--seed must be an integer >= 0, got -1/);
+    const show = ['data', 'show', '0', '--records', 'r.json', '--images', 'imgs', '--tokenizer', 'byte'];
+    expect(expectOneLineError(await runCli([...show, '--patch', '1.5']))).toMatch(/--patch must be an integer from 1 to 16384, got 1\.5/);
+    expect(expectOneLineError(await runCli([...show, '--aux-size', '-1']))).toMatch(/--aux-size must be an integer from 1 to 16384, got -1/);
+  });
+
   it('bench --steps below 1 and golden --only naming no piece are usage errors (they printed NaN / "passed" nothing)', async () => {
     expect(expectOneLineError(await runCli(['bench', 'step', '--steps', '-1']))).toMatch(/--steps must be an integer >= 1, got -1/);
     expect(expectOneLineError(await runCli(['golden', '--dir', '../shared/golden/public', '--only', ',']))).toMatch(/--only "," names no piece/);

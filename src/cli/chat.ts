@@ -85,7 +85,8 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
     if ((args.tags !== undefined || args['tags-file'] !== undefined || args.threshold !== undefined) && !args.detector) throw new UsageError('--tags, --tags-file and --threshold go with --detector');
     const maxNew = args['max-new-tokens'];
     if (maxNew !== undefined && !(Number.isInteger(maxNew) && maxNew >= 1)) throw new UsageError(`--max-new-tokens must be an integer >= 1, got ${maxNew}`);
-    if (!(args.temperature >= 0)) throw new UsageError(`--temperature must be >= 0, got ${args.temperature}`);
+    if (!(args.temperature >= 0 && Number.isFinite(args.temperature))) throw new UsageError(`--temperature must be a finite number >= 0, got ${args.temperature}`);
+    if (!(Number.isSafeInteger(args.seed) && args.seed >= 0)) throw new UsageError(`--seed must be an integer >= 0, got ${args.seed}`); // Rng would take -1 or 1.5 silently
     if (!(args['top-p'] > 0 && args['top-p'] <= 1)) throw new UsageError(`--top-p must be in (0, 1], got ${args['top-p']}`);
     if (args.image) await requireFile(args.image, 'image');
     const { checkOutputFile } = await import('../io/output-file.js');

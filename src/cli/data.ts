@@ -123,6 +123,11 @@ function resolveData(args: DatasetArgs & Partial<Pick<ShowArgs, 'aux-size' | 'lo
   if (!images) throw new UsageError('give --images (or --config with data.images)');
   const maxLength = args['max-length'] ?? d?.max_length ?? DATA_DEFAULTS.maxLength;
   if (!Number.isInteger(maxLength) || maxLength <= 0) throw new UsageError(`--max-length must be a positive integer, got ${maxLength}`);
+  for (const k of ['aux-size', 'lowres-size', 'patch'] as const) {
+    const v = args[k];
+    // An image side or patch of -1, 1.5 or 1e308 failed deep in preprocessing (or, for --patch, counted tokens silently wrong).
+    if (v !== undefined && !(Number.isInteger(v) && v >= 1 && v <= 16384)) throw new UsageError(`--${k} must be an integer from 1 to 16384, got ${v}`);
+  }
   const maxPixels = args['max-image-pixels'];
   if (maxPixels !== undefined && !(Number.isInteger(maxPixels) && maxPixels > 0)) throw new UsageError(`--max-image-pixels must be a positive integer, got ${maxPixels}`);
   const image = imageOptionsOf({ exif_orientation: args['exif-orientation'] ?? d?.exif_orientation, max_image_pixels: maxPixels ?? d?.max_image_pixels });

@@ -32,6 +32,7 @@ import { askAbout, captionConversation, finetuneConversations, qaConversation, Q
 import { buildVocab, templateText, tokenizerConfigJson, tokenizerJson } from './synth/vocab.js';
 import { runPool } from './pool.js';
 import { ensureDir } from '../run/guard.js';
+import { UsageError } from '../errors.js';
 
 export interface SynthOptions {
   out: string;
@@ -79,7 +80,7 @@ interface ImageJob {
 }
 
 function sceneOptions(size: number): SceneOptions {
-  if (!Number.isInteger(size) || size < 40 || size > MAX_SIZE) throw new Error(`synth: --size must be an integer from 40 to ${MAX_SIZE} px, got ${size}`);
+  if (!Number.isInteger(size) || size < 40 || size > MAX_SIZE) throw new UsageError(`synth: --size must be an integer from 40 to ${MAX_SIZE} px, got ${size}`);
   return { ...DEFAULT_SCENE, minSide: Math.round(0.6 * size), maxSide: size };
 }
 
@@ -89,12 +90,12 @@ export async function synthDataset(opts: SynthOptions): Promise<SynthSummary> {
   const nEval = opts.eval ?? 400;
   const seed = opts.seed ?? 0;
   for (const [name, v] of [['train', nTrain], ['eval', nEval], ['seed', seed]] as const) {
-    if (!Number.isInteger(v) || v < 0) throw new Error(`synth: ${name} must be a non-negative integer, got ${v}`);
+    if (!Number.isInteger(v) || v < 0) throw new UsageError(`synth: ${name} must be a non-negative integer, got ${v}`);
   }
   for (const [name, v] of [['train', nTrain], ['eval', nEval]] as const) {
-    if (v > MAX_IMAGES) throw new Error(`synth: ${name} is ${v} images; at most ${MAX_IMAGES} per split (the set is held in memory while it is written)`);
+    if (v > MAX_IMAGES) throw new UsageError(`synth: ${name} is ${v} images; at most ${MAX_IMAGES} per split (the set is held in memory while it is written)`);
   }
-  if (nTrain === 0) throw new Error('synth: need at least one training image');
+  if (nTrain === 0) throw new UsageError('synth: need at least one training image');
   const scene = sceneOptions(opts.size ?? 200);
   await prepareOut(opts.out, opts.overwrite ?? false);
 
@@ -203,14 +204,14 @@ async function prepareOut(out: string, overwrite: boolean): Promise<void> {
   await ensureDir(out, 'synth: --out'); // under /proc, below a file, a dangling link: one line, no spinning mkdir
   const existing = await readdir(out);
   if (existing.length === 0) return;
-  if (!overwrite) throw new Error(`synth: output folder ${out} is not empty (pass --overwrite to replace a previous synthetic dataset)`);
+  if (!overwrite) throw new UsageError(`synth: output folder ${out} is not empty (pass --overwrite to replace a previous synthetic dataset)`);
   // --overwrite replaces a synthetic dataset (its dataset.json says so, or, cut short before writing it, it holds
   // nothing but synth's own names), never a folder of the user's own data.
   const imageDir = path.join(out, 'images');
   const images = await readdir(imageDir).catch(() => [] as string[]);
   const ownNames = existing.every((f) => SYNTH_FILES.includes(f) || f === 'images') && images.every((f) => SYNTH_IMAGE.test(f));
   if (!ownNames && !(await isSynthDataset(out))) {
-    throw new Error(`synth: output folder ${out} holds files of its own and no synthetic dataset (dataset.json of 'data synth'): --overwrite only replaces one; choose another --out`);
+    throw new UsageError(`synth: output folder ${out} holds files of its own and no synthetic dataset (dataset.json of 'data synth'): --overwrite only replaces one; choose another --out`);
   }
   for (const f of images) if (SYNTH_IMAGE.test(f)) await rm(path.join(imageDir, f), { force: true });
   for (const f of SYNTH_FILES) await rm(path.join(out, f), { force: true });
