@@ -67,7 +67,11 @@ async function loadPretrainedFor(model: MGLLaVA, m: ModelSection, log?: (message
     log?.(`pretrained ${r.kind}: ${r.loaded} weights from ${r.file}${r.ignored.length ? ` (${r.ignored.length} source tensors not used)` : ''}`);
   }
   const from = m.llm.lora?.from;
-  if (from) log?.(`model.llm.lora.from: ${await loadAdapterWeights(model.llm, from)} adapter weights from ${from}`);
+  if (from) {
+    // Load outside the log call: `log?.(...)` would skip evaluating its argument when there is no logger.
+    const loaded = await loadAdapterWeights(model.llm, from);
+    log?.(`model.llm.lora.from: ${loaded} adapter weights from ${from}`);
+  }
 }
 
 /** The MG-LLaVA module config of an experiment (architecture from the YAML or the pretrained dirs' config.json). */
