@@ -169,7 +169,7 @@ describe('mgllava chat', () => {
     const image = path.join(run.data, 'images', 'eval-00002.png');
     // [argv, message, exit code of its category (src/errors.ts EXIT)]
     const cases: [string[], RegExp, number][] = [
-      [['chat', run.runDir, '--image', path.join(dir, 'nope.png'), 'q'], /image not found: .*nope\.png/, EXIT.usage],
+      [['chat', run.runDir, '--image', path.join(dir, 'nope.png'), 'q'], /image not found: .*nope\.png/, EXIT.data],
       [['chat', run.runDir, '--image', image, '--boxes', path.join(run.data, 'boxes.json'), 'q'], /has no entry "eval-00002\.png" or "eval-00002"; name one with --box-id \(e\.g\. eval-00002-small_color/, EXIT.data],
       [['chat', run.runDir, '--top-p', '0', 'q'], /--top-p must be in \(0, 1\]/, EXIT.usage],
       [['chat', path.join(dir, 'missing-run'), 'q'], /missing-run: no such file or directory/, EXIT.run],

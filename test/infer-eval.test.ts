@@ -173,7 +173,7 @@ describe('eval', () => {
     const noRun = await runCli(['eval', path.join(dir, 'nowhere'), '--records', path.join(data, 'eval.json'), '--backend', 'wasm']);
     expect(noRun.code).toBe(EXIT.run);
     const noRecords = await runCli(['eval', runDir, '--records', path.join(dir, 'none.json'), '--backend', 'wasm']);
-    expect(noRecords.code).toBe(EXIT.usage);
+    expect(noRecords.code).toBe(EXIT.data);
     expect(noRun.err).toMatch(/nowhere: no such file or directory/);
     expect(noRecords.err).toMatch(/eval records not found: .*none\.json/);
   });

@@ -30,10 +30,14 @@ describe('PEFT keys', () => {
     expect(peftKey(ours)).toBe('base_model.model.model.layers.3.self_attn.qkv_proj.lora_B.weight');
     expect(oursFromPeftKey(peftKey(ours))).toBe(ours);
     expect(oursFromPeftKey('base_model.model.model.layers.0.mlp.down_proj.lora_A.default.weight')).toBe('llm.model.layers.0.mlp.down_proj.lora_A.weight');
-    for (const k of ['base_model.model.lm_head.weight', 'base_model.model.model.layers.0.mlp.down_proj.weight', 'model.layers.0.mlp.down_proj.lora_A.weight', 'base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector']) {
+    // modules_to_save: saved without the adapter name, in memory with it
+    expect(peftKey('llm.lm_head.weight')).toBe('base_model.model.lm_head.weight');
+    expect(oursFromPeftKey('base_model.model.lm_head.weight')).toBe('llm.lm_head.weight');
+    expect(oursFromPeftKey('base_model.model.model.embed_tokens.modules_to_save.default.weight')).toBe('llm.model.embed_tokens.weight');
+    for (const k of ['base_model.model.model.norm.weight', 'base_model.model.model.layers.0.mlp.down_proj.weight', 'model.layers.0.mlp.down_proj.lora_A.weight', 'base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector']) {
       expect(oursFromPeftKey(k), k).toBeNull();
     }
-    expect(() => peftKey('llm.model.layers.0.mlp.down_proj.weight')).toThrow(/not a LoRA weight/);
+    expect(() => peftKey('llm.model.layers.0.mlp.down_proj.weight')).toThrow(/not an adapter weight/);
   });
 });
 
@@ -56,7 +60,8 @@ describe('adapter_config.json', () => {
     [{ ...good, use_dora: true }, /uses use_dora/],
     [{ ...good, bias: 'all' }, /uses bias "all"/],
     [{ ...good, rank_pattern: { q_proj: 4 } }, /uses rank_pattern/],
-    [{ ...good, modules_to_save: ['lm_head'] }, /uses modules_to_save/],
+    [{ ...good, modules_to_save: ['score'] }, /modules_to_save \["score"\]: mgllava saves lm_head and embed_tokens only/],
+    [{ ...good, modules_to_save: 'lm_head' }, /modules_to_save "lm_head"/],
     [{ ...good, target_modules: '.*q_proj' }, /regular expressions are not supported/],
     [{ ...good, target_modules: ['query'] }, /\["query"\] are not LLaMA\/Phi-3 decoder linears/],
     [{ ...good, target_modules: ['lm_head'] }, /\["lm_head"\]/],
@@ -76,6 +81,13 @@ describe('adapter_config.json', () => {
     // the same scaling from other numbers is fine (alpha 32 / sqrt 16 = 8 = alpha 128 / 16)
     expect(() => resolveLoraConfig({ from: 'd', alpha: 128, rslora: false }, adapter)).not.toThrow();
     expect(() => resolveLoraConfig({ from: 'd', targets: ['q_proj'] }, adapter)).toThrow(/targets/);
+    // modules_to_save: from the adapter when unset, written to adapter_config.json, a clash refused
+    const withHead = parseAdapterConfig({ ...good, modules_to_save: ['lm_head', 'lm_head'] }, 'f');
+    expect(withHead.modulesToSave).toEqual(['lm_head']);
+    expect(resolveLoraConfig({ from: 'd' }, withHead).modulesToSave).toEqual(['lm_head']);
+    expect(adapterConfigJson({ ...withHead, targets: ['q_proj'] }, null).modules_to_save).toEqual(['lm_head']);
+    expect(adapterConfigJson({ ...adapter, targets: ['q_proj'] }, null).modules_to_save).toBeNull();
+    expect(() => resolveLoraConfig({ from: 'd', modules_to_save: [] }, withHead)).toThrow(/modules_to_save \[\] \(adapter: \["lm_head"\]\)/);
   });
 
   it('reads a directory, with one-line errors for what is missing', async () => {
@@ -104,8 +116,8 @@ describe('adapter weights', () => {
     expect([...back.keys()]).toEqual([...adapters.keys()]);
     expect(Array.from(back.get('llm.model.layers.0.self_attn.q_proj.lora_B.weight')!.data)).toEqual(Array.from(b.data));
     expect(readAdapterConfig(dir)).toEqual({ r: 4, alpha: 8, dropout: 0, targets: ['q_proj'], rslora: false });
-    await writeSafetensors(path.join(dir, 'adapter_model.safetensors'), new Map([['base_model.model.lm_head.weight', rnd([2, 2], 3)]]));
-    await expect(readAdapterWeights(dir)).rejects.toThrow(/1 tensors are not LoRA weights of decoder linears: base_model.model.lm_head.weight/);
+    await writeSafetensors(path.join(dir, 'adapter_model.safetensors'), new Map([['base_model.model.model.norm.weight', rnd([2], 3)]]));
+    await expect(readAdapterWeights(dir)).rejects.toThrow(/1 tensors are neither LoRA weights of decoder linears nor lm_head \/ embed_tokens: base_model.model.model.norm.weight/);
   });
 
   it('merge: W + scaling * B A per member (fused rows in order), adapters dropped, mismatches refused', async () => {

@@ -157,6 +157,48 @@ describe('LoRA finetune (stage runner)', () => {
     expect([...hfWeights.keys()].some((n) => LlamaForCausalLM.isLoraWeight(n))).toBe(false);
     expect((hfWeights.get('model.layers.0.mlp.down_proj.weight') as { data: Float32Array }).data).toEqual(merged.get('llm.model.layers.0.mlp.down_proj.weight')!.data);
   });
+
+  it('modules_to_save [lm_head]: the head trains with the adapters, is saved with them (PEFT key, adapter_config) and loads back', async () => {
+    const head = 'llm.lm_head.weight';
+    await finetune('lora-head', ['model.llm.lora.modules_to_save=[lm_head]'], { maxSteps: 2 });
+    const run = path.join(setup.runs, 'lora-head');
+    const model = await readSafetensors(path.join(run, await lastStep(run), 'model.safetensors'));
+    const base = await readSafetensors(path.join(run, 'base.safetensors'));
+    expect(model.has(head)).toBe(true);
+    expect(base.has(head)).toBe(false);
+    expect(base.has('llm.model.embed_tokens.weight')).toBe(true); // not saved: stays frozen in base
+    const optimizer = await readSafetensors(path.join(run, await lastStep(run), 'optimizer.safetensors'));
+    expect(optimizer.has(`${head}.exp_avg`)).toBe(true);
+    // it moved away from the pretrain run's head
+    const { config: pre } = loadConfig(setup.finetuneYaml, []);
+    const start = await buildModel(pre);
+    try {
+      const h0 = start.weightMap().get(head)!.dataSync();
+      expect(Math.max(...Array.from(model.get(head)!.data, (v, i) => Math.abs(v - h0[i]!)))).toBeGreaterThan(0);
+    } finally {
+      start.dispose();
+    }
+    const out = path.join(setup.root, 'peft-head');
+    await exportRun(run, { format: 'peft', out });
+    const cfg = JSON.parse(await readFile(path.join(out, ADAPTER_CONFIG_FILE), 'utf8'));
+    expect(cfg.modules_to_save).toEqual(['lm_head']);
+    const adapter = await readSafetensors(path.join(out, ADAPTER_WEIGHTS_FILE));
+    expect(Array.from(adapter.get('base_model.model.lm_head.weight')!.data)).toEqual(Array.from(model.get(head)!.data));
+    // lora.from takes modules_to_save from adapter_config.json and loads the head with the adapters
+    const { config } = loadConfig(setup.finetuneYaml, ['name=lora-head-from', ...LORA, `model.llm.lora.from=${out}`]);
+    const fresh = await buildModel(config);
+    try {
+      const w = fresh.weightMap();
+      for (const [n, t] of model) if (LlamaForCausalLM.isLoraWeight(n) || n === head) expect(Array.from(w.get(n)!.dataSync()), n).toEqual(Array.from(t.data));
+      expect(fresh.trainableWeights('finetune').has(head)).toBe(true);
+    } finally {
+      fresh.dispose();
+    }
+    // a merged export carries the trained head
+    const merged = path.join(setup.root, 'head-merged');
+    await exportRun(run, { format: 'xtuner', out: merged, merge: true, pth: false });
+    expect(Array.from((await readSafetensors(path.join(merged, 'model.safetensors'))).get(head)!.data)).toEqual(Array.from(model.get(head)!.data));
+  });
 });
 
 /** config.json files only (no weights) of the full-size parts, as their HF / open_clip directories carry them. */

@@ -5,7 +5,7 @@
 import { access } from 'node:fs/promises';
 import type { Argv } from 'yargs';
 import type { BackendChoice } from '../backend/select.js';
-import { UsageError } from '../errors.js';
+import { DataError } from '../errors.js';
 
 export interface GlobalArgs {
   backend?: string;
@@ -31,6 +31,7 @@ export async function requireFile(file: string, what: string): Promise<void> {
   try {
     await access(file);
   } catch {
-    throw new UsageError(`${what} not found: ${file}`);
+    // A named input that is not there is a data problem (exit 4), as fsError reports every other missing file.
+    throw new DataError(`${what} not found: ${file}`);
   }
 }

@@ -74,6 +74,8 @@ export const loraSchema = z
       .optional(),
     /** scaling = alpha / sqrt(r) instead of alpha / r. */
     rslora: z.boolean().optional(),
+    /** Modules trained in full beside the adapters and saved with them (PEFT's modules_to_save). */
+    modules_to_save: z.array(z.enum(['lm_head', 'embed_tokens'])).optional(),
     /** A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) whose weights start the adapters. */
     from: path.nullable().optional(),
   })

@@ -23,7 +23,18 @@ import { modelConfigFrom } from '../config/build-model.js';
 import { readPretrainedConfigs } from './pretrained.js';
 import type { ExportResult } from './export.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
-import { loraMembers, loraScaling, resolveLoraTargets, LLAMA_LORA_TARGETS, PHI3_LORA_TARGETS, type LoraConfig, type LoraTarget } from '../model/llm/lora.js';
+import {
+  loraMembers,
+  loraScaling,
+  resolveLoraTargets,
+  LLAMA_LORA_TARGETS,
+  LORA_SAVED_MODULES,
+  PHI3_LORA_TARGETS,
+  SAVED_MODULE_WEIGHT,
+  type LoraConfig,
+  type LoraSavedModule,
+  type LoraTarget,
+} from '../model/llm/lora.js';
 import { SafetensorsReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -43,19 +54,31 @@ export interface LoraSection {
   dropout?: number;
   targets?: LoraConfig['targets'];
   rslora?: boolean;
+  modules_to_save?: LoraSavedModule[];
   from?: string | null;
 }
 
-/** Our checkpoint name (`llm.model.layers...lora_A.weight`) -> PEFT's key. */
+const SAVED_WEIGHTS = new Set(Object.values(SAVED_MODULE_WEIGHT));
+
+/** Our checkpoint name (`llm.model.layers...lora_A.weight`, or a saved module's `llm.lm_head.weight`) -> PEFT's key. */
 export function peftKey(ours: string): string {
-  if (!ours.startsWith(LLM_PREFIX) || !LlamaForCausalLM.isLoraWeight(ours)) throw new Error(`'${ours}' is not a LoRA weight of the LLM`);
-  return PEFT_PREFIX + ours.slice(LLM_PREFIX.length);
+  const name = ours.slice(LLM_PREFIX.length);
+  if (!ours.startsWith(LLM_PREFIX) || !(LlamaForCausalLM.isLoraWeight(ours) || SAVED_WEIGHTS.has(name))) throw new Error(`'${ours}' is not an adapter weight of the LLM`);
+  return PEFT_PREFIX + name;
 }
 
-/** A PEFT key -> our checkpoint name, or null when it is not a LoRA weight of a decoder linear. */
+/**
+ * A PEFT key -> our checkpoint name, or null when it is neither a LoRA weight of a decoder linear nor a saved
+ * module's weight. PEFT saves without the adapter name (`lm_head.weight`); in-memory state dicts carry it
+ * (`lora_A.default.weight`, `lm_head.modules_to_save.default.weight`): both are read.
+ */
 export function oursFromPeftKey(key: string): string | null {
   if (!key.startsWith(PEFT_PREFIX)) return null;
-  const name = key.slice(PEFT_PREFIX.length).replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight');
+  const name = key
+    .slice(PEFT_PREFIX.length)
+    .replace(/\.(lora_[AB])\.default\.weight$/, '.$1.weight')
+    .replace(/\.modules_to_save\.default\.weight$/, '.weight');
+  if (SAVED_WEIGHTS.has(name)) return LLM_PREFIX + name;
   return /^model\.layers\.\d+\.(self_attn|mlp)\.[a-z_]+\.lora_[AB]\.weight$/.test(name) ? LLM_PREFIX + name : null;
 }
 
@@ -75,7 +98,7 @@ export function adapterConfigJson(c: LoraConfig, baseModel: string | null): Reco
     fan_in_fan_out: false,
     inference_mode: true,
     init_lora_weights: true,
-    modules_to_save: null,
+    modules_to_save: c.modulesToSave?.length ? [...c.modulesToSave] : null,
     layers_to_transform: null,
     layers_pattern: null,
     rank_pattern: {},
@@ -86,6 +109,11 @@ export function adapterConfigJson(c: LoraConfig, baseModel: string | null): Reco
 }
 
 type Json = Record<string, unknown>;
+
+/** `modulesToSave` of a LoraConfig: absent when empty (the plain-LoRA config stays as it was), duplicates dropped. */
+function savedModules(list: readonly LoraSavedModule[]): Pick<LoraConfig, 'modulesToSave'> {
+  return list.length ? { modulesToSave: [...new Set(list)] } : {};
+}
 
 /** What an adapter_config.json says, checked: a plain LoRA this decoder computes the same way. */
 export function parseAdapterConfig(json: unknown, file: string): LoraConfig {
@@ -110,7 +138,6 @@ export function parseAdapterConfig(json: unknown, file: string): LoraConfig {
     ['rank_pattern', typeof j.rank_pattern === 'object' && j.rank_pattern !== null && Object.keys(j.rank_pattern).length > 0],
     ['alpha_pattern', typeof j.alpha_pattern === 'object' && j.alpha_pattern !== null && Object.keys(j.alpha_pattern).length > 0],
     ['layers_to_transform', j.layers_to_transform != null],
-    ['modules_to_save', Array.isArray(j.modules_to_save) && j.modules_to_save.length > 0],
     ['use_qalora', j.use_qalora === true],
   ];
   const used = unsupported.filter(([, on]) => on).map(([k]) => k);
@@ -126,7 +153,11 @@ export function parseAdapterConfig(json: unknown, file: string): LoraConfig {
   } else throw bad(`target_modules ${JSON.stringify(t)}: expected a list of module names or "all-linear" (regular expressions are not supported)`);
   const rslora = j.use_rslora ?? false;
   if (typeof rslora !== 'boolean') throw bad(`'use_rslora' = ${JSON.stringify(rslora)} is not a boolean`);
-  return { r, alpha, dropout, targets, rslora };
+  const saved = j.modules_to_save ?? [];
+  if (!Array.isArray(saved) || !saved.every((m) => (LORA_SAVED_MODULES as readonly unknown[]).includes(m))) {
+    throw bad(`modules_to_save ${JSON.stringify(j.modules_to_save)}: mgllava saves ${LORA_SAVED_MODULES.join(' and ')} only`);
+  }
+  return { r, alpha, dropout, targets, rslora, ...savedModules(saved as LoraSavedModule[]) };
 }
 
 /** Read and check `DIR/adapter_config.json`. */
@@ -157,6 +188,7 @@ export function resolveLoraConfig(section: LoraSection, adapter: LoraConfig | nu
     dropout: section.dropout ?? adapter?.dropout ?? LORA_DEFAULTS.dropout,
     targets: section.targets ?? adapter?.targets ?? LORA_DEFAULTS.targets,
     rslora: section.rslora ?? adapter?.rslora ?? LORA_DEFAULTS.rslora,
+    ...savedModules(section.modules_to_save ?? adapter?.modulesToSave ?? []),
   };
   if (adapter) {
     const clash: string[] = [];
@@ -164,6 +196,10 @@ export function resolveLoraConfig(section: LoraSection, adapter: LoraConfig | nu
     if (loraScaling(out) !== loraScaling(adapter)) clash.push(`scaling ${loraScaling(out)} from alpha ${out.alpha}, rslora ${out.rslora} (adapter: alpha ${adapter.alpha}, rslora ${adapter.rslora})`);
     const norm = (t: LoraConfig['targets']) => (t === 'all-linear' ? t : [...t].sort().join(','));
     if (section.targets !== undefined && norm(out.targets) !== norm(adapter.targets)) clash.push(`targets ${JSON.stringify(out.targets)} (adapter: ${JSON.stringify(adapter.targets)})`);
+    const saved = (m: readonly string[] | undefined) => [...(m ?? [])].sort().join(',');
+    if (section.modules_to_save !== undefined && saved(out.modulesToSave) !== saved(adapter.modulesToSave)) {
+      clash.push(`modules_to_save ${JSON.stringify(out.modulesToSave ?? [])} (adapter: ${JSON.stringify(adapter.modulesToSave ?? [])})`);
+    }
     if (clash.length) {
       throw new WeightsError(`model.llm.lora disagrees with the adapter in model.llm.lora.from (${section.from}): ${clash.join('; ')}`, {
         hint: 'leave those keys out to take the adapter\'s',
@@ -175,7 +211,7 @@ export function resolveLoraConfig(section: LoraSection, adapter: LoraConfig | nu
 
 /**
  * The adapter weights of a PEFT directory under our names (`llm.model.layers...lora_A.weight`). Keys that are
- * not LoRA weights of decoder linears are an error listing them.
+ * neither LoRA weights of decoder linears nor a saved module's weight (lm_head, embed_tokens) are an error listing them.
  */
 export async function readAdapterWeights(dir: string): Promise<Map<string, HostTensor>> {
   const file = path.join(dir, ADAPTER_WEIGHTS_FILE);
@@ -199,7 +235,7 @@ export async function readAdapterWeights(dir: string): Promise<Map<string, HostT
       out.set(ours, await reader.read(key));
     }
     if (other.length) {
-      throw new WeightsError(`${file}: ${other.length} tensors are not LoRA weights of decoder linears: ${other.slice(0, 6).join(', ')}${other.length > 6 ? ', ...' : ''}`);
+      throw new WeightsError(`${file}: ${other.length} tensors are neither LoRA weights of decoder linears nor lm_head / embed_tokens: ${other.slice(0, 6).join(', ')}${other.length > 6 ? ', ...' : ''}`);
     }
     return out;
   } finally {
@@ -210,7 +246,7 @@ export async function readAdapterWeights(dir: string): Promise<Map<string, HostT
 /** Assign a PEFT adapter's weights to `llm`'s adapters (every one, shape for shape); returns how many. */
 export async function loadAdapterWeights(llm: LlamaForCausalLM, dir: string): Promise<number> {
   const source = await readAdapterWeights(dir);
-  const target = new Map([...llm.namedWeights(LLM_PREFIX)].filter(([n]) => LlamaForCausalLM.isLoraWeight(n)));
+  const target = new Map([...llm.namedWeights(LLM_PREFIX)].filter(([n]) => llm.isAdapterWeight(n, LLM_PREFIX)));
   const missing = [...target.keys()].filter((n) => !source.has(n));
   const unexpected = [...source.keys()].filter((n) => !target.has(n));
   const shape = [...target].filter(([n, v]) => source.has(n) && source.get(n)!.shape.join() !== v.shape.join()).map(([n, v]) => `${n}: adapter [${source.get(n)!.shape}], model [${v.shape}]`);
@@ -339,7 +375,8 @@ export async function exportPeft(r: PeftRunInfo, out: string): Promise<ExportRes
   try {
     const lazy = (n: string): LazyTensor => ({ dtype: 'float32', shape: reader.info(n).shape, load: () => reader.read(n) });
     const names = reader.keys().sort();
-    const adapters = new Map(names.filter((n) => LlamaForCausalLM.isLoraWeight(n)).map((n) => [n, lazy(n)]));
+    const saved = new Set((lora.modulesToSave ?? []).map((m) => LLM_PREFIX + SAVED_MODULE_WEIGHT[m]));
+    const adapters = new Map(names.filter((n) => LlamaForCausalLM.isLoraWeight(n) || saved.has(n)).map((n) => [n, lazy(n)]));
     const mm = new Map(names.filter((n) => MM_PREFIXES.some((p) => n.startsWith(p))).map((n) => [n, lazy(n)]));
     const skipped = names.filter((n) => !adapters.has(n) && !mm.has(n));
     if (adapters.size === 0) {

@@ -102,9 +102,11 @@ async function modelWithPretrained(config: ExperimentConfig, skipInit: boolean, 
 export async function loadCheckpointWeights(model: MGLLaVA, config: ExperimentConfig, ck: ResolvedCheckpoint): Promise<Set<string>> {
   const target = model.weightMap();
   const pre = fromPretrained(config.model);
+  // The adapter named in lora.from (its LoRA weights and saved modules, e.g. lm_head) is not replaced by a base file's copy.
+  const adapter = config.model.llm.lora?.from ? (n: string) => model.llm.isAdapterWeight(n, 'llm.') : () => false;
   const loaded = new Set<string>();
   const base = path.join(ck.runDir, BASE_FILE);
-  if (existsSync(base)) for (const n of await loadWeightsFile(target, base, { allowMissing: true, only: (n) => !pre(n) })) loaded.add(n);
+  if (existsSync(base)) for (const n of await loadWeightsFile(target, base, { allowMissing: true, only: (n) => !pre(n), skip: adapter })) loaded.add(n);
   for (const n of await loadWeightsFile(target, path.join(ck.stepDir, MODEL_FILE), { allowMissing: true })) loaded.add(n);
   return loaded;
 }

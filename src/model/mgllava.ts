@@ -194,7 +194,7 @@ export class MGLLaVA extends Module<MGLLaVAConfig> {
     if (this.objects) for (const [n, v] of this.objects.namedWeights()) out.set(n, v);
     if (stage === 'finetune') {
       const lora = this.config.lora != null;
-      for (const [n, v] of this.llm.namedWeights('llm.')) if (!lora || LlamaForCausalLM.isLoraWeight(n)) out.set(n, v);
+      for (const [n, v] of this.llm.namedWeights('llm.')) if (!lora || this.llm.isAdapterWeight(n, 'llm.')) out.set(n, v);
     }
     if (opts.unfreezeEncoders) {
       for (const [n, v] of this.vision.namedWeights('visual_encoder.')) out.set(n, v);

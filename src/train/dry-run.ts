@@ -154,6 +154,7 @@ export function estimateMemory(c: MGLLaVAConfig, counts: readonly ModuleCount[],
 function largestTensor(c: MGLLaVAConfig, module: string): number {
   const l = c.llm;
   if (module === 'llm') return Math.max(l.vocabSize * l.hiddenSize, l.hiddenSize * l.intermediateSize);
+  if (module === 'llm.modules_to_save') return l.vocabSize * l.hiddenSize;
   if (module === 'llm.lora') return c.lora ? Math.max(...loraModules(l, c.lora).map((m) => c.lora!.r * Math.max(m.in, m.out))) : 0;
   const aux = c.visionAux;
   const d = c.vision.hiddenSize;

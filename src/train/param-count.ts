@@ -4,7 +4,8 @@
  * the weight files). test/train-dry-run.test.ts checks every formula against built models.
  *
  * With LoRA the LLM is two entries: `llm` (the base weights, frozen) and `llm.lora` (the adapters, under
- * `llm.model.layers.N.*.lora_{A,B}.weight`; trained by the finetune stage).
+ * `llm.model.layers.N.*.lora_{A,B}.weight`; trained by the finetune stage), and a third, `llm.modules_to_save`,
+ * when the adapter trains lm_head / embed_tokens in full.
  */
 import type { MGLLaVAConfig, Stage } from '../model/mgllava.js';
 import { headDimOf, type LlamaConfig } from '../model/llm/config.js';
@@ -110,7 +111,10 @@ export function countParameters(c: MGLLaVAConfig, stage: Stage): ModuleCount[] {
     out.push({ module: 'bbox_projector', params: projector(ml ?? concat, h, c.objects.projectorDepth), trainable: true });
   }
   const lora = c.lora ?? null;
-  out.push({ module: 'llm', params: llama(c.llm), trainable: stage === 'finetune' && !lora });
+  // lm_head and embed_tokens are both [vocab, hidden]; a LoRA run trains those it saves in full.
+  const saved = (lora?.modulesToSave?.length ?? 0) * c.llm.vocabSize * c.llm.hiddenSize;
+  out.push({ module: 'llm', params: llama(c.llm) - saved, trainable: stage === 'finetune' && !lora });
   if (lora) out.push({ module: 'llm.lora', params: loraParams(c.llm, lora), trainable: stage === 'finetune' });
+  if (saved > 0) out.push({ module: 'llm.modules_to_save', params: saved, trainable: stage === 'finetune' });
   return out;
 }

@@ -19,7 +19,7 @@ import { KvCache } from './kv-cache.js';
 import { attentionBias, defaultPositionIds } from './mask.js';
 import { RopeTable, ropeKernelTables, rotateHalfMatrix, type RopeOperands } from './rope.js';
 import { expectShape, filledIntMatrix, toIntMatrix, type IntMatrix, type IntMatrixLike } from './int-matrix.js';
-import { resolveLoraTargets, type BlockLora, type LoraConfig, type LoraTarget } from './lora.js';
+import { resolveLoraTargets, SAVED_MODULE_WEIGHT, type BlockLora, type LoraConfig, type LoraTarget } from './lora.js';
 import { checkpointed } from '../../nn/checkpoint.js';
 
 export type { LlamaConfig } from './config.js';
@@ -121,6 +121,9 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
   attachLora(config: LoraConfig, ctx: InitContext): LoraTarget[] {
     if (this.loraState) throw new Error('LlamaForCausalLM: LoRA adapters are already attached');
     const modules = resolveLoraTargets(config, this.config.weightFormat ?? 'llama');
+    if (this.config.tieWordEmbeddings && config.modulesToSave?.includes('lm_head')) {
+      throw new Error("LoRA config: modules_to_save 'lm_head': this model ties lm_head to embed_tokens; name embed_tokens (the one weight both use)");
+    }
     for (const layer of this.model.layers) {
       layer.selfAttn.attachLora(modules, config, ctx);
       layer.mlp.attachLora(modules, config, ctx);
@@ -137,6 +140,16 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
   /** Whether a weight name (any prefix) is a LoRA adapter weight. */
   static isLoraWeight(name: string): boolean {
     return /\.lora_[AB]\.weight$/.test(name);
+  }
+
+  /**
+   * Whether a weight (checkpoint name after `prefix`) belongs to the adapter: its LoRA weights and the modules it
+   * saves in full (`modulesToSave`). What a LoRA finetune trains of the LLM and a PEFT adapter holds.
+   */
+  isAdapterWeight(name: string, prefix = ''): boolean {
+    if (LlamaForCausalLM.isLoraWeight(name)) return true;
+    const saved = this.loraState?.config.modulesToSave ?? [];
+    return saved.some((m) => name === prefix + SAVED_MODULE_WEIGHT[m]);
   }
 
   /**

@@ -25,6 +25,16 @@ export const PHI3_LORA_TARGETS = ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_pr
 
 export type LoraTarget = (typeof LLAMA_LORA_TARGETS)[number] | (typeof PHI3_LORA_TARGETS)[number];
 
+/**
+ * Whole modules a LoRA run trains in full and saves with its adapter (PEFT's `modules_to_save`). An LLM whose
+ * head must change (a small model trained from scratch, new tokens) cannot get there through the decoder's
+ * adapters alone: a frozen head bounds the logits it can produce.
+ */
+export const LORA_SAVED_MODULES = ['lm_head', 'embed_tokens'] as const;
+export type LoraSavedModule = (typeof LORA_SAVED_MODULES)[number];
+/** A saved module's weight, by checkpoint name under the LLM (PEFT's key after `base_model.model.`). */
+export const SAVED_MODULE_WEIGHT: Record<LoraSavedModule, string> = { lm_head: 'lm_head.weight', embed_tokens: 'model.embed_tokens.weight' };
+
 export interface LoraConfig {
   r: number;
   alpha: number;
@@ -34,6 +44,8 @@ export interface LoraConfig {
   targets: readonly LoraTarget[] | 'all-linear';
   /** scaling = alpha / sqrt(r) instead of alpha / r. */
   rslora: boolean;
+  /** Modules trained in full beside the adapters (PEFT's modules_to_save); none when absent. */
+  modulesToSave?: readonly LoraSavedModule[];
 }
 
 export function loraScaling(c: Pick<LoraConfig, 'r' | 'alpha' | 'rslora'>): number {
