@@ -70,10 +70,11 @@ function peerUnavailable(a: Args): string | null {
   const script = path.join(a.peerDir, 'timing_ref.py');
   if (!fs.existsSync(script)) return `${script} not found (--peer-dir)`;
   if (!fs.existsSync(a.python)) return `${a.python} not found (install Debian's python3, or pass --python)`;
-  const r = spawnSync(a.python, ['-c', 'import torch'], { encoding: 'utf8' });
+  // The peer's object features use torchvision's roi_align.
+  const r = spawnSync(a.python, ['-c', 'import torch, torchvision'], { encoding: 'utf8' });
   if (r.status !== 0) {
     const why = (r.stderr || r.error?.message || '').trim().split('\n').pop();
-    return `${a.python} cannot import torch (${why}); apt-get install -y python3-torch python3-numpy libopenblas0-pthread`;
+    return `${a.python} cannot import torch and torchvision (${why}); apt-get install -y python3-torch python3-torchvision python3-numpy libopenblas0-pthread`;
   }
   return null;
 }
