@@ -7,7 +7,7 @@ import { clipVitConfigFromHf, validateClipVitConfig } from '../model/vision/clip
 import { convNextConfigFrom } from '../model/vision/convnext.js';
 import { fromHfConfig } from '../model/llm/config.js';
 import type { ModelSection } from './schema.js';
-import type { LoraConfig } from '../model/llm/lora.js';
+import { resolveLoraTargets, type LoraConfig } from '../model/llm/lora.js';
 import { resolveLoraConfig } from '../io/peft.js';
 import { ConfigError } from './load.js';
 import { MgllavaError } from '../errors.js';
@@ -105,7 +105,13 @@ export function modelConfigFrom(m: ModelSection, hf: PretrainedConfigs = {}): MG
       : null,
     projectorDepth: m.projector_depth,
     llm,
-    lora: l.lora ? part('model.llm.lora', () => resolveLoraConfig(l.lora!, hf.loraAdapter ?? null)) : null,
+    lora: l.lora
+      ? part('model.llm.lora', () => {
+          const lora = resolveLoraConfig(l.lora!, hf.loraAdapter ?? null);
+          resolveLoraTargets(lora, llm.weightFormat ?? 'llama', llm.tieWordEmbeddings); // a target or saved module this LLM lacks: a config error, not a crash in the builder
+          return lora;
+        })
+      : null,
   };
   part('model', () => validateMgllavaConfig(config));
   // The count is closed-form; building a model of 1e11 layers would loop for hours before any memory check.

@@ -14,7 +14,7 @@
  * base.safetensors, then the LLM's pretrained dir; the first that has a name wins, as when the run's model is
  * recovered) to the output one at a time, so a full-size run exports on a small machine.
  */
-import { copyFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { modelConfigFrom } from '../config/build-model.js';
@@ -173,6 +173,41 @@ async function prepareOut(out: string, overwrite: boolean): Promise<void> {
     if (!overwrite && (await readdir(out)).length) throw new ExportError(`--out ${out} is not empty (pass --overwrite to replace the export files in it)`);
   }
   await ensureDir(out, '--out'); // below a file, through a dangling link, under /proc: one line, no spinning mkdir
+}
+
+/** The real path of `p` (links resolved), or of its deepest existing ancestor with the rest appended. */
+async function realOrPlanned(p: string): Promise<string> {
+  const abs = path.resolve(p);
+  try {
+    return await realpath(abs);
+  } catch {
+    const up = path.dirname(abs);
+    return up === abs ? abs : path.join(await realOrPlanned(up), path.basename(abs));
+  }
+}
+
+/**
+ * Refuse an `out` that is, or lies inside, a folder the export reads: the run directory (a step dir with
+ * --overwrite had its model.safetensors replaced by the export), a pretrained dir, lora.from, init.from.
+ */
+async function refuseOutInInputs(out: string, r: RunInfo): Promise<void> {
+  const m = r.config.model;
+  const inputs: [string | null | undefined, string][] = [
+    [r.runDir, 'the run directory'],
+    [m.llm.pretrained, 'model.llm.pretrained'],
+    [m.llm.lora?.from, 'model.llm.lora.from'],
+    [m.vision.pretrained, 'model.vision.pretrained'],
+    [m.vision_aux?.pretrained, 'model.vision_aux.pretrained'],
+    [r.config.init.from, 'init.from'],
+  ];
+  const target = await realOrPlanned(out);
+  for (const [dir, what] of inputs) {
+    if (!dir) continue;
+    const rel = path.relative(await realOrPlanned(dir), target);
+    if (rel === '' || (rel.split(path.sep)[0] !== '..' && !path.isAbsolute(rel))) {
+      throw new ExportError(`--out ${out} is inside ${what} ${dir}: the export would write over what it reads; choose a folder outside it`);
+    }
+  }
 }
 
 /**
@@ -372,6 +407,7 @@ export async function exportRun(run: string, o: ExportOptions): Promise<ExportRe
   // A run still training may rotate the step away while it is read: withCheckpoint takes the newest again.
   return withCheckpoint(run, o.step, async (ck) => {
     const r = await runInfo(ck);
+    await refuseOutInInputs(o.out, r);
     return cleanOnFailure(o.out, async () => {
       await prepareOut(o.out, o.overwrite ?? false);
       if (o.format === 'peft') return exportPeft(r, o.out);

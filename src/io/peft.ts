@@ -13,7 +13,7 @@
  * Merging (`mergeLora`): W' = W + scaling * B A per adapted linear, what `merge_and_unload()` gives, so a
  * merged checkpoint loads in PyTorch without PEFT. Computed with tfjs one linear at a time.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
@@ -36,6 +36,8 @@ import {
   type LoraTarget,
 } from '../model/llm/lora.js';
 import { SafetensorsReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
+import { readSmallTextFileSync } from './small-file.js';
+import { checkFinite } from './weights-io.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
@@ -169,9 +171,10 @@ export function readAdapterConfig(dir: string): LoraConfig {
   if (!existsSync(file)) throw new WeightsError(`model.llm.lora.from ${dir}: no ${ADAPTER_CONFIG_FILE} (not a PEFT adapter directory)`);
   let json: unknown;
   try {
-    json = JSON.parse(readFileSync(file, 'utf8'));
+    // A FIFO or a link to /dev/zero hung here, a huge file filled memory, bad bytes became U+FFFD silently.
+    json = JSON.parse(readSmallTextFileSync(file, 'the adapter config', 4 << 20));
   } catch (e) {
-    throw new WeightsError(`${file}: ${(e as Error).message}`);
+    throw new WeightsError(e instanceof MgllavaError ? e.message : `${file}: ${(e as Error).message}`, { hint: e instanceof MgllavaError ? e.hint : undefined });
   }
   return parseAdapterConfig(json, file);
 }
@@ -232,7 +235,11 @@ export async function readAdapterWeights(dir: string): Promise<Map<string, HostT
         continue;
       }
       if (out.has(ours)) throw new WeightsError(`${file}: ${key} and another key both give ${ours}`);
-      out.set(ours, await reader.read(key));
+      const h = await reader.read(key);
+      // F16/BF16/F64 are widened to float32 by the reader; an integer tensor is no weight (it loaded as numbers).
+      if (h.dtype !== 'float32') throw new WeightsError(`${file}: ${key} is ${reader.info(key).dtype}, an adapter weight must be a float type (F32, F16, BF16)`);
+      checkFinite(file, key, h.data); // a NaN/Inf adapter loaded and trained on silently
+      out.set(ours, h);
     }
     if (other.length) {
       throw new WeightsError(`${file}: ${other.length} tensors are neither LoRA weights of decoder linears nor lm_head / embed_tokens: ${other.slice(0, 6).join(', ')}${other.length > 6 ? ', ...' : ''}`);

@@ -120,10 +120,7 @@ export class LlamaForCausalLM extends Module<LlamaConfig> {
    */
   attachLora(config: LoraConfig, ctx: InitContext): LoraTarget[] {
     if (this.loraState) throw new Error('LlamaForCausalLM: LoRA adapters are already attached');
-    const modules = resolveLoraTargets(config, this.config.weightFormat ?? 'llama');
-    if (this.config.tieWordEmbeddings && config.modulesToSave?.includes('lm_head')) {
-      throw new Error("LoRA config: modules_to_save 'lm_head': this model ties lm_head to embed_tokens; name embed_tokens (the one weight both use)");
-    }
+    const modules = resolveLoraTargets(config, this.config.weightFormat ?? 'llama', this.config.tieWordEmbeddings);
     for (const layer of this.model.layers) {
       layer.selfAttn.attachLora(modules, config, ctx);
       layer.mlp.attachLora(modules, config, ctx);

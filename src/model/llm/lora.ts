@@ -60,10 +60,14 @@ const PHI3_FUSED: Record<string, { module: LoraTarget; members: string[] }> = {
 
 /**
  * The adapted modules for a checkpoint layout, in checkpoint order; an error names a target the layout does
- * not have (a Phi-3 model has qkv_proj, not q_proj) and any problem with r / alpha / dropout.
+ * not have (a Phi-3 model has qkv_proj, not q_proj), any problem with r / alpha / dropout, and lm_head in
+ * modules_to_save of a model whose lm_head is its embed_tokens.
  */
-export function resolveLoraTargets(c: LoraConfig, format: LlamaWeightFormat = 'llama'): LoraTarget[] {
+export function resolveLoraTargets(c: LoraConfig, format: LlamaWeightFormat = 'llama', tiedEmbeddings = false): LoraTarget[] {
   const problems: string[] = [];
+  if (tiedEmbeddings && c.modulesToSave?.includes('lm_head')) {
+    problems.push("modules_to_save 'lm_head': this model ties lm_head to embed_tokens; name embed_tokens (the one weight both use)");
+  }
   if (!(Number.isInteger(c.r) && c.r > 0)) problems.push(`r must be a positive integer (got ${c.r})`);
   if (!(c.alpha > 0)) problems.push(`alpha must be > 0 (got ${c.alpha})`);
   if (!(c.dropout >= 0 && c.dropout < 1)) problems.push(`dropout must be in [0, 1) (got ${c.dropout})`);
