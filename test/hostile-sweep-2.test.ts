@@ -15,6 +15,7 @@ import { modelConfigFrom } from '../src/config/build-model.js';
 import { EXIT, MgllavaError, WeightsError } from '../src/errors.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, readAdapterConfig, readAdapterWeights } from '../src/io/peft.js';
 import { train } from '../src/train/trainer.js';
+import { writeE2eDirs } from './io-fixtures.js';
 
 const tmp = tempRoot('hostile2');
 const TINY_FT = path.resolve('configs/tiny-shapes/finetune.yaml');
@@ -163,5 +164,44 @@ describe('export destinations', () => {
     // an export beside the run is fine
     const ok = await runCli(['export', run, '--format', 'peft', '--out', path.join(setup.root, 'exported')]);
     expect(ok.code).toBe(0);
+  });
+});
+
+describe('convert and import outputs', () => {
+  const PTH = path.resolve('../shared/torch-checkpoints/plain_zip/model.pth');
+
+  it('convert --out: a directory, below a file, /dev or a dangling link is one line before any work (/dev/null.safetensors was written into /dev)', async () => {
+    const dir = await tmp.fresh('convert');
+    mkdirSync(path.join(dir, 'd.safetensors'));
+    writeFileSync(path.join(dir, 'file'), 'x');
+    symlinkSync(path.join(dir, 'nowhere'), path.join(dir, 'dangling'));
+    const cases = [
+      [path.join(dir, 'd.safetensors'), /--out .*d\.safetensors is a directory; give a file name/], // was a "renaming" error naming a temporary
+      [path.join(dir, 'file', 'x.safetensors'), /--out .*file: .*file is a file, not a directory$/],
+      ['/dev/x.safetensors', /--out \/dev: \/dev is a virtual file system/],
+      [path.join(dir, 'dangling', 'x.safetensors'), /dangling is a symbolic link to nothing/],
+    ] as const;
+    for (const [out, message] of cases) expect(expectOneLineError(await runCli(['convert', PTH, '--out', out, '--overwrite']))).toMatch(message);
+    expect(readdirSync(dir).sort()).toEqual(['d.safetensors', 'dangling', 'file']);
+    expect(readdirSync(path.join(dir, 'd.safetensors'))).toEqual([]);
+  });
+
+  it('import --out naming a file of --from is refused (the pretrained weights were replaced by their renamed copy); a wrong extension too', async () => {
+    const d = await writeE2eDirs(await tmp.fresh('import'));
+    const weights = path.join(d.llm, 'model.safetensors');
+    const before = readFileSync(weights);
+    const link = path.join(d.llm, '..', 'link.safetensors');
+    symlinkSync(weights, link);
+    for (const out of [weights, link]) {
+      const r = await runCli(['import', '--kind', 'llm', '--from', d.llm, '--out', out]);
+      expect(r.code).toBe(EXIT.data);
+      expect(expectOneLineError(r)).toBe(`mgllava: --out ${out} is the weights read (${weights}): writing it would destroy that input; choose another name`);
+    }
+    const config = path.join(d.llm, 'config.json');
+    const configText = readFileSync(config, 'utf8');
+    expect(expectOneLineError(await runCli(['import', '--kind', 'llm', '--from', d.llm, '--out', config]))).toBe(`mgllava: --out ${config}: the file written is SAFETENSORS: give it a .safetensors name`);
+    expect(readFileSync(weights).equals(before)).toBe(true);
+    expect(readFileSync(config, 'utf8')).toBe(configText);
+    expect(readdirSync(d.llm).sort()).toEqual(['config.json', 'model.safetensors']);
   });
 });

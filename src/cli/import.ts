@@ -6,12 +6,15 @@
  * `mgllava import --kind mgllava --from CKPT --config C.yaml --out RUN`: a released MG-LLaVA checkpoint (xtuner /
  * mmengine .pth, DeepSpeed directory, safetensors) as a run directory (src/io/release-import.ts).
  */
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { MgllavaError, UsageError, WeightsError } from '../errors.js';
 import type { LlamaConfig } from '../model/llm/config.js';
 import type { PretrainedSource } from '../io/pretrained.js';
 import type { PretrainedKind } from '../io/weight-maps.js';
 import { backendFromArgs, type GlobalArgs } from './command.js';
+import { checkOutputFile } from '../io/output-file.js';
 
 interface ImportArgs extends GlobalArgs {
   kind: PretrainedKind | 'mgllava';
@@ -73,6 +76,8 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
     // Loaded here, not at startup: the pretrained loaders pull in tfjs (see the command table in main.ts).
     const { openPretrained, readLlmConfig, writeConverted } = await import('../io/pretrained.js');
     const { fromHfConfig } = await import('../model/llm/config.js');
+    // Before any work: a directory, /proc, a missing folder, a wrong extension (--out config.json held weights after).
+    if (!args.list) await checkOutputFile(args.out!, '--out', { ext: '.safetensors' });
     try {
       let llm: LlamaConfig | undefined;
       if (args.kind === 'llm') llm = fromHfConfig(readLlmConfig(args.from));
@@ -82,6 +87,9 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
           process.stdout.write(formatPlan(src));
           return;
         }
+        // --out DIR/model.safetensors of --from DIR replaced the pretrained weights with their renamed copy.
+        const inputs = (await readdir(src.dir)).map((f) => ({ file: path.join(src.dir, f), what: `a file of --from ${args.from}` }));
+        await checkOutputFile(args.out!, '--out', { inputs: [{ file: src.file, what: 'the weights read' }, ...inputs] });
         const count = await writeConverted(src, args.out!);
         process.stdout.write(`wrote ${count} tensors to ${args.out} (from ${src.file})\n`);
       } finally {

@@ -7,9 +7,10 @@
  * output (never all in memory); above `maxShardBytes` the output is HF-sharded with an index, by the same writer as
  * every other safetensors file of the project (src/io/sharded.ts).
  */
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError, WeightsError } from '../errors.js';
+import { ensureDir } from '../run/guard.js';
 import { writeShardedSafetensors, type RawTensor } from './safetensors.js';
 import { resolveTorchInput, TorchStateReader } from './torch-reader.js';
 
@@ -46,7 +47,9 @@ export async function convertTorchCheckpoint(input: string, out: string, o: Conv
   if (!out.endsWith('.safetensors')) throw new UsageError(`--out ${out}: the output must be a .safetensors file`);
   const prefix = path.basename(out).slice(0, -'.safetensors'.length);
   if (prefix === '') throw new UsageError(`--out ${out}: name the file (e.g. model.safetensors)`);
+  if (existsSync(out) && statSync(out).isDirectory()) throw new UsageError(`--out ${out} is a directory; give a file name (e.g. ${path.join(out, 'model.safetensors')})`);
   if (existsSync(out) && !o.overwrite) throw new UsageError(`--out ${out} exists`, { hint: 'pass --overwrite to replace it' });
+  await ensureDir(path.dirname(out), '--out'); // below a file, a dangling link, /proc or /dev: one line naming it
   const source = resolveTorchInput(input);
   const reader = await TorchStateReader.open(source, { key: o.key });
   try {
