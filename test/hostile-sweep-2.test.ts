@@ -16,6 +16,7 @@ import { EXIT, MgllavaError, WeightsError } from '../src/errors.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, readAdapterConfig, readAdapterWeights } from '../src/io/peft.js';
 import { train } from '../src/train/trainer.js';
 import { writeE2eDirs } from './io-fixtures.js';
+import { writeTestImage, writeTinyOwlv2Dir } from './owlv2-fixture.js';
 
 const tmp = tempRoot('hostile2');
 const TINY_FT = path.resolve('configs/tiny-shapes/finetune.yaml');
@@ -54,6 +55,10 @@ function rawSafetensors(file: string, tensors: Record<string, { dtype: string; s
   len.writeBigUInt64LE(BigInt(json.length));
   writeFileSync(file, Buffer.concat([len, json, ...parts]));
 }
+
+/** Every file under `dir` with its bytes, to show that a refusal touched nothing. */
+const snapshot = (dir: string) =>
+  Object.fromEntries(readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => [path.join(d.parentPath, d.name), readFileSync(path.join(d.parentPath, d.name)).toString('base64')]));
 
 const f32 = (...v: number[]) => new Uint8Array(new Float32Array(v).buffer);
 const KEY_A = 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight';
@@ -131,10 +136,9 @@ describe('LoRA config keys this LLM cannot have', () => {
   });
 });
 
-describe('export destinations', () => {
+describe('outputs of a run: export and eval', () => {
   let setup: TinyTrainSetup;
   let run: string;
-  const snapshot = (dir: string) => Object.fromEntries(readdirSync(dir, { recursive: true, withFileTypes: true }).filter((d) => d.isFile()).map((d) => [path.join(d.parentPath, d.name), readFileSync(path.join(d.parentPath, d.name)).toString('base64')]));
 
   beforeAll(async () => {
     setup = await makeTinyTrainSetup(8);
@@ -164,6 +168,24 @@ describe('export destinations', () => {
     // an export beside the run is fine
     const ok = await runCli(['export', run, '--format', 'peft', '--out', path.join(setup.root, 'exported')]);
     expect(ok.code).toBe(0);
+  });
+
+  it('eval --out naming a file of the run or its tokenizer is refused before evaluating (--out RUN/config.yaml made the run unusable)', async () => {
+    const before = snapshot(setup.runs);
+    const eval1 = ['eval', run, '--records', path.join(setup.data, 'finetune.json'), '--limit', '1'];
+    for (const [out, what] of [
+      [path.join(run, 'config.yaml'), 'a file of the run'],
+      [path.join(run, 'metrics.jsonl'), 'a file of the run'],
+      [path.join(run, 'step-00000001', 'state.json'), 'a file of the run'],
+      [path.join(setup.data, 'tokenizer.json'), "the run's tokenizer"],
+    ]) {
+      const r = await runCli([...eval1, '--out', out]);
+      expect(r.code).toBe(EXIT.data);
+      expect(expectOneLineError(r)).toBe(`mgllava: the predictions file (--out) ${out} is ${what} (${out}): writing it would destroy that input; choose another name`);
+    }
+    expect(snapshot(setup.runs)).toEqual(before);
+    // the default (RUN/predictions-...jsonl) may be written, and written again
+    for (let i = 0; i < 2; i++) expect((await runCli(eval1)).code).toBe(0);
   });
 });
 
@@ -203,5 +225,34 @@ describe('convert and import outputs', () => {
     expect(readFileSync(weights).equals(before)).toBe(true);
     expect(readFileSync(config, 'utf8')).toBe(configText);
     expect(readdirSync(d.llm).sort()).toEqual(['config.json', 'model.safetensors']);
+  });
+});
+
+describe('boxes --out', () => {
+  it('naming the records, the tag list, a detector file or an image is refused, --overwrite or not (--overwrite deleted the input)', async () => {
+    const dir = await tmp.fresh('boxes');
+    const det = path.join(dir, 'det');
+    mkdirSync(det);
+    await writeTinyOwlv2Dir(det);
+    mkdirSync(path.join(dir, 'images'));
+    await writeTestImage(path.join(dir, 'images', 'a.png'), 40, 30, 1);
+    const records = path.join(dir, 'records.json');
+    writeFileSync(records, JSON.stringify([{ id: 'a', image: 'a.png', conversations: [{ from: 'human', value: '<image>\nq' }, { from: 'gpt', value: 'x' }] }]));
+    const tags = path.join(dir, 'tags.txt');
+    writeFileSync(tags, 'dog\n');
+    const before = snapshot(dir);
+    const base = ['boxes', '--detector', det, '--images', path.join(dir, 'images'), '--overwrite', '--progress', 'off'];
+    const cases = [
+      [['--records', records, '--tags', 'dog', '--out', records], `the records file (${records})`],
+      [['--tags-file', tags, '--out', tags], `the tag list (--tags-file) (${tags})`],
+      [['--tags', 'dog', '--out', path.join(det, 'config.json')], `a file of the detector (${path.join(det, 'config.json')})`],
+      [['--tags', 'dog', '--out', path.join(dir, 'images', 'a.png')], `the image of a.png (${path.join(dir, 'images', 'a.png')})`],
+    ] as const;
+    for (const [extra, what] of cases) {
+      const r = await runCli([...base, ...extra]);
+      expect(r.code).toBe(EXIT.data);
+      expect(expectOneLineError(r)).toBe(`mgllava: the box file (--out) ${extra[extra.length - 1]} is ${what}: writing it would destroy that input; choose another name`);
+    }
+    expect(snapshot(dir)).toEqual(before);
   });
 });

@@ -3,6 +3,7 @@
  *  [--threshold 0.2] --out boxes.json [--resume]`: MG-LLaVA's object boxes for a dataset, with OWLv2.
  * The work is in src/detect/ (loaded when the command runs); this file is the command line.
  */
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import { DataError, UsageError } from '../errors.js';
@@ -62,18 +63,32 @@ export const boxesCommand: CommandModule<GlobalArgs, BoxesArgs> = {
     const run = await import('../detect/boxes-run.js');
     run.checkOutput({ out: args.out, resume: args.resume, overwrite: args.overwrite });
     let jobs;
+    let found: string; // said once --out is known to be writable: a refusal is the only line
     if (args.records) {
       const r = await run.jobsFromRecords(args.records, args.images ?? path.dirname(args.records));
       jobs = r.jobs;
       const extra = [r.textOnly ? `${r.textOnly} text-only` : '', r.unreadable ? `${r.unreadable} unreadable (see mgllava data check)` : ''].filter(Boolean);
-      process.stderr.write(`${args.records}: ${jobs.length} records with an image${extra.length ? `; ${extra.join(', ')} records skipped` : ''}\n`);
+      found = `${args.records}: ${jobs.length} records with an image${extra.length ? `; ${extra.join(', ')} records skipped` : ''}`;
     } else {
       jobs = await run.jobsFromImageDir(args.images!);
       // A mistyped or empty folder would otherwise "succeed" with an empty box file.
       if (jobs.length === 0) throw new DataError(`${args.images}: no image file (.jpg, .png, .webp, ...) to detect boxes for`);
-      process.stderr.write(`${args.images}: ${jobs.length} images\n`);
+      found = `${args.images}: ${jobs.length} images`;
     }
     if (jobs.length === 0) throw new DataError(`${args.records}: no record with an image to detect boxes for`);
+    // --out naming an input: --overwrite deleted the records, tag list, detector config or an image before writing.
+    const { checkOutputFile } = await import('../io/output-file.js');
+    const detectorFiles = statSync(args.detector, { throwIfNoEntry: false })?.isDirectory() ? readdirSync(args.detector).map((f) => path.join(args.detector, f)) : [args.detector];
+    const image = jobs.find((j) => j.file !== null && path.resolve(j.file) === path.resolve(args.out));
+    await checkOutputFile(args.out, 'the box file (--out)', {
+      inputs: [
+        { file: args.records, what: 'the records file' },
+        { file: args['tags-file'], what: 'the tag list (--tags-file)' },
+        { file: image?.file, what: `the image of ${image?.id}` },
+        ...detectorFiles.map((file) => ({ file, what: 'a file of the detector' })),
+      ],
+    });
+    process.stderr.write(`${found}\n`);
     await backendFromArgs(args);
     const { Owlv2Session } = await import('../detect/detect.js');
     const session = await Owlv2Session.open(args.detector);

@@ -3,9 +3,12 @@
  * answers to every record's first question, accuracy by normalised exact match overall and per `category`,
  * predictions as JSON Lines. Rules (question/answer, normalisation): src/infer/eval.ts, normalize.ts.
  */
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
 import type { EvalSummary } from '../infer/eval.js';
+import type { RunModel } from '../model/factory.js';
+import type { InputFile } from '../io/output-file.js';
 import { openRun, runOptions } from './chat.js';
 import { backendFromArgs, requireFile, type GlobalArgs } from './command.js';
 import { UsageError } from '../errors.js';
@@ -65,7 +68,9 @@ export const evalCommand: CommandModule<GlobalArgs, EvalArgs> = {
     try {
       const stem = path.basename(args.records).replace(/\.(jsonl?|json)$/, '');
       const out = args.out ?? path.join(run.runDir, `predictions-${stem}-${stepDirName(run.step)}.jsonl`);
-      if (!args.out) await checkOutputFile(out, 'the predictions file (in the run directory; --out names another)', { inputs }); // a read-only run dir: say so now, not after evaluating
+      // A read-only run dir: say so now, not after evaluating. --out RUN/config.yaml or metrics.jsonl destroyed the run.
+      const what = args.out ? 'the predictions file (--out)' : 'the predictions file (in the run directory; --out names another)';
+      await checkOutputFile(out, what, { inputs: [...inputs, ...(await runFiles(run))] });
       const bar = !args.json && process.stderr.isTTY ? new SingleBar({ format: 'eval [{bar}] {value}/{total} questions | {duration}s', stream: process.stderr }) : null;
       let started = false;
       let summary: EvalSummary;
@@ -125,4 +130,15 @@ function report(s: EvalSummary, records: string, runDir: string, step: number): 
     `predictions: ${s.predictions}`,
   ];
   return `${lines.join('\n')}\n`;
+}
+
+/** A run's own files, which predictions must never replace: its top level (earlier predictions aside), the step's files, the tokenizer. */
+async function runFiles(run: RunModel): Promise<InputFile[]> {
+  const files = async (dir: string) => (await readdir(dir, { withFileTypes: true })).filter((d) => d.isFile()).map((d) => path.join(dir, d.name));
+  const own = (await files(run.runDir)).filter((f) => !/^predictions-.*\.jsonl$/.test(path.basename(f)));
+  const tok = run.config.data.tokenizer;
+  return [
+    ...[...own, ...(await files(run.stepDir))].map((file) => ({ file, what: 'a file of the run' })),
+    ...(tok.type === 'hf' ? [tok.path, path.join(tok.path, 'tokenizer.json')].map((file) => ({ file, what: "the run's tokenizer" })) : []),
+  ];
 }
