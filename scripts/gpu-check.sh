@@ -56,7 +56,8 @@ const [log, golden, total] = process.argv.slice(2);
 const read = (name, f) => { try { return fs.readFileSync(path.join(log, `${name}.${f}`), 'utf8').trim(); } catch { return null; } };
 const errors = [];
 const seconds = {};
-const part = (name) => {
+// json: false for a part whose output is a log, not a JSON line (npm ci): only its status and time count.
+const part = (name, { json = true } = {}) => {
   const rc = read(name, 'rc');
   if (rc == null) return null;
   seconds[name] = Math.round(Number(read(name, 'ms')) / 100) / 10;
@@ -64,12 +65,12 @@ const part = (name) => {
     const err = (read(name, 'err') ?? '').split('\n').filter((l) => !/artificially reduced/.test(l)).slice(-3).join(' | ');
     errors.push(`${name}: exit ${rc}: ${err}`);
   }
-  const out = read(name, 'json');
+  const out = json ? read(name, 'json') : null;
   if (!out) return null;
   const lines = out.split('\n').filter((l) => l.startsWith('{'));
   try { return JSON.parse(lines[lines.length - 1]); } catch { errors.push(`${name}: unreadable output`); return null; }
 };
-part('npm-ci');
+part('npm-ci', { json: false });
 const doctor = part('doctor');
 const g = part('golden');
 const stepGpu = part('step-webgpu');
