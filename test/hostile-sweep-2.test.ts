@@ -187,6 +187,21 @@ describe('outputs of a run: export and eval', () => {
     // the default (RUN/predictions-...jsonl) may be written, and written again
     for (let i = 0; i < 2; i++) expect((await runCli(eval1)).code).toBe(0);
   });
+
+  it('import --kind mgllava: --key on a safetensors release, or naming no tensors, is refused (ignored silently / "20 weights missing")', async () => {
+    const pretrain = path.join(setup.runs, 'tiny-pretrain');
+    const xt = path.join(setup.root, 'xt');
+    expect((await runCli(['export', pretrain, '--format', 'xtuner', '--out', xt])).code).toBe(0);
+    const imp = (from: string, key: string) => runCli(['import', '--kind', 'mgllava', '--from', from, '--config', path.join(pretrain, 'config.yaml'), '--out', path.join(setup.root, `imp-${key}`), '--key', key]);
+    const st = path.join(xt, 'model.safetensors');
+    const a = await imp(st, 'state_dict');
+    expect(a.code).toBe(EXIT.usage);
+    expect(expectOneLineError(a)).toBe(`mgllava: --key state_dict: ${st} is safetensors, whose tensors are not nested under keys; leave --key out`);
+    const b = await imp(path.join(xt, 'model.pth'), 'meta');
+    expect(b.code).toBe(EXIT.weights);
+    expect(expectOneLineError(b)).toMatch(/model\.pth: the state dict under 'meta' holds no tensors \(\d+ other entries\) \[hint: check --key\]$/);
+    expect(readdirSync(setup.root).filter((n) => n.startsWith('imp-'))).toEqual([]);
+  });
 });
 
 describe('convert and import outputs', () => {

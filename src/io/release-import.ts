@@ -83,12 +83,19 @@ const isSafetensors = (p: string): boolean => {
 async function openRelease(from: string, key: string | null | undefined): Promise<{ reader: TensorReader; source: string; key: string | null; iter: number | null }> {
   if (!existsSync(from)) throw new UsageError(`--from ${from}: no such file or directory`);
   if (isSafetensors(from)) {
+    // A safetensors file is a flat name -> tensor table: a --key was ignored and the import went on silently.
+    if (key) throw new UsageError(`--key ${key}: ${from} is safetensors, whose tensors are not nested under keys; leave --key out`);
     const reader = await ShardedReader.open(from);
     const meta = reader.metadata();
     const iter = Number(meta.iter ?? meta.step);
     return { reader, source: reader.source, key: null, iter: Number.isSafeInteger(iter) && iter >= 0 ? iter : null };
   }
   const reader = await TorchStateReader.open(resolveTorchInput(from), { key });
+  if (reader.keys().length === 0) {
+    // (--key meta: every trainable weight was reported missing, as if the checkpoint were of another model)
+    await reader.close();
+    throw new WeightsError(`${reader.source}: the state dict${reader.stateKey ? ` under '${reader.stateKey}'` : ''} holds no tensors (${reader.skipped.length} other entries)`, { hint: key ? 'check --key' : undefined });
+  }
   return { reader, source: reader.source, key: reader.stateKey, iter: savedIteration(reader.savedObject()) };
 }
 
