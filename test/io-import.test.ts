@@ -1,4 +1,4 @@
-import { unlink, writeFile } from 'node:fs/promises';
+import { readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
@@ -268,6 +268,16 @@ describe('mgllava import', () => {
       expect([...got.keys()].sort()).toEqual(want.map(([k]) => k).sort());
       for (const [k, t] of want) expect(Array.from(got.get(k)!.data), k).toEqual(Array.from(t.data));
     }
+    // An existing --out is replaced only with --overwrite (it may be another model's weights).
+    const out = path.join(root, 'cli-clip.safetensors');
+    const before = await readFile(out);
+    const again = await run('import', '--kind', 'llm', '--from', d.llm, '--out', out);
+    expect(again.code).toBe(EXIT.usage);
+    expect(again.err).toMatch(/--out .*cli-clip\.safetensors exists: pass --overwrite/);
+    expect((await readFile(out)).equals(before)).toBe(true);
+    const replaced = await run('import', '--kind', 'llm', '--from', d.llm, '--out', out, '--overwrite');
+    expect(replaced.code).toBe(0);
+    expect([...(await readSafetensors(out)).keys()].every((k) => k.startsWith('llm.'))).toBe(true);
   });
 
   it('--list shows names, dtypes, shapes and the mapping', async () => {

@@ -6,6 +6,7 @@
  * `mgllava import --kind mgllava --from CKPT --config C.yaml --out RUN`: a released MG-LLaVA checkpoint (xtuner /
  * mmengine .pth, DeepSpeed directory, safetensors) as a run directory (src/io/release-import.ts).
  */
+import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
@@ -26,6 +27,7 @@ interface ImportArgs extends GlobalArgs {
   key?: string;
   'allow-missing': boolean;
   json: boolean;
+  overwrite: boolean;
 }
 
 /** One line per source tensor: name, stored dtype, shape, and what it becomes. */
@@ -67,6 +69,7 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
       .option('key', { type: 'string', describe: 'mgllava: where the state dict is in a pickle (default: the object itself, else state_dict, module, model)' })
       .option('allow-missing', { type: 'boolean', default: false, describe: "mgllava: start trainable weights the checkpoint lacks from the config's init instead of failing" })
       .option('json', { type: 'boolean', default: false, describe: 'mgllava: print the report as one JSON line' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'clip, convnext, llm: replace an existing --out file' })
       .example('$0 import --kind llm --from models/vicuna-7b-v1.5 --list', 'show how the checkpoint maps')
       .example('$0 import --kind clip --from models/clip-vit-large-patch14-336 --out clip.safetensors', 'convert')
       .example('$0 import --kind mgllava --from iter_10805.pth --config configs/vicuna-7b/finetune.yaml --out checkpoints/mgllava-vicuna7b-release', 'a release as a run'),
@@ -90,6 +93,8 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
         // --out DIR/model.safetensors of --from DIR replaced the pretrained weights with their renamed copy.
         const inputs = (await readdir(src.dir)).map((f) => ({ file: path.join(src.dir, f), what: `a file of --from ${args.from}` }));
         await checkOutputFile(args.out!, '--out', { inputs: [{ file: src.file, what: 'the weights read' }, ...inputs] });
+        // An existing file is replaced only when asked (as convert does): it may be another model's weights.
+        if (!args.overwrite && existsSync(args.out!)) throw new UsageError(`--out ${args.out} exists: pass --overwrite to replace it, or choose another name`);
         const count = await writeConverted(src, args.out!);
         process.stdout.write(`wrote ${count} tensors to ${args.out} (from ${src.file})\n`);
       } finally {
