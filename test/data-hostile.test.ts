@@ -7,13 +7,14 @@ import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { failure } from './hostile-helpers.js';
 import { loadDataset } from '../src/data/dataset.js';
 import { imageWorkerCount, ImageWorkerPool } from '../src/data/image-pool.js';
 import { jsonItems, JsonSyntaxError } from '../src/data/json.js';
 import { loadBoxes, loadRecords } from '../src/data/records.js';
 import { getTemplate } from '../src/data/templates.js';
 import { loadTokenizer } from '../src/data/tokenizer.js';
-import { DataError, MgllavaError } from '../src/errors.js';
+import { DataError } from '../src/errors.js';
 import { runCli } from './cli-harness.js';
 
 const root = mkdtempSync(path.join(tmpdir(), 'mgllava-hostile-'));
@@ -36,16 +37,6 @@ beforeAll(async () => {
   writeFileSync(boxes, JSON.stringify({ a: { boxes: [[1, 1, 10, 10]], labels: ['x'], scores: [0.9] }, b: { boxes: [[1, 1, 10, 10]], labels: ['x'], scores: [0.9] } }));
 });
 
-/** The error a promise rejects with (fails the test if it resolves). */
-async function failure(p: Promise<unknown>): Promise<MgllavaError> {
-  const e = await p.then(
-    () => null,
-    (x: unknown) => x,
-  );
-  expect(e).toBeInstanceOf(MgllavaError);
-  expect((e as Error).message.split('\n')).toHaveLength(1);
-  return e as MgllavaError;
-}
 
 const text = async (maxLength = 64) => ({ template: getTemplate('vicuna'), tokenizer: await loadTokenizer({ type: 'byte' }), maxLength });
 

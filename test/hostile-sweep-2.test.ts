@@ -3,10 +3,10 @@
  * configs and `lora.from` adapter directories, export destinations, dry runs of extreme configs, convert /
  * import, and outputs that collide with inputs. Each case failed before its fix (or pins a data-loss refusal).
  */
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { failure, mkfifo } from './hostile-helpers.js';
 import { expectOneLineError, runCli } from './cli-harness.js';
 import { tempRoot } from './temp-root.js';
 import { collector, makeTinyTrainSetup, type TinyTrainSetup } from './train-fixture.js';
@@ -20,25 +20,6 @@ import { writeTestImage, writeTinyOwlv2Dir } from './owlv2-fixture.js';
 
 const tmp = tempRoot('hostile2');
 const TINY_FT = path.resolve('configs/tiny-shapes/finetune.yaml');
-
-/** The error a call throws or a promise rejects with: one line, an MgllavaError. */
-async function failure(f: () => unknown): Promise<MgllavaError> {
-  let e: unknown = null;
-  try {
-    await f();
-  } catch (x) {
-    e = x;
-  }
-  expect(e).toBeInstanceOf(MgllavaError);
-  expect((e as Error).message.split('\n')).toHaveLength(1);
-  return e as MgllavaError;
-}
-
-function mkfifo(file: string): string {
-  const r = spawnSync('mkfifo', [file]);
-  if (r.status !== 0) throw new Error(`mkfifo ${file} failed: ${String(r.stderr)}`);
-  return file;
-}
 
 /** A safetensors file written byte by byte (any dtype, any header), for adapters no writer of ours makes. */
 function rawSafetensors(file: string, tensors: Record<string, { dtype: string; shape: number[]; bytes: Uint8Array }>): void {

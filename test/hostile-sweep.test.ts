@@ -9,6 +9,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { failure, mkfifo } from './hostile-helpers.js';
 import { expectOneLineError, runCli } from './cli-harness.js';
 import { tempRoot } from './temp-root.js';
 import { makeTinyTrainSetup, capturedPretrain, type TinyTrainSetup } from './train-fixture.js';
@@ -37,22 +38,6 @@ import { train } from '../src/train/trainer.js';
 
 const tmp = tempRoot('hostile');
 
-/** The error a promise rejects with: one line, an MgllavaError (fails the test if it resolves). */
-async function failure(p: Promise<unknown>): Promise<MgllavaError> {
-  const e = await p.then(
-    () => null,
-    (x: unknown) => x,
-  );
-  expect(e).toBeInstanceOf(MgllavaError);
-  expect((e as Error).message.split('\n')).toHaveLength(1);
-  return e as MgllavaError;
-}
-
-function mkfifo(file: string): string {
-  const r = spawnSync('mkfifo', [file]);
-  if (r.status !== 0) throw new Error(`mkfifo ${file} failed: ${String(r.stderr)}`);
-  return file;
-}
 
 const TINY = path.resolve('configs/tiny-shapes/pretrain.yaml');
 
