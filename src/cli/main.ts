@@ -65,7 +65,7 @@ export const COMMANDS: readonly CommandEntry[] = [
     load: () => import('./warmup.js').then((m) => m.warmupCommand),
   },
   { command: 'pretrain', describe: 'Stage 1: train fusion + projectors with frozen encoders and LLM', load: () => import('./train.js').then((m) => m.pretrainCommand) },
-  { command: 'finetune', describe: 'Stage 2: train fusion + projectors + LLM, from the pretrain checkpoint (init.from)', load: () => import('./train.js').then((m) => m.finetuneCommand) },
+  { command: 'finetune', describe: 'Stage 2: train fusion + projectors + the LLM (or its LoRA adapters), from the pretrain checkpoint (init.from)', load: () => import('./train.js').then((m) => m.finetuneCommand) },
 ];
 
 /** The first word of a command string ('chat <run> [prompt]' -> 'chat'). */
