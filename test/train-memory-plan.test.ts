@@ -66,6 +66,24 @@ describe('parameter counts with LoRA', () => {
   });
 });
 
+describe('parameter counts with modules_to_save', () => {
+  it.each([
+    ['lm_head', config({}, { ...LORA, modulesToSave: ['lm_head'] })],
+    ['lm_head + embed_tokens', config({}, { ...LORA, modulesToSave: ['lm_head', 'embed_tokens'] })],
+    ['embed_tokens, tied', config({ tieWordEmbeddings: true }, { ...LORA, modulesToSave: ['embed_tokens'] })],
+  ])('%s: llm.modules_to_save counts the saved weights, trained by the finetune with the adapters', (_, c) => {
+    const m = new MGLLaVA(c, { rng: new Rng(0), skipInit: true });
+    const saved = [...m.weightMap()].filter(([n]) => n.startsWith('llm.') && !LlamaForCausalLM.isLoraWeight(n) && m.llm.isAdapterWeight(n, 'llm.'));
+    const counts = countParameters(c, 'finetune');
+    expect(counts.find((x) => x.module === 'llm.modules_to_save')).toEqual({ module: 'llm.modules_to_save', params: saved.reduce((s, [, v]) => s + v.size, 0), trainable: true });
+    const base = [...m.weightMap()].filter(([n]) => n.startsWith('llm.') && !m.llm.isAdapterWeight(n, 'llm.')).reduce((s, [, v]) => s + v.size, 0);
+    expect(counts.find((x) => x.module === 'llm')!.params).toBe(base);
+    const trainable = [...m.trainableWeights('finetune').values()].reduce((s, v) => s + v.size, 0);
+    expect(counts.filter((x) => x.trainable).reduce((s, x) => s + x.params, 0)).toBe(trainable);
+    m.dispose();
+  });
+});
+
 describe('memory plans', () => {
   it('a Vicuna-7B LoRA finetune with checkpointing at 1 x 2048 positions stays below 80 GiB; without LoRA and checkpointing it does not', () => {
     const shape = { batch: 1, gradAccum: 1, maxText: 1373, maxBoxes: 100, maxSupervised: 1372 }; // 1372 + 576 + 100 = 2048
