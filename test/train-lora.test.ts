@@ -3,7 +3,7 @@
 // round trip, merged exports (W + scaling * B A), and the dry run of the full-size LoRA recipe from
 // directories holding only config.json.
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -198,6 +198,32 @@ describe('LoRA finetune (stage runner)', () => {
     const merged = path.join(setup.root, 'head-merged');
     await exportRun(run, { format: 'xtuner', out: merged, merge: true, pth: false });
     expect(Array.from((await readSafetensors(path.join(merged, 'model.safetensors'))).get(head)!.data)).toEqual(Array.from(model.get(head)!.data));
+  });
+
+  it('a run started from lora.from keeps a copy of the adapter config: resumable, and it opens after that directory is gone', async () => {
+    const adapterDir = path.join(setup.root, 'peft-to-move');
+    await cp(path.join(setup.root, 'peft'), adapterDir, { recursive: true }); // the PEFT export of the test above
+    const sets = [`model.llm.lora.from=${adapterDir}`];
+    await finetune('lora-from-moved', sets, { maxSteps: 2 });
+    const run = path.join(setup.runs, 'lora-from-moved');
+    expect(existsSync(path.join(run, 'lora-from.adapter_config.json'))).toBe(true);
+    expect((await finetune('lora-from-moved', sets, { resume: 'auto' })).r.step).toBe(4); // the run-dir guard knows the file
+    await rm(adapterDir, { recursive: true });
+    const trained = await readSafetensors(path.join(run, await lastStep(run), 'model.safetensors'));
+    const loaded = await loadRunModel(run);
+    try {
+      expect(loaded.model.llm.lora).toMatchObject({ r: 4, alpha: 8, dropout: 0.1 });
+      const w = loaded.model.weightMap();
+      for (const [n, t] of trained) if (LlamaForCausalLM.isLoraWeight(n)) expect(Array.from(w.get(n)!.dataSync()), n).toEqual(Array.from(t.data));
+    } finally {
+      loaded.model.dispose();
+    }
+    const again = path.join(setup.root, 'peft-again');
+    await exportRun(run, { format: 'peft', out: again });
+    expect(JSON.parse(await readFile(path.join(again, ADAPTER_CONFIG_FILE), 'utf8'))).toMatchObject({ r: 4, lora_alpha: 8 });
+    // without the copy the missing directory is still named
+    await rm(path.join(run, 'lora-from.adapter_config.json'));
+    await expect(loadRunModel(run)).rejects.toThrow(/peft-to-move/);
   });
 });
 

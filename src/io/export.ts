@@ -26,7 +26,7 @@ import { BASE_FILE, MODEL_FILE, readRunConfig, readState, withCheckpoint, type R
 import { SafetensorsReader, writeSafetensors, writeShardedSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 import { convertedReader, openPretrained, plannedTargets, readPretrainedConfigs, unknownSources, type PretrainedSource } from './pretrained.js';
 import { writeTorchPth } from './torch-pth.js';
-import { exportMerge, exportPeft, mergeLora } from './peft.js';
+import { exportMerge, exportPeft, mergeLora, runConfigForOpen } from './peft.js';
 import { LlamaForCausalLM } from '../model/llm/llama.js';
 import { llmHfPlan, llmHfTensor, PART_PREFIX } from './weight-maps.js';
 import { hfConfigFields, hfGenerationConfig, hfGenerationIds, maxPositionsOf } from './hf-generation.js';
@@ -239,7 +239,7 @@ interface RunInfo {
 
 async function runInfo(ck: ResolvedCheckpoint): Promise<RunInfo> {
   const state = await readState(ck.stepDir);
-  const { config } = await readRunConfig(ck.runDir);
+  const config = runConfigForOpen((await readRunConfig(ck.runDir)).config, ck.runDir);
   return { runDir: ck.runDir, stepDir: ck.stepDir, step: ck.step, state, config };
 }
 

@@ -37,6 +37,7 @@ import {
 } from '../model/llm/lora.js';
 import { SafetensorsReader, writeSafetensors, type HostTensor, type LazyTensor } from './safetensors.js';
 import { readSmallTextFileSync } from './small-file.js';
+import { LORA_FROM_FILE } from '../run/layout.js';
 import { checkFinite } from './weights-io.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -169,6 +170,11 @@ export function readAdapterConfig(dir: string): LoraConfig {
   }
   const file = path.join(dir, ADAPTER_CONFIG_FILE);
   if (!existsSync(file)) throw new WeightsError(`model.llm.lora.from ${dir}: no ${ADAPTER_CONFIG_FILE} (not a PEFT adapter directory)`);
+  return readAdapterConfigFile(file);
+}
+
+/** Read and check one adapter_config.json (bounded, regular file, UTF-8). */
+function readAdapterConfigFile(file: string): LoraConfig {
   let json: unknown;
   try {
     // A FIFO or a link to /dev/zero hung here, a huge file filled memory, bad bytes became U+FFFD silently.
@@ -331,6 +337,25 @@ export function mergeLora(weights: Map<string, LazyTensor>, config: LoraConfig):
     });
   }
   return out;
+}
+
+/**
+ * The config to open a run with (chat, eval, export): when its `model.llm.lora.from` directory is gone (moved,
+ * deleted, or relative to another working directory), the run's copy of that adapter's config (LORA_FROM_FILE,
+ * written when the stage started) gives the LoRA keys and `from` is dropped: the step's checkpoint holds the trained
+ * adapters, so nothing else was read from there. A run without the copy (or whose directory is there) is unchanged.
+ */
+export function runConfigForOpen(config: ExperimentConfig, runDir: string): ExperimentConfig {
+  const lora = config.model.llm.lora;
+  const copy = path.join(runDir, LORA_FROM_FILE);
+  if (!lora?.from || existsSync(path.join(lora.from, ADAPTER_CONFIG_FILE)) || !existsSync(copy)) return config;
+  const a = readAdapterConfigFile(copy);
+  type Section = NonNullable<ExperimentConfig['model']['llm']['lora']>;
+  const targets = (a.targets === 'all-linear' ? a.targets : [...a.targets]) as Section['targets'];
+  const fromAdapter: Section = { r: a.r, alpha: a.alpha, dropout: a.dropout, targets, rslora: a.rslora, modules_to_save: a.modulesToSave ? [...a.modulesToSave] : undefined };
+  // The run's own keys win, as resolveLoraConfig does (the training run checked that they agree with the adapter).
+  const own = Object.fromEntries(Object.entries(lora).filter(([k, v]) => v !== undefined && k !== 'from'));
+  return { ...config, model: { ...config.model, llm: { ...config.model.llm, lora: { ...fromAdapter, ...own, from: null } } } };
 }
 
 /** The LoRA config a run was trained with, null when it has no adapters. */

@@ -22,7 +22,7 @@ import { Rng } from '../util/rng.js';
 import { MgllavaError } from '../errors.js';
 import { MGLLaVA, type MGLLaVAConfig } from './mgllava.js';
 import { LlamaForCausalLM } from './llm/llama.js';
-import { loadAdapterWeights } from '../io/peft.js';
+import { loadAdapterWeights, runConfigForOpen } from '../io/peft.js';
 
 /** Checkpoint-name prefixes of the encoders (what a warm-up checkpoint holds, what init.encoders_from loads). */
 export const ENCODER_PREFIXES = ['visual_encoder.', 'visual_encoder_aux.'] as const;
@@ -236,7 +236,7 @@ export async function loadRunModel(runDirOrStep: string, o: { step?: number } = 
 }
 
 async function loadCheckpointRun(ck: ResolvedCheckpoint): Promise<RunModel> {
-  const { config } = await readRunConfig(ck.runDir);
+  const config = runConfigForOpen((await readRunConfig(ck.runDir)).config, ck.runDir);
   const model = await checkpointModel(config, ck);
   try {
     let tokenizer: TextTokenizer;

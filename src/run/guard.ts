@@ -13,13 +13,13 @@
 import { lstat, mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fsError, MgllavaError } from '../errors.js';
-import { BASE_FILE, CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, readRunConfig, RunDirError } from './layout.js';
+import { BASE_FILE, CONFIG_FILE, LORA_FROM_FILE, LOSS_CURVE_FILE, METRICS_FILE, readRunConfig, RunDirError } from './layout.js';
 import { LOCK_FILE } from './lock.js';
 import { virtualRootOf } from '../io/output-file.js';
 
 /** Names a run directory may hold besides step dirs (and temp/old step dirs of interrupted saves). A function:
  *  layout.ts (and lock.ts through it) import this module, so their constants are not initialised while this one loads. */
-const runFileNames = () => new Set([CONFIG_FILE, BASE_FILE, METRICS_FILE, LOSS_CURVE_FILE, LOCK_FILE]);
+const runFileNames = () => new Set([CONFIG_FILE, BASE_FILE, METRICS_FILE, LOSS_CURVE_FILE, LOCK_FILE, LORA_FROM_FILE]);
 const RUN_ENTRY = /^(step-\d{8}|\.tmp-step-.*|\.old-step-.*|\.lock\..*|.*\.tmp-\d+.*|(heldout-)?predictions.*\.jsonl)$/;
 
 /** The run directory of a config, refusing a name that is not one plain path component. */

@@ -9,6 +9,8 @@
  *       optimizer.safetensors  AdamW moments `<name>.exp_avg` / `<name>.exp_avg_sq`
  *       state.json             TrainState (written last: a step dir without it is incomplete)
  *     metrics.jsonl, loss.svg
+ *     lora-from.adapter_config.json   a run started from `model.llm.lora.from`: that adapter's config, so the run
+ *                          opens without the directory (its checkpoints hold the trained adapters)
  *
  * A model is recoverable from: `pretrained` dirs + base.safetensors + a step's model.safetensors
  * (src/model/factory.ts). This module only names, lists and reads; writing is checkpoint.ts and open.ts.
@@ -32,6 +34,7 @@ export const OPTIMIZER_FILE = 'optimizer.safetensors';
 export const STATE_FILE = 'state.json';
 export const METRICS_FILE = 'metrics.jsonl';
 export const LOSS_CURVE_FILE = 'loss.svg';
+export const LORA_FROM_FILE = 'lora-from.adapter_config.json';
 
 const STEP_DIR = /^step-(\d{8})$/;
 

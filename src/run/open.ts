@@ -5,11 +5,12 @@
  * This is the place for run-directory policy: which checkpoint a `--resume` takes (and what to fall back to
  * when it is unusable), and guarding the directory against a second writer.
  */
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { dumpConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
 import { removeIncompleteSaves, writeTextFile } from './checkpoint.js';
-import { CONFIG_FILE, listCheckpoints, METRICS_FILE, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint, type TrainStage, type TrainState } from './layout.js';
+import { CONFIG_FILE, LORA_FROM_FILE, listCheckpoints, METRICS_FILE, readState, resolveCheckpoint, RunDirError, type ResolvedCheckpoint, type TrainStage, type TrainState } from './layout.js';
 import { MetricsFile } from './metrics.js';
 import { checkRunDir, ensureDir } from './guard.js';
 import { lockRunDir, type RunLock } from './lock.js';
@@ -102,5 +103,8 @@ export async function openRunDir(runDir: string, config: ExperimentConfig, state
   const stale = await removeIncompleteSaves(runDir);
   if (stale.length) log.note(`removed ${stale.length} incomplete save(s) of an interrupted run: ${stale.join(', ')}`);
   await writeTextFile(path.join(runDir, CONFIG_FILE), dumpConfig(config));
+  // The adapter's config (already read and checked by the model build) travels with the run: see runConfigForOpen.
+  const from = config.model.llm.lora?.from;
+  if (from) await writeTextFile(path.join(runDir, LORA_FROM_FILE), await readFile(path.join(from, 'adapter_config.json'), 'utf8'));
   return new MetricsFile(path.join(runDir, METRICS_FILE), state?.metricsLines ?? 0);
 }
