@@ -3,6 +3,7 @@
  * stdout), or a REPL without PROMPT (/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an
  * answer). RUN is a run directory (its newest complete step, or --step) or a step-NNNNNNNN directory.
  */
+import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
 import type { BoxEntry } from '../data/records.js';
@@ -28,6 +29,7 @@ interface ChatArgs extends GlobalArgs {
   system?: string;
   seed: number;
   'show-boxes'?: string;
+  overwrite: boolean;
   detector?: string;
   tags?: string;
   'tags-file'?: string;
@@ -69,6 +71,7 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
       .option('system', { type: 'string', describe: "system text for the template's SYSTEM slot (MG-LLaVA trains without one)" })
       .option('seed', { type: 'number', default: 0, describe: 'sampling seed (same seed, same answers)' })
       .option('show-boxes', { type: 'string', describe: 'write a PNG of the image as the model sees it: aux image with the object-token boxes numbered, low-res view beside it' })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace an existing --show-boxes file' })
       .option('detector', { type: 'string', describe: "detect the image's boxes now with OWLv2 (a Hugging Face OWLv2 directory; see mgllava boxes) instead of --boxes; they are printed" })
       .option('tags', { type: 'string', describe: 'with --detector: comma-separated tags to look for (default: the 80 COCO classes)' })
       .option('tags-file', { type: 'string', describe: 'with --detector: a file of tags, one per line or comma-separated' })
@@ -94,7 +97,13 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
       { file: args.image, what: 'the image (--image)' },
       { file: args.boxes, what: 'the box file (--boxes)' },
     ];
-    if (args['show-boxes']) await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)', { ext: '.png', inputs });
+    if (args['show-boxes']) {
+      await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)', { ext: '.png', inputs });
+      // An existing PNG may be another picture of the user's: replaced only when asked.
+      if (!args.overwrite && existsSync(args['show-boxes'])) {
+        throw new UsageError(`--show-boxes ${args['show-boxes']} exists: pass --overwrite to replace it, or choose another name`);
+      }
+    }
     const { findBoxEntry } = await import('../infer/box-entry.js');
     let entry: BoxEntry | null = null;
     if (args.boxes) {

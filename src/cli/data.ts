@@ -50,6 +50,7 @@ interface ShowArgs extends DatasetArgs {
   patch?: number;
   tokens: boolean;
   'save-image'?: string;
+  overwrite: boolean;
 }
 
 interface SynthArgs extends GlobalArgs {
@@ -238,6 +239,7 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
         type: 'string',
         describe: 'write a PNG: the preprocessed aux image with the object-token boxes drawn and numbered, the low-res view beside it',
       })
+      .option('overwrite', { type: 'boolean', default: false, describe: 'replace an existing --save-image file' })
       .example('$0 data show 0 --config configs/tiny-shapes/finetune.yaml --save-image rec0.png', 'record 0 as the model sees it, and its image with the object-token boxes') as Argv<ShowArgs>,
   handler: async (args) => {
     const r = resolveData(args);
@@ -248,7 +250,13 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       { file: r.records, what: 'the records file' },
       { file: r.boxes, what: 'the box file' },
     ];
-    if (args['save-image']) await checkOutputFile(args['save-image'], 'the image (--save-image)', { ext: '.png', inputs });
+    if (args['save-image']) {
+      await checkOutputFile(args['save-image'], 'the image (--save-image)', { ext: '.png', inputs });
+      // An existing PNG may be another record's image (or any picture of the user's): replaced only when asked.
+      if (!args.overwrite && (await stat(args['save-image']).catch(() => null))) {
+        throw new UsageError(`--save-image ${args['save-image']} exists: pass --overwrite to replace it, or choose another name`);
+      }
+    }
     const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);
     if (!record) {
@@ -292,7 +300,7 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       const entry = boxes.entries.get(record.id);
       if (!entry) {
         const b = boxes.bad.find((x) => x.id === record.id) ?? boxes.unreadable;
-        throw new UsageError(`record ${record.id}: ${b ? b.reason : `no entry in ${r.boxes}`}`);
+        throw new DataError(`${r.boxes}: record ${JSON.stringify(record.id)}: ${b ? b.reason : 'no box entry for this id'}`);
       }
       const budget = { maxLength: text.maxLength, imageTokens };
       // The same pipeline (and token-budget cap) as training.

@@ -149,6 +149,13 @@ async function checkRegularFile(file: string): Promise<void> {
 
 const fmtMp = (px: number) => `${(px / 1e6).toFixed(1)} MP`;
 
+/** libvips repeats a warning once per line it hit ("VipsJpeg: premature end of JPEG image" x5): one line, each once. */
+function oneLine(msg: string): string {
+  const kept: string[] = [];
+  for (const line of msg.split('\n').map((l) => l.trim())) if (line && !kept.some((k) => k.includes(line))) kept.push(line);
+  return kept.join('; ');
+}
+
 /** Read the header and refuse an image over the pixel budget (nothing decoded yet). Throws ImageError. */
 export async function readImageHeader(file: string, opts: DecodeOptions = {}): Promise<ImageHeader> {
   await checkRegularFile(file);
@@ -157,7 +164,7 @@ export async function readImageHeader(file: string, opts: DecodeOptions = {}): P
     // Header only (no pixels are decoded): the pixel checks below and sharp's limit at decode time apply.
     m = await sharp(file, { failOn: 'warning', limitInputPixels: false }).metadata();
   } catch (e) {
-    throw new ImageError('undecodable', file, `cannot decode image: ${(e as Error).message}`);
+    throw new ImageError('undecodable', file, `cannot decode image: ${oneLine((e as Error).message)}`);
   }
   if (!m.width || !m.height) throw new ImageError('undecodable', file, 'image header has no size');
   if (!PIXEL_FORMATS.has(m.format ?? '')) {
@@ -203,7 +210,7 @@ export async function decodeImage(file: string, opts: DecodeOptions = {}): Promi
     if (info.channels !== 3) throw new Error(`decoded to ${info.channels} channels, expected 3`);
     return { data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength), width: info.width, height: info.height };
   } catch (e) {
-    throw new ImageError('undecodable', file, `cannot decode image: ${(e as Error).message}`);
+    throw new ImageError('undecodable', file, `cannot decode image: ${oneLine((e as Error).message)}`);
   }
 }
 

@@ -1,0 +1,82 @@
+/**
+ * Red-team sweep, round 3 (issue 12): images (truncated, animated, odd pixel formats), box files, and the
+ * picture outputs of data show / chat. Each case failed before its fix (or pins a data-loss refusal).
+ */
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import sharp from 'sharp';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { failure } from './hostile-helpers.js';
+import { expectOneLineError, runCli } from './cli-harness.js';
+import { tempRoot } from './temp-root.js';
+import { decodeImage, readImageHeader } from '../src/data/image.js';
+import { EXIT } from '../src/errors.js';
+
+const tmp = tempRoot('hostile3');
+
+/** images/ with a good PNG, a second user picture and a truncated JPEG; records and boxes for them. */
+let dir: string;
+let images: string;
+let base: string[];
+beforeAll(async () => {
+  dir = await tmp.fresh('data');
+  images = path.join(dir, 'images');
+  mkdirSync(images);
+  const solid = (r: number) => sharp({ create: { width: 32, height: 24, channels: 3, background: { r, g: 40, b: 40 } } });
+  await solid(200).png().toFile(path.join(images, 'a.png'));
+  await solid(20).png().toFile(path.join(images, 'b.png'));
+  const jpeg = await solid(90).jpeg().toBuffer();
+  writeFileSync(path.join(images, 'cut.jpg'), jpeg.subarray(0, 200)); // a download that stopped early
+  const rec = (id: string, image: string) => ({ id, image, conversations: [{ from: 'human', value: '<image>\nq' }, { from: 'gpt', value: 'x' }] });
+  writeFileSync(path.join(dir, 'r.jsonl'), [rec('a', 'a.png'), rec('b', 'b.png'), rec('cut', 'cut.jpg'), rec('bad', 'a.png')].map((r) => JSON.stringify(r)).join('\n') + '\n');
+  const box = { boxes: [[2, 2, 20, 20]], labels: ['p'], scores: [0.9] };
+  writeFileSync(path.join(dir, 'b.json'), JSON.stringify({ a: box, b: box, cut: box, bad: { boxes: [['2', '2', '20', '20']], labels: ['p'], scores: [1] } }));
+  base = ['--records', path.join(dir, 'r.jsonl'), '--boxes', path.join(dir, 'b.json'), '--images', images, '--tokenizer', 'byte', '--max-length', '64', '--aux-size', '32', '--lowres-size', '28'];
+});
+
+describe('images', () => {
+  it('a truncated JPEG is one line (libvips repeated its warning over several lines)', async () => {
+    const file = path.join(images, 'cut.jpg');
+    for (const work of [() => readImageHeader(file), () => decodeImage(file)]) {
+      const e = await failure(work);
+      expect(e.exitCode).toBe(EXIT.data);
+      expect(e.message).toContain('cut.jpg');
+      expect(e.message.match(/premature end of JPEG/g) ?? []).toHaveLength(1);
+    }
+    const r = await runCli(['data', 'show', 'cut', ...base]);
+    expect(expectOneLineError(r)).toMatch(/record "cut".*cut\.jpg: cannot decode image/);
+    expect(r.code).toBe(EXIT.data);
+  });
+});
+
+describe('data show', () => {
+  it('a bad box entry names the box file and is a data error (it named neither, exit 1)', async () => {
+    const r = await runCli(['data', 'show', 'bad', ...base]);
+    expect(expectOneLineError(r)).toContain(`${path.join(dir, 'b.json')}: record "bad": boxes[0] has a non-number coordinate`);
+    expect(r.code).toBe(EXIT.data);
+  });
+
+  it('--save-image never replaces an existing file without --overwrite (another record\'s image was overwritten)', async () => {
+    const other = path.join(images, 'b.png');
+    const before = readFileSync(other);
+    const r = await runCli(['data', 'show', 'a', ...base, '--save-image', other]);
+    expect(expectOneLineError(r)).toMatch(/--save-image .*b\.png exists: pass --overwrite/);
+    expect(r.out).toBe('');
+    expect(readFileSync(other).equals(before)).toBe(true);
+    const view = path.join(dir, 'view.png');
+    writeFileSync(view, 'old');
+    const ok = await runCli(['data', 'show', 'a', ...base, '--save-image', view, '--overwrite']);
+    expect(ok.code).toBe(0);
+    expect((await sharp(view).metadata()).format).toBe('png');
+  });
+});
+
+describe('chat', () => {
+  it('--show-boxes never replaces an existing file without --overwrite, refused before the run is opened', async () => {
+    const other = path.join(images, 'b.png');
+    const before = readFileSync(other);
+    const r = await runCli(['chat', path.join(dir, 'no-run'), 'q', '--image', path.join(images, 'a.png'), '--show-boxes', other]);
+    expect(expectOneLineError(r)).toMatch(/--show-boxes .*b\.png exists: pass --overwrite/);
+    expect(readFileSync(other).equals(before)).toBe(true);
+  });
+});
