@@ -2,7 +2,7 @@
  * Red-team sweep, round 3 (issue 12): images (truncated, animated, odd pixel formats), box files, and the
  * picture outputs of data show / chat. Each case failed before its fix (or pins a data-loss refusal).
  */
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -10,7 +10,10 @@ import { failure } from './hostile-helpers.js';
 import { expectOneLineError, runCli } from './cli-harness.js';
 import { tempRoot } from './temp-root.js';
 import { decodeImage, readImageHeader } from '../src/data/image.js';
-import { EXIT } from '../src/errors.js';
+import { EXIT, MgllavaError } from '../src/errors.js';
+import { getTemplate } from '../src/data/templates.js';
+import { runEval } from '../src/infer/eval.js';
+import { tinyModel, WordTokenizer } from './infer-fixtures.js';
 
 const tmp = tempRoot('hostile3');
 
@@ -78,5 +81,27 @@ describe('chat', () => {
     const r = await runCli(['chat', path.join(dir, 'no-run'), 'q', '--image', path.join(images, 'a.png'), '--show-boxes', other]);
     expect(expectOneLineError(r)).toMatch(/--show-boxes .*b\.png exists: pass --overwrite/);
     expect(readFileSync(other).equals(before)).toBe(true);
+  });
+});
+
+describe('eval', () => {
+  it('a reference answer that is empty once normalised is refused before generating (an empty prediction scored as correct)', async () => {
+    const d = await tmp.fresh('eval');
+    const rec = (id: string, answer: string) => ({ id, category: 'c', conversations: [{ from: 'human', value: 'w3 w4' }, { from: 'gpt', value: answer }] });
+    const records = path.join(d, 'eval.jsonl');
+    writeFileSync(records, [rec('empty', ''), rec('dot', ' . '), rec('article', 'The'), rec('ok', 'w5')].map((r) => JSON.stringify(r)).join('\n') + '\n');
+    const model = tinyModel();
+    try {
+      const out = path.join(d, 'preds.jsonl');
+      const e = await runEval({ model, tokenizer: new WordTokenizer(), template: getTemplate('vicuna'), records, images: null, boxes: null, out }).then(() => null, (x: unknown) => x as MgllavaError);
+      expect(e).toBeInstanceOf(MgllavaError);
+      expect(e!.exitCode).toBe(EXIT.data);
+      expect(e!.message).toMatch(/3 problem\(s\)/);
+      for (const id of ['empty', 'dot', 'article']) expect(e!.message).toContain(`record "${id}": the answer`);
+      expect(e!.message).not.toContain('record "ok"');
+      expect(existsSync(out)).toBe(false);
+    } finally {
+      model.dispose();
+    }
   });
 });

@@ -26,7 +26,7 @@ import { stopWords, type PromptTemplate } from '../data/templates.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
 import type { MGLLaVA } from '../model/mgllava.js';
 import { generate, type VisualTokens } from './generate.js';
-import { answersMatch } from './normalize.js';
+import { answersMatch, normalizeAnswer } from './normalize.js';
 import { disposeVisual, loadImageInput, visualTokensFor, type ImageInput } from './visual.js';
 import { DataError } from '../errors.js';
 
@@ -231,6 +231,11 @@ async function checkInputs(o: EvalOptions): Promise<EvalItem[]> {
     const turn = llavaToTurns(r.conversations)[0];
     if (!turn) {
       problems.push(`${at}: no human message before a gpt message (nothing to ask)`);
+      continue;
+    }
+    if (normalizeAnswer(turn.output ?? '') === '') {
+      // An empty reference equals an empty prediction: a model that says nothing would score on it.
+      problems.push(`${at}: the answer ${JSON.stringify(turn.output ?? '')} is empty once normalised (punctuation, articles and spaces dropped): nothing to compare a prediction with`);
       continue;
     }
     let imageFile: string | null = null;
