@@ -14,6 +14,8 @@ import { EXIT, MgllavaError } from '../src/errors.js';
 import { getTemplate } from '../src/data/templates.js';
 import { runEval } from '../src/infer/eval.js';
 import { tinyModel, WordTokenizer } from './infer-fixtures.js';
+import { collector, makeTinyTrainSetup } from './train-fixture.js';
+import { train } from '../src/train/trainer.js';
 
 const tmp = tempRoot('hostile3');
 
@@ -102,6 +104,25 @@ describe('eval', () => {
       expect(existsSync(out)).toBe(false);
     } finally {
       model.dispose();
+    }
+  });
+});
+
+describe('held-out evaluation during training', () => {
+  it('an empty reference answer in train.eval_records stops the run before its first step (not at its first evaluation)', async () => {
+    const setup = await makeTinyTrainSetup(4);
+    try {
+      const recs = JSON.parse(readFileSync(path.join(setup.data, 'finetune.json'), 'utf8')) as { conversations: { value: string }[] }[];
+      const held = recs.slice(0, 2);
+      held[1]!.conversations[1]!.value = '';
+      const file = path.join(setup.root, 'heldout-empty.json');
+      writeFileSync(file, JSON.stringify(held));
+      const steps: number[] = [];
+      const run = train({ configFile: setup.pretrainYaml, stage: 'pretrain', sets: [`output_dir=${path.join(setup.root, 'empty-answer')}`, `train.eval_records=${file}`, 'train.max_steps=1'], progress: 'off', out: collector().stream, onStep: (s) => steps.push(s.step) });
+      await expect(run).rejects.toThrow(/the answer "" is empty once normalised/);
+      expect(steps).toEqual([]);
+    } finally {
+      await setup.cleanup();
     }
   });
 });

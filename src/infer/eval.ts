@@ -193,8 +193,8 @@ function categoryOf(r: LlavaRecord): string | null {
   return 'category' in c ? c.category : null;
 }
 
-/** Read and check everything; an error lists every problem found (file, record, reason). */
-async function checkInputs(o: EvalOptions): Promise<EvalItem[]> {
+/** Read and check everything; an error lists every problem found (file, record, reason). Held-out evaluation runs it before training. */
+export async function checkInputs(o: EvalOptions): Promise<EvalItem[]> {
   if (o.limit !== undefined && !(Number.isInteger(o.limit) && o.limit >= 1)) throw new EvalInputError(`eval: limit must be an integer >= 1, got ${o.limit}`);
   let loaded;
   try {

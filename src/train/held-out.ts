@@ -16,7 +16,7 @@ import type { MgDataset } from '../data/dataset.js';
 import { imageOptionsOf } from '../data/image.js';
 import { getTemplate } from '../data/templates.js';
 import type { TextTokenizer } from '../data/tokenizer.js';
-import { runEval } from '../infer/eval.js';
+import { checkInputs as checkEvalInputs, runEval, type EvalOptions } from '../infer/eval.js';
 import { disposeFrozen, type FrozenFeatures, type MGLLaVA } from '../model/mgllava.js';
 import { buildHeldOutData, type HeldOutData } from './build-data.js';
 import { encodeBatchPerImage } from './feature-cache.js';
@@ -59,6 +59,20 @@ export async function heldOutEvaluator(o: {
   const data = await buildHeldOutData(config, model.config, tokenizer);
   if (!data) return null;
   const frozenOf = o.frozenFor ? o.frozenFor(data.dataset) : async (b: Batch) => encodeBatchPerImage(model, b);
+  const evalOptions: EvalOptions = {
+    model,
+    tokenizer,
+    template: getTemplate(config.data.template),
+    records: data.source.records,
+    images: data.source.images,
+    boxes: data.source.boxes,
+    out: path.join(o.runDir, HELD_OUT_PREDICTIONS_FILE),
+    batchSize: config.train.batch_size,
+    maxNewTokens: config.train.eval_max_new_tokens,
+    image: imageOptionsOf(config.data),
+  };
+  // What eval alone refuses (an answer empty once normalised) stops the run now, not at its first evaluation.
+  await checkEvalInputs(evalOptions);
   return {
     size: data.dataset.size,
     source: data.source,
@@ -78,18 +92,7 @@ export async function heldOutEvaluator(o: {
           disposeFrozen(f);
         }
       }
-      const s = await runEval({
-        model,
-        tokenizer,
-        template: getTemplate(config.data.template),
-        records: data.source.records,
-        images: data.source.images,
-        boxes: data.source.boxes,
-        out: path.join(o.runDir, HELD_OUT_PREDICTIONS_FILE),
-        batchSize: config.train.batch_size,
-        maxNewTokens: config.train.eval_max_new_tokens,
-        image: imageOptionsOf(config.data),
-      });
+      const s = await runEval(evalOptions);
       return {
         step,
         loss: tokens > 0 ? sum / tokens : NaN,
