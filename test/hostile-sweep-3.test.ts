@@ -16,6 +16,9 @@ import { runEval } from '../src/infer/eval.js';
 import { tinyModel, WordTokenizer } from './infer-fixtures.js';
 import { collector, makeTinyTrainSetup } from './train-fixture.js';
 import { train } from '../src/train/trainer.js';
+import { buildWarmupData } from '../src/train/warmup-data.js';
+import { loadConfig } from '../src/config/load.js';
+import { modelConfigFrom } from '../src/config/build-model.js';
 
 const tmp = tempRoot('hostile3');
 
@@ -121,6 +124,36 @@ describe('held-out evaluation during training', () => {
       const run = train({ configFile: setup.pretrainYaml, stage: 'pretrain', sets: [`output_dir=${path.join(setup.root, 'empty-answer')}`, `train.eval_records=${file}`, 'train.max_steps=1'], progress: 'off', out: collector().stream, onStep: (s) => steps.push(s.step) });
       await expect(run).rejects.toThrow(/the answer "" is empty once normalised/);
       expect(steps).toEqual([]);
+    } finally {
+      await setup.cleanup();
+    }
+  });
+});
+
+describe('warm-up annotations', () => {
+  it('an image that is missing, outside the folder or of another size is refused before the first step (it failed when its batch came)', async () => {
+    const setup = await makeTinyTrainSetup(4);
+    try {
+      const doc = JSON.parse(readFileSync(path.join(setup.data, 'annotations.json'), 'utf8')) as { images: Record<string, { image: string; width: number }> };
+      const [id] = Object.keys(doc.images);
+      const cases: [string, (e: { image: string; width: number }) => void, RegExp][] = [
+        ['missing', (e) => (e.image = 'nowhere.png'), /image file not found/],
+        ['outside', (e) => (e.image = '../../escape.png'), /outside the image folder/],
+        ['size', (e) => (e.width += 1), /its annotation says/],
+      ];
+      for (const [name, spoil, why] of cases) {
+        const bad = structuredClone(doc);
+        spoil(bad.images[id!]!);
+        const file = path.join(setup.root, `annotations-${name}.json`);
+        writeFileSync(file, JSON.stringify(bad));
+        const yaml = path.join(setup.root, `warmup-${name}.yaml`);
+        writeFileSync(yaml, `extends: base.yaml\nname: w-${name}\nstage: warmup\nwarmup: { annotations: ${file}, eval_split: null }\n`);
+        const { config } = loadConfig(yaml);
+        const e = await failure(() => buildWarmupData(config, modelConfigFrom(config.model), { imageWorkers: 0 }));
+        expect(e.exitCode).toBe(EXIT.data);
+        expect(e.message, e.message).toContain(`image "${id}"`);
+        expect(e.message).toMatch(why);
+      }
     } finally {
       await setup.cleanup();
     }

@@ -14,7 +14,7 @@
 import { readFile } from 'node:fs/promises';
 import { centerCropBoxes, padShift, resizeBoxes, squareGeometry, type Box } from '../data/boxes.js';
 import { ImageWorkerPool } from '../data/image-pool.js';
-import { CLIP_NORM, prepareImage, resolveImagePath, type PreparedImage, type PrepareOptions } from '../data/image.js';
+import { CLIP_NORM, ImageError, prepareImage, readImageHeader, resolveImagePath, type PreparedImage, type PrepareOptions } from '../data/image.js';
 import { DataLoader, type LoaderState, type SampleSource } from '../data/loader.js';
 import { SequentialSampler, ShuffleSampler } from '../data/sampler.js';
 import { ANNOTATIONS_FORMAT } from '../data/synth/annotations.js';
@@ -310,6 +310,25 @@ export interface WarmupData {
   close(): Promise<void>;
 }
 
+/**
+ * Every image the run will read exists inside the image folder, has a readable header within the pixel budget
+ * and the size its annotation gives, before the first step (a bad one stopped the run when its batch came).
+ */
+async function checkAnnotatedImages(annotationsFile: string, folder: string, images: readonly AnnotatedImage[]): Promise<void> {
+  for (const a of images) {
+    let header;
+    try {
+      header = await readImageHeader(await resolveImagePath(folder, a.image));
+    } catch (e) {
+      if (e instanceof ImageError) throw new AnnotationError(`${annotationsFile}: image "${a.id}": ${e.message}`);
+      throw e;
+    }
+    if (header.width !== a.width || header.height !== a.height) {
+      throw new AnnotationError(`${annotationsFile}: image "${a.id}" (${a.image}) is ${header.width}x${header.height}, its annotation says ${a.width}x${a.height}`);
+    }
+  }
+}
+
 export async function buildWarmupData(config: ExperimentConfig, model: MGLLaVAConfig, o: { imageWorkers?: number } = {}): Promise<WarmupData> {
   const w = config.warmup!;
   const annotations = await readAnnotations(w.annotations);
@@ -326,6 +345,7 @@ export async function buildWarmupData(config: ExperimentConfig, model: MGLLaVACo
     if (evalImages.length === 0) throw new AnnotationError(`${w.annotations}: no image of split '${w.eval_split}' (warmup.eval_split; null reports on training images); the file has: ${splits.join(', ')}`);
   }
   evalImages = evalImages.slice(0, w.eval_images);
+  await checkAnnotatedImages(w.annotations, imageFolder(config), [...new Set([...trainImages, ...evalImages])]);
   const { auxSize, lowresSize } = imageSizesOf(model);
   const workers = o.imageWorkers ?? config.data.image_workers;
   const pool = workers > 0 ? new ImageWorkerPool(workers) : null;
