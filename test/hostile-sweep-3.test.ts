@@ -141,6 +141,11 @@ describe('warm-up annotations', () => {
         ['outside', (e) => (e.image = '../../escape.png'), /outside the image folder/],
         ['size', (e) => (e.width += 1), /its annotation says/],
       ];
+      // The run's image policy (data.max_image_pixels, data.exif_orientation) holds for the warm-up too (it used the defaults)
+      const tight = path.join(setup.root, 'warmup-tight.yaml');
+      writeFileSync(tight, `extends: base.yaml\nname: w-tight\nstage: warmup\nwarmup: { annotations: ${path.join(setup.data, 'annotations.json')}, eval_split: null }\ndata: { max_image_pixels: 100 }\n`);
+      const t = loadConfig(tight).config;
+      expect((await failure(() => buildWarmupData(t, modelConfigFrom(t.model), { imageWorkers: 0 }))).message).toMatch(/over the pixel budget .*data\.max_image_pixels = 100/);
       for (const [name, spoil, why] of cases) {
         const bad = structuredClone(doc);
         spoil(bad.images[id!]!);

@@ -15,6 +15,7 @@ import { readFile } from 'node:fs/promises';
 import { centerCropBoxes, padShift, resizeBoxes, squareGeometry, type Box } from '../data/boxes.js';
 import { ImageWorkerPool } from '../data/image-pool.js';
 import { CLIP_NORM, ImageError, prepareImage, readImageHeader, resolveImagePath, type PreparedImage, type PrepareOptions } from '../data/image.js';
+import { imageOptionsOf, type DecodeOptions } from '../data/image-options.js';
 import { DataLoader, type LoaderState, type SampleSource } from '../data/loader.js';
 import { SequentialSampler, ShuffleSampler } from '../data/sampler.js';
 import { ANNOTATIONS_FORMAT } from '../data/synth/annotations.js';
@@ -201,6 +202,8 @@ export interface WarmupSampleOptions {
   folder: string;
   auxSize: number;
   lowresSize: number;
+  /** The run's EXIF policy and pixel budget (`imageOptionsOf(config.data)`), as every other image load. */
+  image: Required<DecodeOptions>;
   prepare?: (file: string, opts: PrepareOptions) => Promise<PreparedImage>;
 }
 
@@ -220,7 +223,7 @@ export class WarmupImages implements SampleSource<WarmupSample> {
     const a = this.images[index];
     if (!a) throw new Error(`warm-up images: index ${index} out of range (size ${this.images.length})`);
     const file = await resolveImagePath(this.o.folder, a.image);
-    const img = await (this.o.prepare ?? prepareImage)(file, { auxSize: this.o.auxSize, lowresSize: this.o.lowresSize, norm: CLIP_NORM });
+    const img = await (this.o.prepare ?? prepareImage)(file, { auxSize: this.o.auxSize, lowresSize: this.o.lowresSize, norm: CLIP_NORM, ...this.o.image });
     if (img.width !== a.width || img.height !== a.height) {
       throw new AnnotationError(`image "${a.id}" (${file}) is ${img.width}x${img.height}, its annotation says ${a.width}x${a.height}`);
     }
@@ -314,17 +317,19 @@ export interface WarmupData {
  * Every image the run will read exists inside the image folder, has a readable header within the pixel budget
  * and the size its annotation gives, before the first step (a bad one stopped the run when its batch came).
  */
-async function checkAnnotatedImages(annotationsFile: string, folder: string, images: readonly AnnotatedImage[]): Promise<void> {
+async function checkAnnotatedImages(annotationsFile: string, folder: string, images: readonly AnnotatedImage[], opts: Required<DecodeOptions>): Promise<void> {
   for (const a of images) {
     let header;
     try {
-      header = await readImageHeader(await resolveImagePath(folder, a.image));
+      header = await readImageHeader(await resolveImagePath(folder, a.image), opts);
     } catch (e) {
       if (e instanceof ImageError) throw new AnnotationError(`${annotationsFile}: image "${a.id}": ${e.message}`);
       throw e;
     }
-    if (header.width !== a.width || header.height !== a.height) {
-      throw new AnnotationError(`${annotationsFile}: image "${a.id}" (${a.image}) is ${header.width}x${header.height}, its annotation says ${a.width}x${a.height}`);
+    // EXIF orientations 5-8 swap the sides when applied: the annotation is in the frame the model sees.
+    const [w, h] = opts.exifOrientation === 'apply' && header.orientation >= 5 ? [header.height, header.width] : [header.width, header.height];
+    if (w !== a.width || h !== a.height) {
+      throw new AnnotationError(`${annotationsFile}: image "${a.id}" (${a.image}) is ${w}x${h}, its annotation says ${a.width}x${a.height}`);
     }
   }
 }
@@ -345,11 +350,12 @@ export async function buildWarmupData(config: ExperimentConfig, model: MGLLaVACo
     if (evalImages.length === 0) throw new AnnotationError(`${w.annotations}: no image of split '${w.eval_split}' (warmup.eval_split; null reports on training images); the file has: ${splits.join(', ')}`);
   }
   evalImages = evalImages.slice(0, w.eval_images);
-  await checkAnnotatedImages(w.annotations, imageFolder(config), [...new Set([...trainImages, ...evalImages])]);
+  const image = imageOptionsOf(config.data);
+  await checkAnnotatedImages(w.annotations, imageFolder(config), [...new Set([...trainImages, ...evalImages])], image);
   const { auxSize, lowresSize } = imageSizesOf(model);
   const workers = o.imageWorkers ?? config.data.image_workers;
   const pool = workers > 0 ? new ImageWorkerPool(workers) : null;
-  const so: WarmupSampleOptions = { folder: imageFolder(config), auxSize, lowresSize, prepare: pool ? (f, p) => pool.prepare(f, p) : undefined };
+  const so: WarmupSampleOptions = { folder: imageFolder(config), auxSize, lowresSize, image, prepare: pool ? (f, p) => pool.prepare(f, p) : undefined };
   const train = new WarmupImages(trainImages, spec, annotations.attributes, so);
   const evaluation = new WarmupImages(evalImages, spec, annotations.attributes, so);
   const t = config.train;
