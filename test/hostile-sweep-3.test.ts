@@ -13,7 +13,8 @@ import { decodeImage, readImageHeader } from '../src/data/image.js';
 import { EXIT, MgllavaError } from '../src/errors.js';
 import { getTemplate } from '../src/data/templates.js';
 import { runEval } from '../src/infer/eval.js';
-import { tinyModel, WordTokenizer } from './infer-fixtures.js';
+import { makeTinyRun, tinyModel, WordTokenizer } from './infer-fixtures.js';
+import { loadRunModel } from '../src/model/factory.js';
 import { collector, makeTinyTrainSetup } from './train-fixture.js';
 import { train } from '../src/train/trainer.js';
 import { buildWarmupData } from '../src/train/warmup-data.js';
@@ -162,5 +163,22 @@ describe('warm-up annotations', () => {
     } finally {
       await setup.cleanup();
     }
+  });
+});
+
+describe('a run\'s tokenizer', () => {
+  it('replaced by one with ids beyond the LLM vocabulary is refused when the run is opened (chat crashed in splice with a stack trace)', async () => {
+    const run = await makeTinyRun(await tmp.fresh('run'));
+    run.model.dispose();
+    const file = path.join(run.data, 'tokenizer.json');
+    const tok = JSON.parse(readFileSync(file, 'utf8')) as { model: { vocab: Record<string, number> } };
+    tok.model.vocab.zebra = 74; // the run's LLM has 64 ids
+    writeFileSync(file, JSON.stringify(tok));
+    const e = await failure(() => loadRunModel(run.runDir));
+    expect(e.message).toMatch(/tokenizer .* has \d+ ids but the LLM vocabulary \(model\.llm\.vocab_size\) has 64/);
+    expect(e.message).toContain(file);
+    const r = await runCli(['chat', run.runDir, 'w3 zebra', '--max-new-tokens', '1']);
+    expectOneLineError(r);
+    expect(r.code).toBe(EXIT.run);
   });
 });

@@ -248,6 +248,14 @@ async function loadCheckpointRun(ck: ResolvedCheckpoint): Promise<RunModel> {
         hint: `put the tokenizer back where the run's config.yaml says, or edit data.tokenizer.path there`,
       });
     }
+    // A tokenizer replaced since training: its ids past the embedding would reach the model (training refuses this too).
+    if (tokenizer.vocabSize > model.config.llm.vocabSize) {
+      const t = config.data.tokenizer;
+      const where = t.type === 'hf' ? t.path : t.type;
+      throw new RunDirError(`run ${ck.runDir}: its tokenizer ${where} has ${tokenizer.vocabSize} ids but the LLM vocabulary (model.llm.vocab_size) has ${model.config.llm.vocabSize}`, {
+        hint: 'the tokenizer file was replaced since training: put back the one the run was trained with',
+      });
+    }
     return { model, config, tokenizer, step: ck.step, runDir: ck.runDir, stepDir: ck.stepDir };
   } catch (e) {
     model.dispose();
