@@ -18,6 +18,7 @@ import { loadRunModel } from '../src/model/factory.js';
 import { collector, makeTinyTrainSetup } from './train-fixture.js';
 import { train } from '../src/train/trainer.js';
 import { buildWarmupData } from '../src/train/warmup-data.js';
+import { synthDataset } from '../src/data/synth.js';
 import { loadConfig } from '../src/config/load.js';
 import { modelConfigFrom } from '../src/config/build-model.js';
 
@@ -180,5 +181,18 @@ describe('a run\'s tokenizer', () => {
     const r = await runCli(['chat', run.runDir, 'w3 zebra', '--max-new-tokens', '1']);
     expectOneLineError(r);
     expect(r.code).toBe(EXIT.run);
+  });
+});
+
+describe('tokenizer.json files', () => {
+  it('one without an EOS token (no tokenizer_config.json beside it) under a template that ends answers with EOS is one line (it was an internal error)', async () => {
+    const d = await tmp.fresh('tok');
+    const synth = path.join(d, 'synth');
+    await synthDataset({ out: synth, train: 1, eval: 0, seed: 3, size: 64 });
+    const lone = path.join(d, 'tokenizer.json');
+    writeFileSync(lone, readFileSync(path.join(synth, 'tokenizer.json')));
+    const r = await runCli(['data', 'show', '0', '--records', path.join(synth, 'finetune.json'), '--boxes', path.join(synth, 'boxes.json'), '--images', path.join(synth, 'images'), '--tokenizer', lone, '--template', 'vicuna']);
+    expect(expectOneLineError(r)).toMatch(/tokenizer hf:.*tokenizer\.json has no EOS token.*\[hint: set eos_token in the tokenizer_config\.json/);
+    expect(r.code).toBe(EXIT.data);
   });
 });

@@ -10,6 +10,7 @@
 import { IGNORE_INDEX, IMAGE_TOKEN, IMAGE_TOKEN_INDEX } from './constants.js';
 import { applyTemplate, resolveTemplate, type PromptTemplate, type TemplatedTurn, type TextTurn } from './templates.js';
 import type { TextTokenizer } from './tokenizer.js';
+import { DataError } from '../errors.js';
 
 /** One message of a LLaVA record (`from` is 'human' or 'gpt'). */
 export interface ConversationMessage {
@@ -88,7 +89,10 @@ export function encodeTemplatedTurns(
     push(tokenizer.encode(turn.output), true);
     if (turn.needEosToken) {
       if (tokenizer.eosId === null) {
-        throw new Error(`conversation.ts: the template needs an EOS token but tokenizer ${tokenizer.name} has none`);
+        // A tokenizer.json alone (no tokenizer_config.json beside it) names no EOS: the user's file, not a bug.
+        throw new DataError(`tokenizer ${tokenizer.name} has no EOS token, but the prompt template needs an EOS token at the end of every answer`, {
+          hint: 'set eos_token in the tokenizer_config.json beside tokenizer.json',
+        });
       }
       push([tokenizer.eosId], true);
       needBos = true;
