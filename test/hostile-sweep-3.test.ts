@@ -185,6 +185,28 @@ describe('a run\'s tokenizer', () => {
 });
 
 describe('tokenizer.json files', () => {
+  it('vocabulary ids that are negative, fractional, strings or shared by two tokens are refused at load (internal error or a silent ambiguity)', async () => {
+    const d = await tmp.fresh('tokids');
+    const synth = path.join(d, 'synth');
+    await synthDataset({ out: synth, train: 1, eval: 0, seed: 3, size: 64 });
+    const base = JSON.parse(readFileSync(path.join(synth, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, unknown> } };
+    const word = Object.keys(base.model.vocab).find((w) => /^[a-z]+$/.test(w))!;
+    for (const [name, id, why] of [['neg', -3, /ids must be integers >= 0/], ['frac', 1.5, /ids must be integers >= 0/], ['str', '7', /ids must be integers >= 0/], ['dup', 0, /share id 0/]] as const) {
+      const dir = path.join(d, name);
+      mkdirSync(dir);
+      const tok = structuredClone(base);
+      tok.model.vocab[word] = id;
+      writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
+      writeFileSync(path.join(dir, 'tokenizer_config.json'), readFileSync(path.join(synth, 'tokenizer_config.json')));
+      const r = await runCli(['data', 'show', '0', '--records', path.join(synth, 'finetune.json'), '--boxes', path.join(synth, 'boxes.json'), '--images', path.join(synth, 'images'), '--tokenizer', dir]);
+      const line = expectOneLineError(r);
+      expect(line).toContain(path.join(dir, 'tokenizer.json'));
+      expect(line).toContain(JSON.stringify(word));
+      expect(line).toMatch(why);
+      expect(r.code).toBe(EXIT.data);
+    }
+  });
+
   it('one without an EOS token (no tokenizer_config.json beside it) under a template that ends answers with EOS is one line (it was an internal error)', async () => {
     const d = await tmp.fresh('tok');
     const synth = path.join(d, 'synth');

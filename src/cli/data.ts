@@ -18,7 +18,7 @@ import { loadTokenizer, type TextTokenizer, type TokenizerSpec } from '../data/t
 import { writeWordVocab } from '../data/word-vocab.js';
 import { loadConfig } from '../config/load.js';
 import type { ExperimentConfig } from '../config/schema.js';
-import { DataError, fsError, UsageError } from '../errors.js';
+import { DataError, fsError, MgllavaError, UsageError } from '../errors.js';
 import type { GlobalArgs } from './command.js';
 
 /** Defaults when neither a flag nor --config gives a value: the full-size Vicuna-7B recipe. */
@@ -154,7 +154,9 @@ async function textEncoding(r: ResolvedData) {
   try {
     tokenizer = await loadTokenizer(r.tokenizer);
   } catch (e) {
-    throw new UsageError(`cannot load tokenizer ${JSON.stringify(r.tokenizer)}: ${(e as Error).message}`);
+    // A broken tokenizer file is a data error (exit 4) as it is for training; an unknown name stays a usage error.
+    const msg = `cannot load tokenizer ${JSON.stringify(r.tokenizer)}: ${(e as Error).message}`;
+    throw e instanceof MgllavaError ? new MgllavaError(msg, e.category, { hint: e.hint }) : new UsageError(msg);
   }
   return { template: getTemplate(r.template), tokenizer, maxLength: r.maxLength };
 }

@@ -68,6 +68,7 @@ export async function loadHfTokenizer(p: string, overrides: HfTokenizerOverrides
   const json = await readJson(file, 'tokenizer');
   const configFile = path.join(path.dirname(file), 'tokenizer_config.json');
   const config = existsSync(configFile) ? await readJson(configFile, 'tokenizer config') : {};
+  checkVocabIds(json, file);
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(json, config);
@@ -79,6 +80,25 @@ export async function loadHfTokenizer(p: string, overrides: HfTokenizerOverrides
     overrides.bosToken !== undefined ? overrides.bosToken : NO_BOS_CLASSES.has(cls) ? null : tokenText(config.bos_token);
   const eos = overrides.eosToken !== undefined ? overrides.eosToken : tokenText(config.eos_token);
   return new HfTokenizer(`hf:${file}`, tok, bos, eos);
+}
+
+/**
+ * The ids of a (hand-edited) `model.vocab` and `added_tokens`: the library drops a negative id, coerces a string
+ * and keeps one of two tokens sharing an id, so decoding later crashed or returned the other token.
+ */
+function checkVocabIds(json: unknown, file: string): void {
+  const tokenOf = new Map<number, string>();
+  const add = (token: string, id: unknown) => {
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw new DataError(`hf tokenizer ${file}: token ${JSON.stringify(token)} has id ${JSON.stringify(id)}: ids must be integers >= 0`);
+    const other = tokenOf.get(id);
+    if (other !== undefined && other !== token) throw new DataError(`hf tokenizer ${file}: tokens ${JSON.stringify(other)} and ${JSON.stringify(token)} share id ${id}: each id must name one token`);
+    tokenOf.set(id, token);
+  };
+  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObj(json)) return; // the library's own message covers a file that is no tokenizer
+  // Unigram's vocab is a list of [piece, score]: its ids are positions, nothing to check.
+  if (isObj(json.model) && isObj(json.model.vocab)) for (const [token, id] of Object.entries(json.model.vocab)) add(token, id);
+  if (Array.isArray(json.added_tokens)) for (const t of json.added_tokens) if (isObj(t) && typeof t.content === 'string') add(t.content, t.id);
 }
 
 /** Largest tokenizer file read (real ones: a few MB; 250k-token vocabularies ~20 MB). */
