@@ -3,7 +3,6 @@
  * stdout), or a REPL without PROMPT (/reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an
  * answer). RUN is a run directory (its newest complete step, or --step) or a step-NNNNNNNN directory.
  */
-import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Argv, CommandModule } from 'yargs';
 import type { BoxEntry } from '../data/records.js';
@@ -98,11 +97,8 @@ export const chatCommand: CommandModule<GlobalArgs, ChatArgs> = {
       { file: args.boxes, what: 'the box file (--boxes)' },
     ];
     if (args['show-boxes']) {
-      await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)', { ext: '.png', inputs });
       // An existing PNG may be another picture of the user's: replaced only when asked.
-      if (!args.overwrite && existsSync(args['show-boxes'])) {
-        throw new UsageError(`--show-boxes ${args['show-boxes']} exists: pass --overwrite to replace it, or choose another name`);
-      }
+      await checkOutputFile(args['show-boxes'], 'the image (--show-boxes)', { ext: '.png', inputs, existing: { flag: '--show-boxes', overwrite: args.overwrite } });
     }
     const { findBoxEntry } = await import('../infer/box-entry.js');
     let entry: BoxEntry | null = null;

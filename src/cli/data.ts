@@ -253,11 +253,8 @@ const showCommand: CommandModule<GlobalArgs, ShowArgs> = {
       { file: r.boxes, what: 'the box file' },
     ];
     if (args['save-image']) {
-      await checkOutputFile(args['save-image'], 'the image (--save-image)', { ext: '.png', inputs });
       // An existing PNG may be another record's image (or any picture of the user's): replaced only when asked.
-      if (!args.overwrite && (await stat(args['save-image']).catch(() => null))) {
-        throw new UsageError(`--save-image ${args['save-image']} exists: pass --overwrite to replace it, or choose another name`);
-      }
+      await checkOutputFile(args['save-image'], 'the image (--save-image)', { ext: '.png', inputs, existing: { flag: '--save-image', overwrite: args.overwrite } });
     }
     const recs = await loadRecords(r.records);
     const record = pickRecord(recs.records, args.n);

@@ -6,7 +6,6 @@
  * `mgllava import --kind mgllava --from CKPT --config C.yaml --out RUN`: a released MG-LLaVA checkpoint (xtuner /
  * mmengine .pth, DeepSpeed directory, safetensors) as a run directory (src/io/release-import.ts).
  */
-import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
@@ -92,9 +91,9 @@ export const importCommand: CommandModule<GlobalArgs, ImportArgs> = {
         }
         // --out DIR/model.safetensors of --from DIR replaced the pretrained weights with their renamed copy.
         const inputs = (await readdir(src.dir)).map((f) => ({ file: path.join(src.dir, f), what: `a file of --from ${args.from}` }));
-        await checkOutputFile(args.out!, '--out', { inputs: [{ file: src.file, what: 'the weights read' }, ...inputs] });
         // An existing file is replaced only when asked (as convert does): it may be another model's weights.
-        if (!args.overwrite && existsSync(args.out!)) throw new UsageError(`--out ${args.out} exists: pass --overwrite to replace it, or choose another name`);
+        const existing = { flag: '--out', overwrite: args.overwrite };
+        await checkOutputFile(args.out!, '--out', { inputs: [{ file: src.file, what: 'the weights read' }, ...inputs], existing });
         const count = await writeConverted(src, args.out!);
         process.stdout.write(`wrote ${count} tensors to ${args.out} (from ${src.file})\n`);
       } finally {

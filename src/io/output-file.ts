@@ -28,6 +28,11 @@ export interface OutputCheck {
   inputs?: readonly InputFile[];
   /** The extension the written format has ('.png'): another name would mislabel the file. */
   ext?: string;
+  /**
+   * An existing file is replaced only when asked: `overwrite` says whether --overwrite was given, `flag` names the
+   * output's option in the refusal. Absent: an existing file is replaced (e.g. a report the command rewrites).
+   */
+  existing?: { flag: string; overwrite: boolean };
 }
 
 /** Whether two paths name one file (symlinks and hard links included); false when either does not exist. */
@@ -69,6 +74,9 @@ export async function checkOutputFile(file: string, what: string, o: OutputCheck
     if (input.file && (await sameFile(file, input.file))) {
       throw new DataError(`${what} ${file} is ${input.what} (${input.file}): writing it would destroy that input; choose another name`);
     }
+  }
+  if (existing && o.existing && !o.existing.overwrite) {
+    throw new UsageError(`${o.existing.flag} ${file} exists: pass --overwrite to replace it, or choose another name`);
   }
 }
 
