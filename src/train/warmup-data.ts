@@ -14,7 +14,7 @@
 import { readFile } from 'node:fs/promises';
 import { centerCropBoxes, padShift, resizeBoxes, squareGeometry, type Box } from '../data/boxes.js';
 import { ImageWorkerPool } from '../data/image-pool.js';
-import { CLIP_NORM, ImageError, prepareImage, readImageHeader, resolveImagePath, type PreparedImage, type PrepareOptions } from '../data/image.js';
+import { CLIP_NORM, ImageError, orientationSwapsSides, prepareImage, readImageHeader, resolveImagePath, type PreparedImage, type PrepareOptions } from '../data/image.js';
 import { imageOptionsOf, type DecodeOptions } from '../data/image-options.js';
 import { DataLoader, type LoaderState, type SampleSource } from '../data/loader.js';
 import { SequentialSampler, ShuffleSampler } from '../data/sampler.js';
@@ -326,8 +326,8 @@ async function checkAnnotatedImages(annotationsFile: string, folder: string, ima
       if (e instanceof ImageError) throw new AnnotationError(`${annotationsFile}: image "${a.id}": ${e.message}`);
       throw e;
     }
-    // EXIF orientations 5-8 swap the sides when applied: the annotation is in the frame the model sees.
-    const [w, h] = opts.exifOrientation === 'apply' && header.orientation >= 5 ? [header.height, header.width] : [header.width, header.height];
+    // An applied EXIF rotation may swap the sides: the annotation is in the frame the model sees.
+    const [w, h] = opts.exifOrientation === 'apply' && orientationSwapsSides(header.orientation) ? [header.height, header.width] : [header.width, header.height];
     if (w !== a.width || h !== a.height) {
       throw new AnnotationError(`${annotationsFile}: image "${a.id}" (${a.image}) is ${w}x${h}, its annotation says ${a.width}x${a.height}`);
     }
